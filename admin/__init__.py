@@ -1,0 +1,1 @@
+"""Turnout admin: the control plane (spaces, services, deployments, rollouts)."""

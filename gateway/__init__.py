@@ -1,0 +1,1 @@
+"""Turnout gateway: the data plane that dispatches tenant HTTP traffic."""

@@ -1,0 +1,398 @@
+"""The route record: one per hostname, what the gateway needs to dispatch it.
+
+Records are immutable values. :func:`decode_record` is strict (every malformed input is a
+:class:`~routing.errors.RecordError` naming the field path and the reason) and
+:func:`encode_record` is canonical: the same record always encodes to the same bytes (sorted
+keys, policy defaults written out, no whitespace), so bytes can be compared and hashed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+import orjson
+
+from routing.errors import RecordError
+from routing.hostnames import _type_name, validate_hostname
+
+TOTAL_WEIGHT: Final = 10000
+STATUSES: Final = ("active", "canary", "rollback")
+BLOCK_REASONS: Final = ("payment_required", "suspended")
+MAX_ENDPOINTS: Final = 256
+MAX_TARGETS: Final = 64
+MAX_UPSTREAMS: Final = 256
+MAX_ID_LEN: Final = 128
+
+Status = Literal["active", "canary", "rollback"]
+
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # RFC 9110 token (methods, header names)
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+_COOKIE_NAME = _TOKEN
+_PATH_BAD = re.compile(r"[\x00-\x20\x7f?#]")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Per-record dispatch policy; defaults are the spec's."""
+
+    connect_timeout_ms: int = 2000
+    read_timeout_ms: int = 30000
+    max_body_bytes: int = 25 * 1024 * 1024
+    retries: int = 1
+    sticky: str = "ip"
+    allow_override: bool = False
+
+
+DEFAULT_POLICY: Final = Policy()
+
+# name -> (min, max) for integer policy fields
+_POLICY_INTS: Final[dict[str, tuple[int, int]]] = {
+    "connect_timeout_ms": (1, 60_000),
+    "read_timeout_ms": (1, 3_600_000),
+    "max_body_bytes": (0, 1 << 40),
+    "retries": (0, 5),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One replica address: ``http://host:port[/base]``."""
+
+    url: str
+    host: str
+    port: int
+    base_path: str  # "" or "/base" without a trailing slash
+
+    @property
+    def origin(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    deployment_id: str
+    weight: int
+    status: Status
+    upstreams: tuple[Upstream, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    path_prefix: str
+    methods: tuple[str, ...]
+    targets: tuple[Target, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRecord:
+    host: str
+    version: int
+    space_id: str
+    service_id: str
+    endpoints: tuple[Endpoint, ...]
+    policy: Policy = field(default=DEFAULT_POLICY)
+    blocked: str | None = None
+    updated_at: int = 0
+
+
+# --------------------------------------------------------------------------------- decoding
+
+
+def decode_record(data: bytes | str | dict[str, Any]) -> RouteRecord:
+    """Parse and validate one route record (JSON bytes/str, or an already-parsed dict)."""
+    if isinstance(data, dict):
+        obj: Any = data
+    else:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise RecordError("$", f"invalid JSON: {exc}") from None
+    return record_from_obj(obj)
+
+
+def record_from_obj(obj: Any) -> RouteRecord:
+    rec = _object(obj, "$")
+    _keys(
+        rec,
+        "$",
+        required=("host", "version", "space_id", "service_id", "endpoints"),
+        optional=("policy", "blocked", "updated_at"),
+    )
+    host = validate_hostname(rec["host"], "host")
+    version = _int(rec["version"], "version", 1, (1 << 63) - 1)
+    space_id = _ident(rec["space_id"], "space_id")
+    service_id = _ident(rec["service_id"], "service_id")
+    blocked = rec.get("blocked")
+    if blocked is not None:
+        if not isinstance(blocked, str):
+            raise RecordError("blocked", f"must be null or a string, not {_type_name(blocked)}")
+        if blocked not in BLOCK_REASONS:
+            raise RecordError("blocked", f"must be null or one of {', '.join(BLOCK_REASONS)}")
+    updated_at = _int(rec.get("updated_at", 0), "updated_at", 0, (1 << 63) - 1)
+    policy = policy_from_obj(rec.get("policy", {}), "policy")
+    eps = _list(rec["endpoints"], "endpoints")
+    if not eps:
+        raise RecordError("endpoints", "must not be empty")
+    if len(eps) > MAX_ENDPOINTS:
+        raise RecordError("endpoints", f"at most {MAX_ENDPOINTS} endpoints")
+    endpoints = tuple(_endpoint(e, f"endpoints[{i}]") for i, e in enumerate(eps))
+    seen: dict[tuple[str, tuple[str, ...]], int] = {}
+    for i, ep in enumerate(endpoints):
+        key = (ep.path_prefix, tuple(sorted(ep.methods)))
+        if key in seen:
+            raise RecordError(
+                f"endpoints[{i}].path_prefix",
+                f"duplicates endpoints[{seen[key]}] (same path_prefix and methods)",
+            )
+        seen[key] = i
+    return RouteRecord(
+        host=host,
+        version=version,
+        space_id=space_id,
+        service_id=service_id,
+        endpoints=endpoints,
+        policy=policy,
+        blocked=blocked,
+        updated_at=updated_at,
+    )
+
+
+def policy_from_obj(obj: Any, path: str = "policy") -> Policy:
+    pol = _object(obj, path)
+    _keys(pol, path, required=(), optional=(*_POLICY_INTS, "sticky", "allow_override"))
+    values: dict[str, Any] = {}
+    for name, (lo, hi) in _POLICY_INTS.items():
+        if name in pol:
+            values[name] = _int(pol[name], f"{path}.{name}", lo, hi)
+    if "sticky" in pol:
+        values["sticky"] = validate_sticky(pol["sticky"], f"{path}.sticky")
+    if "allow_override" in pol:
+        flag = pol["allow_override"]
+        if not isinstance(flag, bool):
+            raise RecordError(
+                f"{path}.allow_override", f"must be a boolean, not {_type_name(flag)}"
+            )
+        values["allow_override"] = flag
+    if not values:
+        return DEFAULT_POLICY
+    return Policy(**values)
+
+
+def validate_sticky(value: Any, path: str = "policy.sticky") -> str:
+    if not isinstance(value, str):
+        raise RecordError(path, f"must be a string, not {_type_name(value)}")
+    if value in ("ip", "none"):
+        return str(value)
+    kind, sep, name = value.partition(":")
+    if sep and kind == "header" and _TOKEN.fullmatch(name) and len(name) <= 128:
+        return f"header:{name.lower()}"
+    if sep and kind == "cookie" and _COOKIE_NAME.fullmatch(name) and len(name) <= 128:
+        return value
+    raise RecordError(
+        path, "must be 'ip', 'none', 'header:<header-name>' or 'cookie:<cookie-name>'"
+    )
+
+
+def parse_upstream(value: Any, path: str) -> Upstream:
+    """Accept only ``http://host:port[/base]``: no userinfo, query, fragment or default port."""
+    if not isinstance(value, str):
+        raise RecordError(path, f"must be a string, not {_type_name(value)}")
+    if len(value) > 2048:
+        raise RecordError(path, "must be at most 2048 characters")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise RecordError(path, f"invalid URL: {exc}") from None
+    if parts.scheme != "http":
+        raise RecordError(path, "must be an http:// URL (http://host:port[/base])")
+    if parts.username is not None or parts.password is not None:
+        raise RecordError(path, "must not contain user info")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise RecordError(path, "must not contain a query or fragment")
+    host = parts.hostname
+    if not host:
+        raise RecordError(path, "must name a host")
+    if port is None:
+        raise RecordError(path, "must name a port (http://host:port[/base])")
+    if not 1 <= port <= 65535:
+        raise RecordError(path, "port must be 1..65535")
+    if ":" in host:  # IPv6 literal; urlsplit strips the brackets
+        if host.translate({ord(c): None for c in "0123456789abcdef:."}):
+            raise RecordError(path, "invalid IPv6 literal")
+    else:
+        try:
+            validate_hostname(host, path, allow_wildcard=False)
+        except RecordError:
+            raise RecordError(path, f"invalid host {host!r}") from None
+    base = parts.path.rstrip("/")
+    if base and (_PATH_BAD.search(base) or not base.startswith("/")):
+        raise RecordError(path, "base path may not contain spaces, controls, '?' or '#'")
+    # Canonical spelling, so equal records encode to equal bytes: lower-case host, no "/" tail.
+    netloc = f"[{host}]" if ":" in host else host
+    return Upstream(url=f"http://{netloc}:{port}{base}", host=host, port=port, base_path=base)
+
+
+def _endpoint(obj: Any, path: str) -> Endpoint:
+    ep = _object(obj, path)
+    _keys(ep, path, required=("path_prefix", "targets"), optional=("methods",))
+    prefix = normalize_prefix(ep["path_prefix"], f"{path}.path_prefix")
+    methods_obj = _list(ep.get("methods", []), f"{path}.methods")
+    methods: list[str] = []
+    for i, m in enumerate(methods_obj):
+        mpath = f"{path}.methods[{i}]"
+        if not isinstance(m, str):
+            raise RecordError(mpath, f"must be a string, not {_type_name(m)}")
+        if not _TOKEN.fullmatch(m) or m != m.upper() or len(m) > 32:
+            raise RecordError(mpath, "must be an upper-case HTTP method token")
+        if m in methods:
+            raise RecordError(mpath, f"duplicate method {m}")
+        methods.append(m)
+    tobjs = _list(ep["targets"], f"{path}.targets")
+    if not tobjs:
+        raise RecordError(f"{path}.targets", "must not be empty")
+    if len(tobjs) > MAX_TARGETS:
+        raise RecordError(f"{path}.targets", f"at most {MAX_TARGETS} targets")
+    targets = tuple(_target(t, f"{path}.targets[{i}]") for i, t in enumerate(tobjs))
+    ids: dict[str, int] = {}
+    for i, t in enumerate(targets):
+        if t.deployment_id in ids:
+            raise RecordError(
+                f"{path}.targets[{i}].deployment_id",
+                f"duplicate deployment id {t.deployment_id!r} (also targets[{ids[t.deployment_id]}])",
+            )
+        ids[t.deployment_id] = i
+    total = sum(t.weight for t in targets)
+    if total != TOTAL_WEIGHT:
+        raise RecordError(
+            f"{path}.targets", f"weights must sum to {TOTAL_WEIGHT} basis points, got {total}"
+        )
+    return Endpoint(path_prefix=prefix, methods=tuple(methods), targets=targets)
+
+
+def normalize_prefix(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise RecordError(path, f"must be a string, not {_type_name(value)}")
+    if not value.startswith("/"):
+        raise RecordError(path, "must start with '/'")
+    if len(value) > 1024:
+        raise RecordError(path, "must be at most 1024 characters")
+    if _PATH_BAD.search(value):
+        raise RecordError(path, "may not contain spaces, control characters, '?' or '#'")
+    if "//" in value:
+        raise RecordError(path, "may not contain an empty segment ('//')")
+    prefix: str = value
+    return prefix if prefix == "/" else prefix.rstrip("/")
+
+
+def _target(obj: Any, path: str) -> Target:
+    t = _object(obj, path)
+    _keys(t, path, required=("deployment_id", "weight", "status", "upstreams"), optional=())
+    dep = _ident(t["deployment_id"], f"{path}.deployment_id")
+    weight = _int(t["weight"], f"{path}.weight", 0, TOTAL_WEIGHT)
+    status = t["status"]
+    if not isinstance(status, str):
+        raise RecordError(f"{path}.status", f"must be a string, not {_type_name(status)}")
+    if status not in STATUSES:
+        raise RecordError(f"{path}.status", f"must be one of {', '.join(STATUSES)}")
+    ups = _list(t["upstreams"], f"{path}.upstreams")
+    if not ups:
+        raise RecordError(f"{path}.upstreams", "must not be empty")
+    if len(ups) > MAX_UPSTREAMS:
+        raise RecordError(f"{path}.upstreams", f"at most {MAX_UPSTREAMS} upstreams")
+    upstreams = tuple(parse_upstream(u, f"{path}.upstreams[{i}]") for i, u in enumerate(ups))
+    urls = [u.url for u in upstreams]
+    if len(set(urls)) != len(urls):
+        raise RecordError(f"{path}.upstreams", "duplicate upstream URL")
+    return Target(deployment_id=dep, weight=weight, status=status, upstreams=upstreams)  # type: ignore[arg-type]
+
+
+def _object(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise RecordError(path, f"must be an object, not {_type_name(value)}")
+    return value
+
+
+def _list(value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise RecordError(path, f"must be an array, not {_type_name(value)}")
+    return value
+
+
+def _keys(
+    obj: dict[str, Any], path: str, *, required: tuple[str, ...], optional: tuple[str, ...]
+) -> None:
+    prefix = "" if path == "$" else f"{path}."
+    for key in obj:
+        if key not in required and key not in optional:
+            raise RecordError(f"{prefix}{key}", "unknown field")
+    for key in required:
+        if key not in obj:
+            raise RecordError(f"{prefix}{key}", "is required")
+
+
+def _int(value: Any, path: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RecordError(path, f"must be an integer, not {_type_name(value)}")
+    if not lo <= value <= hi:
+        raise RecordError(path, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _ident(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise RecordError(path, f"must be a string, not {_type_name(value)}")
+    if not value:
+        raise RecordError(path, "must not be empty")
+    if len(value) > MAX_ID_LEN:
+        raise RecordError(path, f"must be at most {MAX_ID_LEN} characters")
+    if not _ID.fullmatch(value):
+        raise RecordError(path, "may only hold letters, digits, '.', '_', ':' and '-'")
+    return value
+
+
+# --------------------------------------------------------------------------------- encoding
+
+
+def record_to_obj(record: RouteRecord) -> dict[str, Any]:
+    p = record.policy
+    return {
+        "host": record.host,
+        "version": record.version,
+        "space_id": record.space_id,
+        "service_id": record.service_id,
+        "blocked": record.blocked,
+        "updated_at": record.updated_at,
+        "policy": {
+            "connect_timeout_ms": p.connect_timeout_ms,
+            "read_timeout_ms": p.read_timeout_ms,
+            "max_body_bytes": p.max_body_bytes,
+            "retries": p.retries,
+            "sticky": p.sticky,
+            "allow_override": p.allow_override,
+        },
+        "endpoints": [
+            {
+                "path_prefix": e.path_prefix,
+                "methods": list(e.methods),
+                "targets": [
+                    {
+                        "deployment_id": t.deployment_id,
+                        "weight": t.weight,
+                        "status": t.status,
+                        "upstreams": [u.url for u in t.upstreams],
+                    }
+                    for t in e.targets
+                ],
+            }
+            for e in record.endpoints
+        ],
+    }
+
+
+def encode_record(record: RouteRecord) -> bytes:
+    """Canonical JSON bytes of ``record`` (sorted keys, defaults explicit, compact)."""
+    return orjson.dumps(record_to_obj(record), option=orjson.OPT_SORT_KEYS)

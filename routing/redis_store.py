@@ -1,0 +1,198 @@
+"""Route store in Redis: ``routes`` hash + ``routes:log`` stream + ``epoch`` string.
+
+Publishing is one server-side script, atomic like MULTI/EXEC, that checks the version, writes the
+hash and appends the full record to the stream: an older version can never overwrite a newer one,
+even when two admins race, and a reader can never see the hash and the log disagree.
+A full publish builds a temporary hash and swaps it in with ``RENAME`` inside MULTI, together with
+the new epoch and an epoch marker in the log, so gateways never observe a half-written table.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from routing.errors import StaleVersionError, StoreError
+from routing.hostnames import validate_hostname
+from routing.keys import Keys
+from routing.models import RouteRecord, encode_record
+from routing.store import DEFAULT_MAXLEN, ZERO_ID, LogEntry, RouteStore, SyncPoint, new_epoch
+
+# KEYS: routes, versions, log.  ARGV: host, version, record ("" = delete), maxlen.
+# Returns {1, id} when written, {0, current_version} when stale.
+_PUBLISH_LUA = """
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+if cur and tonumber(cur) >= tonumber(ARGV[2]) then
+  return {0, cur}
+end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
+                      'host', ARGV[1], 'version', ARGV[2], 'record', ARGV[3])
+return {1, id}
+"""
+
+
+class RedisRouteStore(RouteStore):
+    """Route store backed by Redis. Owns its client unless one is passed in."""
+
+    def __init__(
+        self,
+        url_or_client: str | aioredis.Redis,
+        *,
+        prefix: str = "turnout",
+        maxlen: int = DEFAULT_MAXLEN,
+        connect_timeout: float = 2.0,
+        socket_timeout: float = 10.0,
+    ) -> None:
+        self.keys = Keys(prefix)
+        self.maxlen = maxlen
+        if isinstance(url_or_client, str):
+            self._owned = True
+            self.redis: aioredis.Redis = aioredis.Redis.from_url(
+                url_or_client,
+                socket_connect_timeout=connect_timeout,
+                socket_timeout=socket_timeout,
+                decode_responses=False,
+                health_check_interval=0,
+            )
+            self.url = url_or_client
+        else:
+            self._owned = False
+            self.redis = url_or_client
+            self.url = "<client>"
+        self._publish = self.redis.register_script(_PUBLISH_LUA)
+
+    async def _write(self, host: str, version: int, data: bytes) -> str:
+        k = self.keys
+        try:
+            res = await self._publish(
+                keys=[k.routes, k.versions, k.log], args=[host, version, data, self.maxlen]
+            )
+        except ResponseError as exc:
+            raise StoreError(f"publish of {host} failed: {exc}") from exc
+        ok, value = res
+        if not ok:
+            raise StaleVersionError(host, version, int(value))
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def publish(self, record: RouteRecord) -> str:
+        return await self._write(record.host, record.version, encode_record(record))
+
+    async def delete(self, host: str, version: int) -> str:
+        validate_hostname(host)
+        return await self._write(host, version, b"")
+
+    async def replace_all(self, records: Iterable[RouteRecord], epoch: str | None = None) -> str:
+        epoch = epoch or new_epoch()
+        k = self.keys
+        suffix = uuid.uuid4().hex
+        tmp_routes, tmp_versions = f"{k.routes}:tmp:{suffix}", f"{k.versions}:tmp:{suffix}"
+        count = 0
+        try:
+            batch_r: dict[str, bytes] = {}
+            batch_v: dict[str, int] = {}
+            for record in records:
+                batch_r[record.host] = encode_record(record)
+                batch_v[record.host] = record.version
+                count += 1
+                if len(batch_r) >= 1000:
+                    await self._fill(tmp_routes, tmp_versions, batch_r, batch_v)
+                    batch_r, batch_v = {}, {}
+            if batch_r:
+                await self._fill(tmp_routes, tmp_versions, batch_r, batch_v)
+            async with self.redis.pipeline(transaction=True) as tx:
+                if count:
+                    tx.rename(tmp_routes, k.routes)
+                    tx.rename(tmp_versions, k.versions)
+                else:
+                    tx.delete(k.routes, k.versions)
+                tx.set(k.epoch, epoch)
+                tx.xadd(k.log, {"epoch": epoch}, maxlen=self.maxlen, approximate=True)
+                await tx.execute()
+        finally:
+            await self.redis.delete(tmp_routes, tmp_versions)
+        return epoch
+
+    async def _fill(
+        self, tmp_r: str, tmp_v: str, routes: dict[str, bytes], versions: dict[str, int]
+    ) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(tmp_r, mapping=routes)  # type: ignore[arg-type]
+            pipe.hset(tmp_v, mapping=versions)  # type: ignore[arg-type]
+            await pipe.execute()
+
+    async def get(self, host: str) -> bytes | None:
+        value: bytes | None = await self.redis.hget(self.keys.routes, host)  # type: ignore[assignment]
+        return value
+
+    async def scan(self, batch: int = 1000) -> AsyncIterator[list[tuple[str, bytes]]]:
+        cursor = 0
+        while True:
+            res: Any = await self.redis.hscan(self.keys.routes, cursor, count=batch)
+            cursor, items = res
+            if items:
+                yield [(h.decode(), v) for h, v in items.items()]
+            if cursor == 0:
+                return
+
+    async def sync_point(self) -> SyncPoint:
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.get(k.epoch)
+            tx.xrange(k.log, "-", "+", count=1)
+            tx.xrevrange(k.log, "+", "-", count=1)
+            epoch, first, last = await tx.execute()
+        return SyncPoint(
+            epoch.decode() if epoch is not None else None,
+            _id(first[0][0]) if first else None,
+            _id(last[0][0]) if last else ZERO_ID,
+        )
+
+    async def read_log(self, after: str, count: int, block_ms: int) -> list[LogEntry]:
+        res: Any = await self.redis.xread(
+            {self.keys.log: after}, count=count, block=block_ms if block_ms > 0 else None
+        )
+        if not res:
+            return []
+        out: list[LogEntry] = []
+        for _stream, entries in res:
+            for raw_id, fields in entries:
+                out.append(_entry(_id(raw_id), fields))
+        return out
+
+    async def get_epoch(self) -> str | None:
+        value: Any = await self.redis.get(self.keys.epoch)
+        return value.decode() if value is not None else None
+
+    async def set_epoch(self, epoch: str) -> None:
+        await self.redis.set(self.keys.epoch, epoch)
+
+    async def close(self) -> None:
+        if self._owned:
+            await self.redis.aclose()
+
+    def __repr__(self) -> str:
+        return f"RedisRouteStore({self.url!r}, prefix={self.keys.prefix!r})"
+
+
+def _id(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _entry(entry_id: str, fields: dict[bytes, bytes]) -> LogEntry:
+    epoch = fields.get(b"epoch")
+    if epoch is not None:
+        return LogEntry(entry_id, None, 0, None, epoch.decode())
+    host = fields.get(b"host", b"").decode()
+    version = int(fields.get(b"version", b"0"))
+    record = fields.get(b"record", b"")
+    return LogEntry(entry_id, host, version, record or None)

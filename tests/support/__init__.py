@@ -1,0 +1,1 @@
+"""Test infrastructure helpers (real redis-server processes, ports)."""
