@@ -1,0 +1,416 @@
+"""The transport-free dispatch core: host → record → endpoint → target → plan or answer.
+
+Both front-ends (native and ASGI) call :meth:`Dispatcher.prepare` once per request with the
+request line and headers as ``bytes``; it returns a :class:`Plan` (where to forward, with the
+rewritten header block) or an :class:`~gateway.errors.Answer`. Nothing here does I/O.
+
+Header rules (spec "Forwarding"), both computed in one pass over the request headers:
+
+* hop-by-hop headers (``Connection``, ``Keep-Alive``, ``Proxy-*``, ``TE``, ``Trailer``,
+  ``Transfer-Encoding``, ``Upgrade`` unless upgrading) and every header named in ``Connection``
+  are dropped; framing (``Content-Length`` / chunked) is re-emitted by the front-end;
+* client-supplied internal headers (every ``X-Turnout-*``, ``X-Forwarded-Host``) are dropped,
+  then ``X-Forwarded-For`` (appended), ``X-Forwarded-Proto``, ``X-Forwarded-Host``,
+  ``X-Request-Id`` (the client's when it is a sane token of at most 128 chars),
+  ``X-Turnout-Space``, ``X-Turnout-Service`` and ``X-Turnout-Deployment`` are set;
+* ``Host`` is forwarded unchanged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+from typing import Final
+
+from gateway.config import GatewayConfig, Network
+from gateway.errors import (
+    BAD_HOST,
+    BAD_LENGTH,
+    BAD_TE,
+    CL_AND_TE,
+    NO_ROUTE,
+    NO_UPSTREAM,
+    NOT_FOUND,
+    PAYLOAD_TOO_LARGE,
+    PAYMENT_REQUIRED,
+    SUSPENDED,
+    Answer,
+)
+from routing.compiled import (
+    STICKY_COOKIE,
+    STICKY_HEADER,
+    STICKY_NONE,
+    CompiledEndpoint,
+    CompiledRoute,
+    CompiledTarget,
+)
+from routing.hostnames import normalize_request_host
+from routing.table import RouteTable
+from routing.upstreams import Replica
+
+# Lower-case names dropped on the way upstream (framing is re-emitted by the front-end).
+_DROP_REQUEST: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"expect",
+        b"host",
+        b"x-forwarded-host",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-request-id",
+    }
+)
+# Lower-case names dropped on the way back to the client (framing re-emitted too).
+DROP_RESPONSE: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"x-request-id",
+    }
+)
+_REQUEST_ID_OK: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
+_OVERRIDE: Final = b"x-turnout-deployment"
+
+
+class Plan:
+    """Where and how to forward one request. Built once per request by :meth:`prepare`."""
+
+    __slots__ = (
+        "attempts",
+        "chunked",
+        "content_length",
+        "endpoint",
+        "expect_continue",
+        "header_block",
+        "host",
+        "method",
+        "path",
+        "reframed",
+        "replica",
+        "request_id",
+        "route",
+        "target",
+        "tried",
+        "upgrade",
+    )
+
+    method: bytes
+    path: bytes
+    host: bytes
+    route: CompiledRoute
+    endpoint: CompiledEndpoint
+    target: CompiledTarget
+    request_id: bytes
+    header_block: bytes
+    chunked: bool
+    content_length: int | None
+    expect_continue: bool
+    upgrade: bytes | None
+    reframed: bool
+
+    def __init__(self) -> None:
+        self.replica: Replica | None = None
+        self.tried: Replica | None = None
+        self.attempts = 0
+
+    def request_head(self, replica: Replica) -> bytes:
+        """Request line for ``replica`` (its base path prefixed) plus the header block."""
+        path = replica.base_path + self.path if replica.base_path else self.path
+        return self.method + b" " + path + b" HTTP/1.1\r\n" + self.header_block
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def retryable(self, sent: bool) -> bool:
+        """Spec retry rule: nothing reached the upstream, or an idempotent method without body;
+        never a request with a body once any byte left; bounded by ``policy.retries``."""
+        if self.attempts > self.route.policy.retries:
+            return False
+        if not sent:
+            return True
+        return self.method in _IDEMPOTENT and not self.has_body
+
+    def __repr__(self) -> str:
+        return f"Plan({self.method!r} {self.host!r}{self.path!r} -> {self.target!r})"
+
+
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+
+class RequestIds:
+    """Cheap unique request ids: a random per-process prefix and a counter."""
+
+    __slots__ = ("_n", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex().encode()
+        self._n = 0
+
+    def next(self) -> bytes:
+        self._n += 1
+        return b"%s-%x" % (self._prefix, self._n)
+
+
+class Dispatcher:
+    """Turns a request head into a :class:`Plan` or an :class:`Answer`."""
+
+    __slots__ = ("clock", "ids", "proto", "rng", "table", "trusted")
+
+    def __init__(
+        self,
+        table: RouteTable,
+        config: GatewayConfig,
+        *,
+        rng: random.Random | None = None,
+        proto: bytes = b"http",
+    ) -> None:
+        self.table = table
+        self.trusted: tuple[Network, ...] = config.trusted_proxies
+        self.ids = RequestIds()
+        self.rng = rng or random.Random()
+        self.proto = proto
+
+    def request_id(self, client_value: bytes | None) -> bytes:
+        if (
+            client_value
+            and len(client_value) <= 128
+            and not client_value.translate(None, _REQUEST_ID_OK)
+        ):
+            return client_value
+        return self.ids.next()
+
+    def prepare(
+        self,
+        method: bytes,
+        path: bytes,
+        host: bytes | None,
+        headers: list[tuple[bytes, bytes]],
+        peer: str,
+        now: float,
+        *,
+        strict_framing: bool = True,
+    ) -> Plan | tuple[Answer, bytes]:
+        """Resolve one request. ``path`` is the request target (path and query, origin-form).
+
+        Returns a plan, or an answer with the request id to send it with."""
+        # One pass: everything the decision needs, and the headers that go upstream.
+        kept: list[bytes] = []
+        conn_tokens: list[bytes] | None = None
+        content_length: bytes | None = None
+        te: bytes | None = None
+        xff: bytes | None = None
+        xfproto: bytes | None = None
+        req_id: bytes | None = None
+        override: bytes | None = None
+        expect = False
+        upgrade: bytes | None = None
+        cookie: bytes | None = None
+        header_host: bytes | None = None
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _DROP_REQUEST:
+                if lname == b"content-length":
+                    if content_length is not None and content_length != value:
+                        return BAD_LENGTH, self.request_id(req_id)
+                    content_length = value
+                elif lname == b"transfer-encoding":
+                    te = value if te is None else te + b", " + value
+                elif lname == b"connection":
+                    conn_tokens = (conn_tokens or []) + [
+                        t.strip().lower() for t in value.split(b",")
+                    ]
+                elif lname == b"x-forwarded-for":
+                    xff = value if xff is None else xff + b", " + value
+                elif lname == b"x-request-id":
+                    req_id = value
+                elif lname == b"expect":
+                    expect = value.lower() == b"100-continue"
+                elif lname == b"upgrade":
+                    upgrade = value
+                elif lname == b"host":
+                    if header_host is not None:
+                        return BAD_HOST, self.request_id(req_id)  # RFC 9112 §3.2
+                    header_host = value
+                    kept.append(b"Host: " + value + b"\r\n")
+                elif lname == b"x-forwarded-proto":
+                    xfproto = value
+                continue
+            if lname.startswith(b"x-turnout-"):
+                if lname == _OVERRIDE:
+                    override = value.strip()
+                continue
+            if lname.startswith(b"proxy-"):
+                continue
+            if lname == b"cookie":
+                cookie = value if cookie is None else cookie + b"; " + value
+            kept.append(name + b": " + value + b"\r\n")
+
+        rid = self.request_id(req_id)
+        if host is None:  # an absolute-form target's authority wins over the Host header
+            host = header_host
+        if host is None:
+            return BAD_HOST, rid
+        hostkey = normalize_request_host(host)
+        if hostkey is None:
+            return BAD_HOST, rid
+
+        # Framing. RFC 9112 §6.3: CL with TE is a smuggling vector; the native server refuses.
+        chunked = False
+        length = 0
+        if te is not None:
+            if content_length is not None and strict_framing:
+                return CL_AND_TE, rid
+            codings = [c.strip().lower() for c in te.split(b",")]
+            if codings[-1] != b"chunked":
+                return BAD_TE, rid
+            chunked = True
+        elif content_length is not None:
+            if not content_length.isdigit() or len(content_length) > 18:
+                return BAD_LENGTH, rid
+            length = int(content_length)
+
+        route = self.table.lookup(hostkey)
+        if route is None:
+            return NOT_FOUND, rid
+        if route.blocked is not None:
+            return (PAYMENT_REQUIRED if route.blocked == "payment_required" else SUSPENDED), rid
+        qpos = path.find(b"?")
+        endpoint = route.match(method, path if qpos < 0 else path[:qpos])
+        if endpoint is None:
+            return NO_ROUTE, rid
+        if length > route.policy.max_body_bytes:
+            return PAYLOAD_TOO_LARGE, rid
+
+        client_ip = self.client_ip(peer, xff)
+        target = self._select(route, endpoint, client_ip, kept, headers, cookie, override)
+        replica = target.next_replica(now)
+        if replica is None:
+            return NO_UPSTREAM, rid
+
+        if conn_tokens:
+            nominated = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+            if nominated:
+                kept = [h for h in kept if h.split(b":", 1)[0].lower() not in nominated]
+        if upgrade is not None and (conn_tokens is None or b"upgrade" not in conn_tokens):
+            upgrade = None  # "Upgrade" without "Connection: upgrade" is not an upgrade
+
+        peer_b = peer.encode()
+        xff_out = peer_b if xff is None else xff + b", " + peer_b
+        proto = xfproto if (xfproto is not None and self._trusted(peer)) else self.proto
+        block = [
+            *kept,
+            b"X-Forwarded-For: ",
+            xff_out,
+            b"\r\nX-Forwarded-Proto: ",
+            proto,
+            b"\r\nX-Forwarded-Host: ",
+            host,
+            b"\r\nX-Request-Id: ",
+            rid,
+            b"\r\nX-Turnout-Space: ",
+            route.space_b,
+            b"\r\nX-Turnout-Service: ",
+            route.service_b,
+            b"\r\nX-Turnout-Deployment: ",
+            target.deployment_b,
+            b"\r\n",
+        ]
+        if upgrade is not None:
+            block.append(b"Connection: upgrade\r\nUpgrade: " + upgrade + b"\r\n")
+        elif chunked:
+            block.append(b"Transfer-Encoding: chunked\r\n")
+        elif content_length is not None:
+            block.append(b"Content-Length: %d\r\n" % length)
+        block.append(b"\r\n")
+
+        plan = Plan()
+        plan.method = method
+        plan.path = path
+        plan.host = hostkey
+        plan.route = route
+        plan.endpoint = endpoint
+        plan.target = target
+        plan.replica = replica
+        plan.request_id = rid
+        plan.header_block = b"".join(block)
+        plan.chunked = chunked
+        plan.content_length = length if content_length is not None else None
+        plan.expect_continue = expect
+        plan.upgrade = upgrade
+        plan.reframed = te is not None and content_length is not None
+        return plan
+
+    def _select(
+        self,
+        route: CompiledRoute,
+        endpoint: CompiledEndpoint,
+        client_ip: bytes,
+        kept: list[bytes],
+        headers: list[tuple[bytes, bytes]],
+        cookie: bytes | None,
+        override: bytes | None,
+    ) -> CompiledTarget:
+        kind = route.sticky_kind
+        key: bytes | None
+        if kind == STICKY_NONE:
+            key = None
+        elif kind == STICKY_HEADER:
+            key = client_ip
+            wanted = route.sticky_name
+            for name, value in headers:
+                if name.lower() == wanted:
+                    key = value
+                    break
+        elif kind == STICKY_COOKIE:
+            key = _cookie_value(cookie, route.sticky_name) or client_ip
+        else:
+            key = client_ip
+        return route.select(endpoint, key, override, self.rng)
+
+    def _trusted(self, peer: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+    def client_ip(self, peer: str, xff: bytes | None) -> bytes:
+        """The client address: the peer, or — only behind configured trusted proxies — the
+        right-most address in ``X-Forwarded-For`` that is not itself a trusted proxy."""
+        if xff is None or not self.trusted or not self._trusted(peer):
+            return peer.encode()
+        for part in reversed(xff.split(b",")):
+            candidate = part.strip().decode("latin-1")
+            if not self._trusted(candidate):
+                try:
+                    ipaddress.ip_address(candidate)
+                except ValueError:
+                    break
+                return candidate.encode()
+        return peer.encode()
+
+
+def _cookie_value(cookie: bytes | None, name: bytes) -> bytes | None:
+    if not cookie:
+        return None
+    for part in cookie.split(b";"):
+        k, sep, v = part.strip().partition(b"=")
+        if sep and k == name:
+            return v.strip(b'"') or None
+    return None

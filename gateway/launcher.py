@@ -1,0 +1,205 @@
+"""``turnout gateway``: parse flags, then run N native workers (``SO_REUSEPORT``) or the ASGI
+app under uvicorn or granian.
+
+The parent process of a multi-worker native gateway is a small supervisor (nginx's master, in
+spirit): it forks the workers, restarts one that dies, and on SIGTERM/SIGINT forwards SIGTERM so
+every worker drains, then waits for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+
+from gateway.config import GatewayConfig, parse_networks
+from routing.upstreams import EjectionPolicy
+
+log = logging.getLogger("turnout.gateway")
+
+
+def _hostport(value: str, default_host: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = default_host, value
+    host = host.strip("[]") or default_host
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port in {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range in {value!r}")
+    return host, number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="turnout gateway", description="Run the dispatch gateway.")
+    p.add_argument("--listen", default="0.0.0.0:8080", help="address:port (default 0.0.0.0:8080)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--server", choices=("native", "uvicorn", "granian"), default="native")
+    p.add_argument(
+        "--redis",
+        default=os.environ.get("TURNOUT_REDIS_URL"),
+        help="redis://host:port/db (default $TURNOUT_REDIS_URL)",
+    )
+    p.add_argument("--redis-prefix", default="turnout")
+    p.add_argument("--snapshot", default=None, help="last-known-good route snapshot file")
+    p.add_argument(
+        "--internal",
+        default="127.0.0.1:9901",
+        help="health/metrics listener; worker N uses port+N; 'off' disables",
+    )
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="honour X-Forwarded-For from these peers (repeatable)",
+    )
+    p.add_argument("--header-timeout", type=float, default=10.0)
+    p.add_argument("--keepalive-timeout", type=float, default=75.0)
+    p.add_argument("--drain-timeout", type=float, default=30.0)
+    p.add_argument("--max-header-bytes", type=int, default=64 * 1024)
+    p.add_argument("--max-headers", type=int, default=100)
+    p.add_argument("--pool-max-per-origin", type=int, default=512)
+    p.add_argument("--eject-after", type=int, default=3, help="consecutive connect failures")
+    p.add_argument("--eject-seconds", type=float, default=10.0)
+    p.add_argument("--flush-interval", type=float, default=1.0)
+    p.add_argument("--access-log", action="store_true", help="one JSON line per request")
+    p.add_argument("--access-log-sample", type=float, default=1.0)
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> GatewayConfig:
+    host, port = _hostport(args.listen, "0.0.0.0")
+    if args.internal == "off":
+        ihost, iport = "127.0.0.1", 0
+    else:
+        ihost, iport = _hostport(args.internal, "127.0.0.1")
+    return GatewayConfig(
+        listen_host=host,
+        listen_port=port,
+        workers=args.workers,
+        server=args.server,
+        redis_url=args.redis,
+        redis_prefix=args.redis_prefix,
+        snapshot_path=args.snapshot,
+        internal_host=ihost,
+        internal_port=iport,
+        max_header_bytes=args.max_header_bytes,
+        max_headers=args.max_headers,
+        header_timeout=args.header_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+        drain_timeout=args.drain_timeout,
+        pool_max_per_origin=args.pool_max_per_origin,
+        ejection=EjectionPolicy(args.eject_after, args.eject_seconds),
+        trusted_proxies=parse_networks(args.trusted_proxy),
+        flush_interval=args.flush_interval,
+        access_log=args.access_log,
+        access_log_sample=args.access_log_sample,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+    try:
+        config = config_from_args(args)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        print(f"turnout gateway: {exc}", file=sys.stderr)
+        return 2
+    if config.server != "native":
+        from gateway.asgi import run_asgi_server
+
+        return run_asgi_server(config)
+    if config.workers == 1:
+        return run_native_worker(config, 0)
+    return supervise(config)
+
+
+def run_native_worker(config: GatewayConfig, index: int) -> int:
+    import uvloop
+
+    return uvloop.run(_worker_main(config, index))
+
+
+async def _worker_main(config: GatewayConfig, index: int) -> int:
+    from gateway.worker import GatewayWorker, bind_socket
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sock = bind_socket(config.listen_host, config.listen_port, reuse_port=config.workers > 1)
+    worker = GatewayWorker(config, index=index)
+    await worker.start([sock])
+    log.info("worker %d serving on %s:%d", index, config.listen_host, config.listen_port)
+    print(
+        f"turnout gateway: worker {index} listening on {config.listen_host}:"
+        f"{sock.getsockname()[1]}",
+        flush=True,
+    )
+    await stop.wait()
+    log.info("worker %d draining", index)
+    await worker.stop()
+    return 0
+
+
+def supervise(config: GatewayConfig) -> int:
+    """Fork ``config.workers`` workers; restart crashed ones; forward SIGTERM/SIGINT."""
+    children: dict[int, int] = {}  # pid -> worker index
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                code = run_native_worker(config, index)
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for i in range(config.workers):
+        spawn(i)
+    restarts: list[float] = []
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        index = children.pop(pid, None)
+        if index is None or stopping:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        log.error("worker %d (pid %d) exited with %d; restarting", index, pid, code)
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < 10] + [now]
+        if len(restarts) > 5 * config.workers:
+            log.critical("workers keep crashing; giving up")
+            on_signal(signal.SIGTERM, None)
+            continue
+        spawn(index)
+    return 0

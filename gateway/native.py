@@ -1,0 +1,814 @@
+"""The native HTTP/1.1 front-end: ``asyncio.Protocol`` + ``httptools.HttpRequestParser``.
+
+Theory of operation
+-------------------
+One :class:`ClientConnection` per client socket; one :class:`Exchange` per request, which is
+also the upstream pool's *sink* (see :mod:`gateway.pool`): parser callbacks, the dispatch core
+and the upstream connection call each other directly. There is no task and no timer per request:
+the :class:`NativeServer` runs one periodic sweep per worker that checks every deadline (header
+read, keep-alive idle, tunnel idle, upstream read idle, pool waits).
+
+Pipelining: requests are parsed as bytes arrive; the first one in flight is *current*, later
+ones wait in order (their bodies buffered, reading paused above the high-water mark) and are
+answered strictly in order. Flow control both ways: a slow upstream pauses reading from the
+client; a slow client pauses reading from the upstream.
+
+Edge duties (the model is uvicorn's httptools protocol): header-read timeout (slowloris),
+header size/count limits (431), CL+TE (400 and close: a smuggled second request is never
+parsed), malformed Host (400), ``Expect: 100-continue`` answered by the gateway once the route
+and size are known, HTTP/1.0 clients (close-delimited responses), chunked and fixed-length
+request bodies streamed, body limit (413 up front and while streaming), WebSocket/Upgrade
+tunnelled only after the upstream's 101, graceful drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+import httptools
+
+from gateway.dispatch import Dispatcher, Plan
+from gateway.errors import (
+    BAD_GATEWAY,
+    BAD_GATEWAY_RESPONSE,
+    BAD_REQUEST,
+    GATEWAY_TIMEOUT,
+    HEADERS_TOO_LARGE,
+    NO_UPSTREAM,
+    PAYLOAD_TOO_LARGE,
+    REASONS,
+    Answer,
+    UpstreamError,
+)
+
+if TYPE_CHECKING:
+    from gateway.accesslog import AccessLog
+    from gateway.config import GatewayConfig
+    from gateway.counters import Counters
+    from gateway.pool import UpstreamConnection, UpstreamPool
+    from routing.table import RouteTable
+
+log = logging.getLogger("turnout.gateway.native")
+
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+_CRLF: Final = b"\r\n"
+_STATUS_LINES: Final = {
+    code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()
+}
+
+
+class _Limit(Exception):
+    """Raised from a parser callback to stop parsing a request head that is too large."""
+
+
+class _Stop(Exception):
+    """Raised from a parser callback once the connection is closing: parse nothing more."""
+
+
+_DISCARD_LIMIT: Final = 64 * 1024  # body bytes we read and drop to keep a connection alive
+
+
+class Exchange:
+    """One request/response cycle; the upstream pool's sink for that request."""
+
+    __slots__ = (
+        "body_buf",
+        "body_bytes",
+        "buffered",
+        "client",
+        "conn",
+        "deferred",
+        "head_bytes",
+        "headers",
+        "keep_alive",
+        "method",
+        "out_bytes",
+        "out_chunked",
+        "plan",
+        "request_done",
+        "stale_retry",
+        "started",
+        "status",
+        "t0",
+        "timed_out",
+        "tunnel_buf",
+        "url",
+        "version_10",
+    )
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.method = b""
+        self.version_10 = False
+        self.keep_alive = True
+        self.plan: Plan | None = None
+        self.conn: UpstreamConnection | None = None
+        self.body_buf: list[bytes] | None = None  # request body not yet sent upstream
+        self.buffered = 0
+        self.body_bytes = 0
+        self.request_done = False
+        self.started = False  # response head written to the client
+        self.out_chunked = False
+        self.out_bytes = 0
+        self.status = 0
+        self.stale_retry = False
+        self.timed_out = False
+        self.tunnel_buf: list[bytes] | None = None
+        self.deferred: tuple[Answer, bytes] | None = None  # answer waiting for the body's end
+        self.t0 = 0.0
+
+    # ------------------------------------------------------------ request body (from client)
+
+    def body_chunk(self, chunk: bytes) -> None:
+        self.body_bytes += len(chunk)
+        if self.deferred is not None:
+            # We already know the answer; drop the body, up to a point, to keep the connection.
+            if self.body_bytes > _DISCARD_LIMIT:
+                answer, rid = self.deferred
+                self.deferred = None
+                self.request_done = True
+                self.keep_alive = False
+                self.client.answer(self, answer, rid)
+            return
+        plan = self.plan
+        if plan is not None and self.body_bytes > plan.route.policy.max_body_bytes:
+            self.client.too_large(self)
+            return
+        conn = self.conn
+        if conn is not None and self.body_buf is None:
+            if plan is not None and plan.chunked:
+                conn.write_body(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            else:
+                conn.write_body(chunk)
+            return
+        if self.body_buf is None:
+            self.body_buf = []
+        self.body_buf.append(chunk)
+        self.buffered += len(chunk)
+        if self.buffered > self.client.server.high_water:
+            self.client.pause_for(self)
+
+    def body_end(self) -> None:
+        self.request_done = True
+        if self.deferred is not None:
+            answer, rid = self.deferred
+            self.deferred = None
+            self.client.answer(self, answer, rid)
+            return
+        conn = self.conn
+        if (
+            conn is not None
+            and self.body_buf is None
+            and self.plan is not None
+            and self.plan.chunked
+        ):
+            conn.write(_LAST_CHUNK)
+
+    # ------------------------------------------------------------ Sink: pool callbacks
+
+    def upstream_ready(self, conn: UpstreamConnection) -> None:
+        client = self.client
+        plan = self.plan
+        if client.closed or plan is None or client.current is not self:
+            conn.abort()
+            return
+        replica = plan.replica
+        assert replica is not None
+        if not conn.reused:
+            replica.record_success()
+        self.conn = conn
+        head_only = self.method == b"HEAD"
+        conn.send(
+            self,
+            plan.request_head(replica),
+            head_only=head_only,
+            read_timeout=plan.route.policy.read_timeout_ms / 1000,
+        )
+        buf = self.body_buf
+        if buf is not None:
+            self.body_buf = None
+            self.buffered = 0
+            if plan.chunked:
+                for chunk in buf:
+                    conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            else:
+                for chunk in buf:
+                    conn.write(chunk)
+            client.unpause_for(self)
+        if self.request_done and plan.chunked and plan.upgrade is None:
+            conn.write(_LAST_CHUNK)
+
+    def upstream_failed(self, error: UpstreamError) -> None:
+        self.conn = None
+        client = self.client
+        plan = self.plan
+        if client.closed or plan is None or client.current is not self:
+            return
+        server = client.server
+        now = server.loop.time()
+        replica = plan.replica
+        assert replica is not None
+        if error.kind in ("connect", "timeout") and not error.sent:
+            replica.record_failure(now)
+            server.counters.connect_errors += 1
+        if self.started:
+            client.abort_response(self)
+            return
+        # A reused keep-alive connection that died before answering: once, on a fresh one.
+        if error.reused and not self.stale_retry and self._can_replay():
+            self.stale_retry = True
+            server.pool.connect_fresh(replica, self, plan.route.policy.connect_timeout_ms / 1000)
+            return
+        if plan.retryable(error.sent) and self._can_replay():
+            nxt = plan.target.next_replica(now, exclude=replica)
+            if nxt is not None:
+                plan.attempts += 1
+                plan.replica = nxt
+                server.pool.acquire(nxt, self, plan.route.policy.connect_timeout_ms / 1000)
+                return
+        if error.kind == "timeout":
+            self.timed_out = True
+            client.answer(self, GATEWAY_TIMEOUT, plan.request_id)
+        elif error.kind == "pool":
+            client.answer(self, NO_UPSTREAM, plan.request_id)
+        else:
+            client.answer(self, BAD_GATEWAY, plan.request_id)
+
+    def _can_replay(self) -> bool:
+        """Only a request whose body (if any) is still entirely in hand can be sent again."""
+        plan = self.plan
+        assert plan is not None
+        return plan.upgrade is None and (not plan.has_body or self.body_bytes == self.buffered)
+
+    def response_head(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        content_length: bytes | None,
+        body_expected: bool,
+    ) -> None:
+        client = self.client
+        plan = self.plan
+        assert plan is not None
+        self.status = status
+        self.started = True
+        parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
+        for name, value in headers:
+            parts.append(name + b": " + value + b"\r\n")
+        parts.append(b"X-Request-Id: " + plan.request_id + b"\r\n")
+        if status == 101:
+            pass
+        elif not body_expected:
+            if content_length is not None:
+                parts.append(b"Content-Length: " + content_length + b"\r\n")
+        elif content_length is not None:
+            parts.append(b"Content-Length: " + content_length + b"\r\n")
+        elif not self.version_10:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+            self.out_chunked = True
+        else:
+            self.keep_alive = False  # HTTP/1.0 client: the body ends when we close
+        if status != 101:
+            if not self.keep_alive or client.draining:
+                self.keep_alive = False
+                parts.append(b"Connection: close\r\n")
+            elif self.version_10:
+                parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        client.write(b"".join(parts))
+        if status == 101:
+            client.enter_tunnel(self)
+
+    def response_body(self, data: bytes) -> None:
+        self.out_bytes += len(data)
+        transport = self.client.transport
+        if transport is None:
+            return
+        if self.out_chunked:
+            transport.writelines((b"%x\r\n" % len(data), data, _CRLF))
+        else:
+            transport.write(data)
+
+    def response_end(self) -> None:
+        self.conn = None
+        client = self.client
+        if client.tunnel is self and self.status == 101:
+            client.close()
+            return
+        if self.out_chunked:
+            client.write(_LAST_CHUNK)
+        client.finish(self)
+
+    def response_aborted(self, error: UpstreamError) -> None:
+        self.conn = None
+        if error.kind == "timeout":
+            self.timed_out = True
+        if not self.started:
+            plan = self.plan
+            assert plan is not None
+            answer = GATEWAY_TIMEOUT if error.kind == "timeout" else BAD_GATEWAY_RESPONSE
+            self.client.answer(self, answer, plan.request_id)
+            return
+        self.client.abort_response(self)
+
+    def upstream_pause_writing(self) -> None:
+        self.client.pause_for(self)
+
+    def upstream_resume_writing(self) -> None:
+        self.client.unpause_for(self)
+
+    def tunnel_data(self, data: bytes) -> None:
+        client = self.client
+        client.tunnel_deadline = client.server.loop.time() + client.tunnel_idle
+        if client.transport is not None:
+            client.transport.write(data)
+
+    def __repr__(self) -> str:
+        return f"Exchange({self.method!r} {self.url!r}, status={self.status})"
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client TCP connection speaking HTTP/1.1 (or 1.0) to the gateway."""
+
+    __slots__ = (
+        "_paused_by",
+        "_writing_paused",
+        "closed",
+        "current",
+        "deadline",
+        "draining",
+        "head_deadline",
+        "parser",
+        "parsing",
+        "peer",
+        "queue",
+        "server",
+        "transport",
+        "tunnel",
+        "tunnel_deadline",
+        "tunnel_idle",
+    )
+
+    def __init__(self, server: NativeServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        self.current: Exchange | None = None
+        self.parsing: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self.closed = False
+        self.draining = server.draining
+        self.deadline = 0.0  # keep-alive idle deadline (0 = none)
+        self.head_deadline = 0.0  # request head must be complete by then (0 = none)
+        self.tunnel: Exchange | None = None
+        self.tunnel_deadline = 0.0
+        self.tunnel_idle = 0.0
+        self._paused_by: set[Exchange] = set()
+        self._writing_paused = False
+
+    # ------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.server.high_water)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else "unix"
+        self.server.connections.add(self)
+        now = self.server.loop.time()
+        self.deadline = now + self.server.keepalive_timeout
+        self.head_deadline = now + self.server.header_timeout
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel_deadline = self.server.loop.time() + self.tunnel_idle
+            if tunnel.tunnel_buf is not None:
+                tunnel.tunnel_buf.append(data)  # not open until the upstream says 101
+            elif tunnel.conn is not None:
+                tunnel.conn.write(data)
+            return
+        if self.closed:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            self._upgrade_received(data[offset:])
+        except httptools.HttpParserCallbackError as exc:
+            if self.closed or isinstance(exc.__context__, _Stop):
+                return
+            if isinstance(exc.__context__, _Limit) or isinstance(exc.__cause__, _Limit):
+                self._fail_head(HEADERS_TOO_LARGE)
+            elif not self.closed:
+                log.exception("error in request callback", exc_info=exc)
+                self._fail_head(BAD_REQUEST)
+        except httptools.HttpParserError:
+            self._fail_head(BAD_REQUEST)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        for ex in (self.current, *self.queue):
+            if ex is not None and ex.conn is not None:
+                conn, ex.conn = ex.conn, None
+                conn.abort()  # abandoned response: never return its socket to the pool
+        self.current = None
+        self.queue.clear()
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        ex = self.tunnel or self.current
+        if ex is not None and ex.conn is not None:
+            ex.conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        ex = self.tunnel or self.current
+        if ex is not None and ex.conn is not None:
+            ex.conn.resume_reading()
+
+    # ------------------------------------------------------------ parser callbacks
+
+    def on_message_begin(self) -> None:
+        if self.closed:
+            raise _Stop  # e.g. bytes after a request we refused: never parse them
+        ex = Exchange(self)
+        self.parsing = ex
+        if self.head_deadline == 0.0:
+            self.head_deadline = self.server.loop.time() + self.server.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.url += url
+        ex.head_bytes += len(url)
+        if ex.head_bytes > self.server.max_header_bytes:
+            raise _Limit
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.headers.append((name, value))
+        ex.head_bytes += len(name) + len(value) + 4
+        if ex.head_bytes > self.server.max_header_bytes or (
+            len(ex.headers) > self.server.max_headers
+        ):
+            raise _Limit
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        if self.closed:
+            raise _Stop
+        parser = self.parser
+        ex.method = parser.get_method()
+        ex.version_10 = parser.get_http_version() == "1.0"
+        ex.keep_alive = parser.should_keep_alive() and not self.draining
+        self.head_deadline = 0.0
+        self.deadline = 0.0
+        if self.current is None:
+            self.current = ex
+            self._start(ex)
+        else:
+            self.queue.append(ex)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is not None and not ex.request_done:
+            ex.body_chunk(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        if ex is not None:
+            ex.body_end()
+
+    # ------------------------------------------------------------ request lifecycle
+
+    def _start(self, ex: Exchange) -> None:
+        server = self.server
+        ex.t0 = server.loop.time()
+        url = ex.url
+        host: bytes | None = None
+        if url[:1] != b"/":
+            if url[:7].lower() == b"http://":
+                rest = url[7:]
+                slash = rest.find(b"/")
+                host, url = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+            elif url == b"*" and ex.method == b"OPTIONS":
+                pass
+            else:
+                self.answer(ex, BAD_REQUEST, server.dispatcher.request_id(None))
+                return
+        if ex.method == b"CONNECT":
+            self.answer(ex, BAD_REQUEST, server.dispatcher.request_id(None))
+            return
+        result = server.dispatcher.prepare(
+            ex.method, url, host, ex.headers, self.peer, ex.t0, strict_framing=True
+        )
+        if not isinstance(result, Plan):
+            answer, rid = result
+            self.answer(ex, answer, rid)
+            return
+        ex.plan = result
+        policy = result.route.policy
+        if ex.body_bytes > policy.max_body_bytes:  # a pipelined body buffered while waiting
+            self.answer(ex, PAYLOAD_TOO_LARGE, result.request_id)
+            return
+        if result.upgrade is not None:
+            # A tunnel never shares a pooled connection.
+            server.pool.connect_fresh(result.replica, ex, policy.connect_timeout_ms / 1000)  # type: ignore[arg-type]
+            return
+        if result.expect_continue and not ex.request_done and ex.body_bytes == 0:
+            self.write(_CONTINUE)
+        result.attempts = 1
+        server.pool.acquire(result.replica, ex, policy.connect_timeout_ms / 1000)  # type: ignore[arg-type]
+
+    def _upgrade_received(self, rest: bytes) -> None:
+        ex = self.current
+        if ex is None or ex.plan is None or ex.plan.upgrade is None:
+            # The parser saw an upgrade we are not forwarding (or an answer was already given);
+            # nothing after this head may be parsed as HTTP.
+            if ex is None or not ex.started:
+                self.close()
+            else:
+                ex.keep_alive = False
+            return
+        self.parsing = None
+        ex.request_done = True
+        ex.keep_alive = False  # whatever the upstream answers, no more HTTP on this connection
+        self.tunnel = ex
+        self.tunnel_idle = ex.plan.route.policy.read_timeout_ms / 1000
+        self.tunnel_deadline = self.server.loop.time() + self.tunnel_idle
+        ex.tunnel_buf = [rest] if rest else []
+
+    def enter_tunnel(self, ex: Exchange) -> None:
+        """The upstream answered 101: from now on bytes flow both ways untouched."""
+        self.tunnel = ex
+        if ex.tunnel_buf:
+            assert ex.conn is not None
+            for data in ex.tunnel_buf:
+                ex.conn.write(data)
+        ex.tunnel_buf = None
+        self.server.counters.answered(101)
+
+    def finish(self, ex: Exchange) -> None:
+        """The response to ``ex`` is complete: count it, then keep-alive, next, or close."""
+        server = self.server
+        plan = ex.plan
+        latency = (server.loop.time() - ex.t0) * 1000.0 if ex.t0 else 0.0
+        if plan is not None:
+            server.counters.record(
+                plan.route.space_b,
+                plan.route.service_b,
+                plan.target.deployment_b,
+                ex.status,
+                ex.out_bytes,
+                latency,
+                ex.timed_out,
+            )
+        server.counters.answered(ex.status, ex.timed_out)
+        access_log = server.access_log
+        if access_log is not None and access_log.sampled():
+            access_log.write(
+                peer=self.peer,
+                method=ex.method,
+                url=ex.url,
+                host=plan.host if plan is not None else None,
+                status=ex.status,
+                nbytes=ex.out_bytes,
+                latency_ms=latency,
+                request_id=plan.request_id if plan is not None else b"",
+                deployment=plan.target.deployment_b if plan is not None else None,
+            )
+        if self.current is ex:
+            self.current = None
+        self._paused_by.discard(ex)
+        if not ex.keep_alive or not ex.request_done or self.closed:
+            self._really_close()
+            return
+        self._resume_if_unpaused()
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.current = nxt
+            self._start(nxt)
+        else:
+            now = server.loop.time()
+            self.deadline = now + server.keepalive_timeout
+            if self.parsing is not None and self.head_deadline == 0.0:
+                self.head_deadline = now + server.header_timeout
+            if self.draining:
+                self.close()
+
+    def answer(self, ex: Exchange, answer: Answer, request_id: bytes) -> None:
+        """Send one of the gateway's own answers for ``ex`` (in pipeline order).
+
+        With the request body still arriving, a cheap answer waits for its end (the body is
+        read and dropped, up to 64 KiB) so the connection can be kept; a client waiting on
+        ``Expect: 100-continue`` or an answer that closes anyway gets it at once."""
+        if not ex.request_done and not answer.close and not _expects_continue(ex.headers):
+            ex.deferred = (answer, request_id)
+            return
+        body = answer.body(request_id)
+        ex.status = answer.status
+        ex.started = True
+        if answer.close or not ex.request_done:
+            ex.keep_alive = False  # an unread request body must not be parsed as a request
+        close = not ex.keep_alive or self.draining
+        head = (
+            _STATUS_LINES[answer.status]
+            + b"Content-Type: application/json\r\nContent-Length: %d\r\nX-Request-Id: %b\r\n"
+            % (len(body), request_id)
+            + (b"Connection: close\r\n\r\n" if close else b"\r\n")
+        )
+        ex.keep_alive = not close
+        if ex.plan is not None and answer.status >= 500:
+            ex.out_bytes = len(body)
+        self.write(head + (b"" if ex.method == b"HEAD" else body))
+        self.finish(ex)
+
+    def too_large(self, ex: Exchange) -> None:
+        """The body grew past the limit while streaming."""
+        if ex.conn is not None:
+            conn, ex.conn = ex.conn, None
+            conn.abort()
+        ex.request_done = True  # stop feeding it
+        self.parsing = None
+        if ex.started:
+            self.close()
+            return
+        assert ex.plan is not None
+        if self.current is ex:
+            self.answer(ex, PAYLOAD_TOO_LARGE, ex.plan.request_id)
+        else:
+            self.close()
+
+    def abort_response(self, ex: Exchange) -> None:
+        """The upstream failed after the response head went out: the client can only learn
+        it from the connection closing before the body is complete."""
+        self.server.counters.answered(ex.status, ex.timed_out)
+        self.close()
+
+    def _fail_head(self, answer: Answer) -> None:
+        """The request could not be parsed (or its head was too large): answer if it is our
+        turn and close; otherwise let the response in flight finish, then close. Nothing after
+        the bad request is ever parsed."""
+        ex = self.parsing
+        self.parsing = None
+        current = self.current
+        if current is not None and not current.request_done:
+            self.close()  # the bad bytes were inside the body being forwarded
+            return
+        if current is not None:
+            current.keep_alive = False
+            self.closed = True  # stop parsing; finish() closes the transport
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        if ex is None:
+            ex = Exchange(self)
+        self.current = ex
+        ex.request_done = True
+        self.answer(ex, answer, self.server.dispatcher.request_id(None))
+        self.close()
+
+    # ------------------------------------------------------------ transport helpers
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def pause_for(self, ex: Exchange) -> None:
+        if not self._paused_by and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused_by.add(ex)
+
+    def unpause_for(self, ex: Exchange) -> None:
+        if ex in self._paused_by:
+            self._paused_by.discard(ex)
+            self._resume_if_unpaused()
+
+    def _resume_if_unpaused(self) -> None:
+        if not self._paused_by and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def _really_close(self) -> None:
+        self.closed = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def sweep(self, now: float) -> None:
+        """Deadlines of this connection (called by the server's sweep)."""
+        if self.tunnel is not None:
+            if self.tunnel_deadline <= now:
+                self.close()
+            return
+        if self.head_deadline and self.head_deadline <= now:
+            self.close()  # slowloris: the head did not arrive in time
+        elif self.current is None and self.deadline and self.deadline <= now:
+            self.close()  # idle keep-alive
+
+    def drain(self) -> None:
+        self.draining = True
+        if self.current is None and self.parsing is None:
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"ClientConnection({self.peer}, current={self.current!r}, queued={len(self.queue)})"
+
+
+class NativeServer:
+    """One worker's HTTP server: listening socket(s), connections, the periodic sweep."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        table: RouteTable,
+        pool: UpstreamPool,
+        counters: Counters,
+        *,
+        access_log: AccessLog | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.loop = loop or asyncio.get_event_loop()
+        self.config = config
+        self.table = table
+        self.pool = pool
+        self.counters = counters
+        self.access_log = access_log
+        self.dispatcher = Dispatcher(table, config)
+        self.connections: set[ClientConnection] = set()
+        self.high_water = config.high_water
+        self.max_header_bytes = config.max_header_bytes
+        self.max_headers = config.max_headers
+        self.header_timeout = config.header_timeout
+        self.keepalive_timeout = config.keepalive_timeout
+        self.draining = False
+        self._servers: list[asyncio.Server] = []
+        self._sweep_handle: asyncio.TimerHandle | None = None
+
+    async def listen(self, sock: socket.socket) -> None:
+        server = await self.loop.create_server(
+            lambda: ClientConnection(self), sock=sock, backlog=2048
+        )
+        self._servers.append(server)
+        if self._sweep_handle is None:
+            self._sweep_handle = self.loop.call_later(self.config.sweep_interval, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        try:
+            for conn in [c for c in self.connections if c.deadline or c.head_deadline or c.tunnel]:
+                conn.sweep(now)
+            self.pool.sweep(now)
+        finally:
+            self._sweep_handle = self.loop.call_later(self.config.sweep_interval, self._sweep)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``timeout``), then close."""
+        self.draining = True
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.drain()
+        deadline = self.loop.time() + timeout
+        while self.connections and self.loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+
+
+def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name.lower() == b"expect" and value.lower() == b"100-continue":
+            return True
+    return False
+
+
+def status_line(status: int) -> bytes:
+    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status

@@ -1,0 +1,544 @@
+"""Upstream connection pool: our own keep-alive HTTP/1.1 client on ``asyncio.Protocol`` +
+``httptools.HttpResponseParser``.
+
+Theory of operation
+-------------------
+One :class:`UpstreamPool` per worker, one list of idle connections per origin ``(host, port)``.
+Callers hand :meth:`UpstreamPool.acquire` a *sink* (an object implementing :class:`Sink`); the
+pool calls ``sink.upstream_ready(conn)`` — synchronously when an idle connection is at hand —
+or ``sink.upstream_failed(error)``. The sink then writes the request through the connection,
+and the connection calls the sink back with the response: ``response_head``, ``response_body``
+(every chunk as it arrives: SSE and long polls are never buffered), ``response_end`` or
+``response_aborted``. No task or timer exists per request: connects run as one task per *new
+connection*, and every deadline (connect-wait, read idle, write, pool idle) is checked by the
+worker's periodic sweep through :meth:`UpstreamPool.sweep`.
+
+Connection states (:class:`ConnState`), transitions only in this module::
+
+    CONNECTING -> IDLE (handed out at once as ACTIVE) -> ACTIVE -> IDLE -> ... -> CLOSED
+                                               ACTIVE -> TUNNEL (after 101) -> CLOSED
+
+An idle pooled socket that the server closed is noticed by ``connection_lost`` and dropped; a
+request that fails on a *reused* connection before any response byte is reported with
+``reused=True`` so the caller can retry once on a fresh connection. A response the client
+abandons closes its upstream connection (``abort``) instead of returning it to the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+import httptools
+
+from gateway.dispatch import DROP_RESPONSE
+from gateway.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+    from routing.upstreams import Replica
+
+Key = tuple[str, int]
+
+
+class ConnState(enum.IntEnum):
+    CONNECTING = 0
+    IDLE = 1
+    ACTIVE = 2
+    TUNNEL = 3
+    CLOSED = 4
+
+
+class Sink(Protocol):
+    """What the pool and its connections call back. Implemented by the front-ends."""
+
+    def upstream_ready(self, conn: UpstreamConnection) -> None: ...
+    def upstream_failed(self, error: UpstreamError) -> None: ...
+    def response_head(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        content_length: bytes | None,
+        body_expected: bool,
+    ) -> None: ...
+    def response_body(self, data: bytes) -> None: ...
+    def response_end(self) -> None: ...
+    def response_aborted(self, error: UpstreamError) -> None: ...
+    def upstream_pause_writing(self) -> None: ...
+    def upstream_resume_writing(self) -> None: ...
+    def tunnel_data(self, data: bytes) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection to one upstream origin."""
+
+    __slots__ = (
+        "_chunked",
+        "_close_delimited",
+        "_head_only",
+        "_headers",
+        "_informational",
+        "_length",
+        "_reason",
+        "deadline",
+        "idle_since",
+        "key",
+        "parser",
+        "pool",
+        "read_timeout",
+        "requests",
+        "responded",
+        "sink",
+        "state",
+        "transport",
+    )
+
+    def __init__(self, pool: UpstreamPool, key: Key) -> None:
+        self.pool = pool
+        self.key = key
+        self.state = ConnState.CONNECTING
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.sink: Sink | None = None
+        self.requests = 0  # requests served; > 0 means this connection is being reused
+        self.responded = False  # any byte of the current response received
+        self.deadline = 0.0  # read-idle deadline while ACTIVE (checked by the sweep)
+        self.read_timeout = 30.0
+        self.idle_since = 0.0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._head_only = False
+        self._informational = False
+        self._close_delimited = False
+        self._chunked = False
+        self._length: bytes | None = None
+
+    # -------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.pool.high_water)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is ConnState.TUNNEL:
+            if self.sink is not None:
+                self.sink.tunnel_data(data)
+            return
+        if self.state is not ConnState.ACTIVE:
+            # An idle keep-alive connection got bytes nobody asked for: unusable.
+            self.close()
+            return
+        self.responded = True
+        self.deadline = self.pool.now() + self.read_timeout
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            rest = data[exc.args[0] :] if exc.args else b""
+            self._enter_tunnel(rest)
+        except httptools.HttpParserError as exc:
+            sink = self.sink
+            self._drop()
+            if sink is not None:
+                sink.response_aborted(UpstreamError("protocol", f"invalid response: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        state = self.state
+        self.state = ConnState.CLOSED
+        self.pool._forget(self, state)
+        sink, self.sink = self.sink, None
+        if sink is None or state is ConnState.IDLE:
+            return
+        if state is ConnState.TUNNEL:
+            sink.response_end()
+            return
+        if not self.responded:
+            kind = "reset" if exc is not None else "closed"
+            sink.upstream_failed(
+                UpstreamError(
+                    kind,
+                    f"upstream closed the connection ({exc or 'EOF'})",
+                    sent=True,
+                    reused=self.requests > 1,
+                )
+            )
+        elif self._close_delimited and exc is None:
+            sink.response_end()  # a response delimited by close ends here, normally
+        else:
+            sink.response_aborted(UpstreamError("reset", "upstream closed mid-response"))
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_resume_writing()
+
+    # -------------------------------------------------------------- httptools callbacks
+
+    def on_status(self, status: bytes) -> None:
+        self._reason = status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        headers, self._headers = self._headers, []
+        if 100 <= status < 200 and status != 101:
+            self._informational = True  # 100/102/103: swallowed, the final response follows
+            return
+        self._informational = False
+        kept: list[tuple[bytes, bytes]] = []
+        length: bytes | None = None
+        chunked = False
+        conn_tokens: list[bytes] | None = None
+        upgrade: bytes | None = None
+        for name, value in headers:
+            lname = name.lower()
+            if lname in DROP_RESPONSE:
+                if lname == b"transfer-encoding":
+                    chunked = True
+                elif lname == b"connection":
+                    conn_tokens = [t.strip().lower() for t in value.split(b",")]
+                elif lname == b"upgrade":
+                    upgrade = value
+                continue
+            if lname == b"content-length":
+                length = value
+                continue
+            kept.append((name, value))
+        if conn_tokens:
+            nominated = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+            if nominated:
+                kept = [(n, v) for n, v in kept if n.lower() not in nominated]
+        if status == 101 and upgrade is not None:
+            kept.append((b"Connection", b"upgrade"))
+            kept.append((b"Upgrade", upgrade))
+        body_expected = not (self._head_only or status in (204, 304) or status == 101)
+        self._chunked = chunked
+        self._length = None if chunked else length
+        self._close_delimited = body_expected and not chunked and length is None
+        sink = self.sink
+        if sink is not None:
+            sink.response_head(status, self._reason, kept, self._length, body_expected)
+        if self._head_only and self.state is ConnState.ACTIVE:
+            # llhttp cannot be told a response answers HEAD: finish here, fresh parser next.
+            keep = self.parser.should_keep_alive()
+            self.parser = httptools.HttpResponseParser(self)
+            self._finish(keep)
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self.state is ConnState.ACTIVE and not self._head_only:
+            self._finish(self.parser.should_keep_alive())
+
+    # -------------------------------------------------------------- used by sinks
+
+    def send(
+        self,
+        sink: Sink,
+        head: bytes,
+        *,
+        head_only: bool,
+        read_timeout: float,
+    ) -> None:
+        """Start a request: bind ``sink``, write the request head."""
+        assert self.state is ConnState.ACTIVE and self.transport is not None
+        self.sink = sink
+        self.responded = False
+        self._head_only = head_only
+        self.read_timeout = read_timeout
+        self.deadline = self.pool.now() + read_timeout
+        self.requests += 1
+        self.transport.write(head)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and self.state is not ConnState.CLOSED:
+            self.transport.write(data)
+
+    def write_body(self, data: bytes) -> None:
+        """Request body bytes: an upload in progress keeps the read-idle deadline alive."""
+        if self.transport is not None and self.state is not ConnState.CLOSED:
+            self.deadline = self.pool.now() + self.read_timeout
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and self.state is not ConnState.CLOSED:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and self.state is not ConnState.CLOSED:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """The client went away (or the request failed): never reuse this connection."""
+        self.sink = None
+        self._drop()
+
+    def close(self) -> None:
+        self.sink = None
+        self._drop()
+
+    def write_eof(self) -> None:
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    @property
+    def reused(self) -> bool:
+        return self.requests > 1
+
+    def _finish(self, keep_alive: bool) -> None:
+        sink, self.sink = self.sink, None
+        if keep_alive:
+            self.state = ConnState.IDLE
+            self.idle_since = self.pool.now()
+            self.pool._release(self)
+        else:
+            self._drop()
+        if sink is not None:
+            sink.response_end()
+
+    def _enter_tunnel(self, rest: bytes) -> None:
+        self.state = ConnState.TUNNEL
+        self.pool._detach(self)
+        if rest and self.sink is not None:
+            self.sink.tunnel_data(rest)
+
+    def _drop(self) -> None:
+        if self.state is not ConnState.CLOSED:
+            state = self.state
+            self.state = ConnState.CLOSED
+            self.pool._forget(self, state)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def __repr__(self) -> str:
+        return f"UpstreamConnection({self.key[0]}:{self.key[1]}, {self.state.name}, requests={self.requests})"
+
+
+class _Waiter:
+    __slots__ = ("connect_timeout", "deadline", "replica", "sink")
+
+    def __init__(self, sink: Sink, replica: Replica, connect_timeout: float, deadline: float):
+        self.sink = sink
+        self.replica = replica
+        self.connect_timeout = connect_timeout
+        self.deadline = deadline
+
+
+class UpstreamPool:
+    """Per-worker pool of upstream connections, bounded per origin."""
+
+    def __init__(self, config: GatewayConfig, loop: asyncio.AbstractEventLoop | None = None):
+        self.loop = loop or asyncio.get_event_loop()
+        self.max_per_origin = config.pool_max_per_origin
+        self.wait_timeout = config.pool_wait_timeout
+        self.idle_timeout = config.pool_idle_timeout
+        self.high_water = config.high_water
+        self.now = self.loop.time
+        self._idle: dict[Key, list[UpstreamConnection]] = {}
+        self._count: dict[Key, int] = {}
+        self._waiters: dict[Key, deque[_Waiter]] = {}
+        self._active: set[UpstreamConnection] = set()
+        self._connecting: set[asyncio.Task[None]] = set()
+        self.closed = False
+        # counters
+        self.connects = 0
+        self.connect_errors = 0
+        self.reuses = 0
+
+    # -------------------------------------------------------------- acquiring
+
+    def acquire(self, replica: Replica, sink: Sink, connect_timeout: float) -> None:
+        """Get a connection to ``replica`` for ``sink``: ``upstream_ready`` or ``upstream_failed``
+        is called, possibly before this returns."""
+        if self.closed:
+            sink.upstream_failed(UpstreamError("pool", "gateway is shutting down"))
+            return
+        key = replica.key
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()  # LIFO: the most recently used socket is the least likely stale
+            transport = conn.transport
+            if (
+                conn.state is ConnState.IDLE
+                and transport is not None
+                and not transport.is_closing()
+            ):
+                conn.state = ConnState.ACTIVE
+                self._active.add(conn)
+                self.reuses += 1
+                sink.upstream_ready(conn)
+                return
+            conn._drop()
+        if self._count.get(key, 0) < self.max_per_origin:
+            self._open(key, replica, sink, connect_timeout)
+            return
+        queue = self._waiters.get(key)
+        if queue is None:
+            queue = self._waiters[key] = deque()
+        queue.append(_Waiter(sink, replica, connect_timeout, self.now() + self.wait_timeout))
+
+    def connect_fresh(self, replica: Replica, sink: Sink, connect_timeout: float) -> None:
+        """A new connection regardless of idle ones (retry after a stale reuse, upgrades)."""
+        self._open(replica.key, replica, sink, connect_timeout)
+
+    def _open(self, key: Key, replica: Replica, sink: Sink, timeout: float) -> None:
+        self._count[key] = self._count.get(key, 0) + 1
+        task = self.loop.create_task(self._connect(key, replica, sink, timeout))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, key: Key, replica: Replica, sink: Sink, timeout: float) -> None:
+        self.connects += 1
+        try:
+            async with asyncio.timeout(timeout):
+                _, proto = await self.loop.create_connection(
+                    lambda: UpstreamConnection(self, key), replica.host, replica.port
+                )
+        except TimeoutError:
+            self._count_down(key)
+            self.connect_errors += 1
+            sink.upstream_failed(
+                UpstreamError("timeout", f"connect to {replica.url} timed out after {timeout}s")
+            )
+            return
+        except (OSError, socket.gaierror) as exc:
+            self._count_down(key)
+            self.connect_errors += 1
+            sink.upstream_failed(UpstreamError("connect", f"connect to {replica.url}: {exc}"))
+            return
+        except asyncio.CancelledError:
+            self._count_down(key)
+            raise
+        conn = proto
+        assert isinstance(conn, UpstreamConnection)
+        if conn.state is ConnState.CLOSED:  # lost between connect and here
+            sink.upstream_failed(UpstreamError("reset", f"{replica.url} closed at once"))
+            return
+        conn.state = ConnState.ACTIVE
+        self._active.add(conn)
+        sink.upstream_ready(conn)
+
+    # -------------------------------------------------------------- bookkeeping
+
+    def _count_down(self, key: Key) -> None:
+        n = self._count.get(key, 0) - 1
+        if n > 0:
+            self._count[key] = n
+        else:
+            self._count.pop(key, None)
+        queue = self._waiters.get(key)
+        if queue and n < self.max_per_origin:
+            waiter = queue.popleft()
+            if not queue:
+                del self._waiters[key]
+            self._open(key, waiter.replica, waiter.sink, waiter.connect_timeout)
+
+    def _release(self, conn: UpstreamConnection) -> None:
+        self._active.discard(conn)
+        if self.closed:
+            conn._drop()
+            return
+        queue = self._waiters.get(conn.key)
+        if queue:
+            waiter = queue.popleft()
+            if not queue:
+                del self._waiters[conn.key]
+            conn.state = ConnState.ACTIVE
+            self._active.add(conn)
+            self.reuses += 1
+            waiter.sink.upstream_ready(conn)
+            return
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = []
+        idle.append(conn)
+
+    def _detach(self, conn: UpstreamConnection) -> None:
+        """A tunnel no longer counts against the origin's pool."""
+        self._active.discard(conn)
+        self._count_down(conn.key)
+
+    def _forget(self, conn: UpstreamConnection, state: ConnState) -> None:
+        if state is ConnState.CLOSED or state is ConnState.TUNNEL:
+            self._active.discard(conn)
+            return
+        self._active.discard(conn)
+        if state is ConnState.IDLE:
+            idle = self._idle.get(conn.key)
+            if idle is not None and conn in idle:
+                idle.remove(conn)
+        self._count_down(conn.key)
+
+    # -------------------------------------------------------------- sweep and stats
+
+    def sweep(self, now: float) -> None:
+        """Called by the worker's periodic sweep: read-idle timeouts, waiter deadlines, idle
+        expiry. Decide first, then act, so callbacks cannot disturb the iteration."""
+        expired = [c for c in self._active if c.state is ConnState.ACTIVE and c.deadline <= now]
+        for conn in expired:
+            sink = conn.sink
+            sent_any = conn.responded
+            conn.abort()
+            if sink is not None:
+                err = UpstreamError("timeout", "upstream read timed out", sent=True)
+                if sent_any:
+                    sink.response_aborted(err)
+                else:
+                    sink.upstream_failed(err)
+        for key, queue in list(self._waiters.items()):
+            while queue and queue[0].deadline <= now:
+                waiter = queue.popleft()
+                waiter.sink.upstream_failed(
+                    UpstreamError("pool", f"no free connection to {key[0]}:{key[1]} in time")
+                )
+            if not queue:
+                self._waiters.pop(key, None)
+        limit = now - self.idle_timeout
+        for key, idle in list(self._idle.items()):
+            stale = [c for c in idle if c.idle_since <= limit]
+            for conn in stale:
+                conn._drop()
+            if not self._idle.get(key):
+                self._idle.pop(key, None)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "origins": len(self._count),
+            "connections": sum(self._count.values()),
+            "idle": sum(len(v) for v in self._idle.values()),
+            "active": len(self._active),
+            "waiting": sum(len(q) for q in self._waiters.values()),
+            "connects": self.connects,
+            "connect_errors": self.connect_errors,
+            "reuses": self.reuses,
+        }
+
+    async def close(self) -> None:
+        self.closed = True
+        for task in list(self._connecting):
+            task.cancel()
+        for idle in list(self._idle.values()):
+            for conn in list(idle):
+                conn._drop()
+        self._idle.clear()
+        for queue in self._waiters.values():
+            for waiter in queue:
+                waiter.sink.upstream_failed(UpstreamError("pool", "gateway is shutting down"))
+        self._waiters.clear()
+
+    def __repr__(self) -> str:
+        return f"UpstreamPool({self.stats()})"
