@@ -28,7 +28,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -90,6 +90,7 @@ class Exchange:
         "method",
         "out_bytes",
         "out_chunked",
+        "pending",
         "plan",
         "request_done",
         "stale_retry",
@@ -119,6 +120,7 @@ class Exchange:
         self.started = False  # response head written to the client
         self.out_chunked = False
         self.out_bytes = 0
+        self.pending: bytes | None = None  # response head not yet written (joined with body)
         self.status = 0
         self.stale_retry = False
         self.timed_out = False
@@ -186,6 +188,8 @@ class Exchange:
         if not conn.reused:
             replica.record_success()
         self.conn = conn
+        if client._writing_paused:
+            conn.pause_reading()  # the client is not reading its earlier responses yet
         head_only = self.method == b"HEAD"
         conn.send(
             self,
@@ -285,19 +289,36 @@ class Exchange:
             elif self.version_10:
                 parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
-        client.write(b"".join(parts))
         if status == 101:
+            client.write(b"".join(parts))
             client.enter_tunnel(self)
+        else:
+            # Held back until the first body bytes or the end of this read from the upstream,
+            # so a small response leaves in one write (one syscall) instead of two.
+            self.pending = b"".join(parts)
 
     def response_body(self, data: bytes) -> None:
         self.out_bytes += len(data)
         transport = self.client.transport
         if transport is None:
             return
-        if self.out_chunked:
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            if self.out_chunked:
+                transport.writelines((pending, b"%x\r\n" % len(data), data, _CRLF))
+            else:
+                transport.writelines((pending, data))
+        elif self.out_chunked:
             transport.writelines((b"%x\r\n" % len(data), data, _CRLF))
         else:
             transport.write(data)
+
+    def response_flush(self) -> None:
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            self.client.write(pending)
 
     def response_end(self) -> None:
         self.conn = None
@@ -305,7 +326,11 @@ class Exchange:
         if client.tunnel is self and self.status == 101:
             client.close()
             return
-        if self.out_chunked:
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            client.write(pending + _LAST_CHUNK if self.out_chunked else pending)
+        elif self.out_chunked:
             client.write(_LAST_CHUNK)
         client.finish(self)
 
@@ -313,6 +338,10 @@ class Exchange:
         self.conn = None
         if error.kind == "timeout":
             self.timed_out = True
+        if self.pending is not None:  # the head never left: a clean answer is still possible
+            self.pending = None
+            self.started = False
+            self.out_chunked = False
         if not self.started:
             plan = self.plan
             assert plan is not None
@@ -380,9 +409,8 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=self.server.high_water)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.set_write_buffer_limits(high=self.server.high_water)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else "unix"
         self.server.connections.add(self)

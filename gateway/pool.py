@@ -30,7 +30,7 @@ import asyncio
 import enum
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
@@ -66,6 +66,7 @@ class Sink(Protocol):
         body_expected: bool,
     ) -> None: ...
     def response_body(self, data: bytes) -> None: ...
+    def response_flush(self) -> None: ...
     def response_end(self) -> None: ...
     def response_aborted(self, error: UpstreamError) -> None: ...
     def upstream_pause_writing(self) -> None: ...
@@ -88,6 +89,7 @@ class UpstreamConnection(asyncio.Protocol):
         "idle_since",
         "key",
         "parser",
+        "paused",
         "pool",
         "read_timeout",
         "requests",
@@ -109,6 +111,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = 0.0  # read-idle deadline while ACTIVE (checked by the sweep)
         self.read_timeout = 30.0
         self.idle_since = 0.0
+        self.paused = False  # reading paused for a slow client
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._head_only = False
@@ -120,9 +123,8 @@ class UpstreamConnection(asyncio.Protocol):
     # -------------------------------------------------------------- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=self.pool.high_water)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.set_write_buffer_limits(high=self.pool.high_water)
 
     def data_received(self, data: bytes) -> None:
         if self.state is ConnState.TUNNEL:
@@ -137,6 +139,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = self.pool.now() + self.read_timeout
         try:
             self.parser.feed_data(data)
+            sink = self.sink
+            if sink is not None:
+                sink.response_flush()
         except httptools.HttpParserUpgrade as exc:
             rest = data[exc.args[0] :] if exc.args else b""
             self._enter_tunnel(rest)
@@ -275,11 +280,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def pause_reading(self) -> None:
-        if self.transport is not None and self.state is not ConnState.CLOSED:
+        if self.transport is not None and self.state is not ConnState.CLOSED and not self.paused:
+            self.paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and self.state is not ConnState.CLOSED:
+        if self.transport is not None and self.state is not ConnState.CLOSED and self.paused:
+            self.paused = False
             self.transport.resume_reading()
 
     def abort(self) -> None:
@@ -302,6 +309,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _finish(self, keep_alive: bool) -> None:
         sink, self.sink = self.sink, None
         if keep_alive:
+            # A pooled socket must be readable, or a server-side close would go unnoticed.
+            self.resume_reading()
             self.state = ConnState.IDLE
             self.idle_since = self.pool.now()
             self.pool._release(self)

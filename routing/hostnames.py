@@ -89,7 +89,7 @@ def normalize_request_host(raw: bytes) -> bytes | None:
         host = host[:-1]
     if not host or len(host) > MAX_HOST_LEN or host.translate(None, _DELETE_VALID):
         return None
-    if host[0] == 0x2E or b".." in host:  # leading dot or empty label
+    if host[0] == 0x2E or host[-1] == 0x2E or b".." in host:  # leading dot or empty label
         return None
     return host
 

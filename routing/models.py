@@ -32,6 +32,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # RFC 9110 token (methods, 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 _COOKIE_NAME = _TOKEN
 _PATH_BAD = re.compile(r"[\x00-\x20\x7f?#]")
+_URL_BAD = re.compile(r"[\x00-\x20\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +203,9 @@ def parse_upstream(value: Any, path: str) -> Upstream:
         raise RecordError(path, f"must be a string, not {_type_name(value)}")
     if len(value) > 2048:
         raise RecordError(path, "must be at most 2048 characters")
+    if not value.isascii() or _URL_BAD.search(value):
+        # urlsplit would silently drop tabs/newlines, and a non-ASCII base path cannot be sent.
+        raise RecordError(path, "must be ASCII without spaces or control characters")
     try:
         parts = urlsplit(value)
         port = parts.port

@@ -9,6 +9,7 @@ the new epoch and an epoch marker in the log, so gateways never observe a half-w
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -21,6 +22,8 @@ from routing.hostnames import validate_hostname
 from routing.keys import Keys
 from routing.models import RouteRecord, encode_record
 from routing.store import DEFAULT_MAXLEN, ZERO_ID, LogEntry, RouteStore, SyncPoint, new_epoch
+
+log = logging.getLogger("turnout.routing.redis_store")
 
 # KEYS: routes, versions, log.  ARGV: host, version, record ("" = delete), maxlen.
 # Returns {1, id} when written, {0, current_version} when stale.
@@ -189,10 +192,16 @@ def _id(raw: bytes | str) -> str:
 
 
 def _entry(entry_id: str, fields: dict[bytes, bytes]) -> LogEntry:
-    epoch = fields.get(b"epoch")
-    if epoch is not None:
-        return LogEntry(entry_id, None, 0, None, epoch.decode())
-    host = fields.get(b"host", b"").decode()
-    version = int(fields.get(b"version", b"0"))
+    try:
+        epoch = fields.get(b"epoch")
+        if epoch is not None:
+            return LogEntry(entry_id, None, 0, None, epoch.decode())
+        host = fields.get(b"host", b"").decode("ascii")
+        version = int(fields.get(b"version", b"0"))
+    except ValueError:  # also UnicodeDecodeError
+        # Not written by this store. Raising here would stop every reader of the log at this
+        # entry for good; an entry without host or epoch is skipped by the route table.
+        log.error("skipping malformed route log entry %s: %r", entry_id, fields)
+        return LogEntry(entry_id, None, 0, None)
     record = fields.get(b"record", b"")
     return LogEntry(entry_id, host, version, record or None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable
@@ -23,6 +24,7 @@ from routing.errors import RecordError, RoutingError
 from routing.models import RouteRecord, decode_record, encode_record
 
 FORMAT = "turnout-routes/1"
+_ID = re.compile(r"[0-9]+(?:-[0-9]+)?")  # a log (stream) id, as routing.store.parse_id reads it
 log = logging.getLogger("turnout.routing.snapshot")
 
 
@@ -90,11 +92,16 @@ def read_snapshot(path: str) -> Snapshot:
                 raise RoutingError(f"{path}: bad snapshot header: {exc}") from None
             if not isinstance(header, dict) or header.get("format") != FORMAT:
                 raise RoutingError(f"{path}: not a {FORMAT} snapshot")
-            snap = Snapshot(
-                epoch=header.get("epoch"),
-                last_id=header.get("last_id"),
-                written_at=float(header.get("written_at") or 0.0),
-            )
+            epoch, last_id = header.get("epoch"), header.get("last_id")
+            written_at = header.get("written_at") or 0.0
+            if (
+                not (epoch is None or isinstance(epoch, str))
+                or not (last_id is None or (isinstance(last_id, str) and _ID.fullmatch(last_id)))
+                or isinstance(written_at, bool)
+                or not isinstance(written_at, int | float)
+            ):
+                raise RoutingError(f"{path}: bad snapshot header values")
+            snap = Snapshot(epoch=epoch, last_id=last_id, written_at=float(written_at))
             for lineno, line in enumerate(fh, start=2):
                 line = line.strip()
                 if not line:

@@ -96,6 +96,7 @@ class RouteTable:
         # background
         self._task: asyncio.Task[None] | None = None
         self._snap_task: asyncio.Task[None] | None = None
+        self._snap_write: asyncio.Future[None] | None = None  # a snapshot write in its thread
         self._ready = asyncio.Event()
         self._dirty = False
         self._snap_cost = 0.0
@@ -147,8 +148,15 @@ class RouteTable:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._task = self._snap_task = None
+        if self._snap_write is not None:
+            # Cancelling the loop does not stop its thread: let that older write land first,
+            # or it would replace the final snapshot below after we return.
+            with contextlib.suppress(Exception):
+                await self._snap_write
+            self._snap_write = None
         if self.snapshot_path and self._dirty:
-            await asyncio.to_thread(self._write_snapshot_now, list(self.routes.values()))
+            self._dirty = False
+            await asyncio.to_thread(self._write_snapshot_now, *self._snapshot_state())
 
     async def wait_synced(self, timeout: float = 5.0) -> None:
         """Test/CLI helper: wait until a store sync has completed."""
@@ -209,26 +217,36 @@ class RouteTable:
         if self._stale_since is None:
             self._stale_since = self.clock()
 
-    def _continuous(self, point: SyncPoint) -> bool:
-        """Is every log entry after our last id still in the store's log?"""
+    def _continuous(self, point: SyncPoint, since: str | None = None) -> bool:
+        """Is every log entry after our last id still in the store's log?
+
+        ``since`` (default: our last id) is the oldest position whose successors we may have
+        read without knowing they were all still there: XREAD silently skips trimmed entries,
+        so a tail that has read past a gap only notices it by comparing with where it was.
+        """
         if self.last_id is None:
             return False
         ours = parse_id(self.last_id)
         if parse_id(point.last_id) < ours:
             return False  # the log was reset (Redis restarted or was flushed)
         # Trimmed past us (we may have missed entries)? Reading from 0-0 means "from the start".
-        trimmed = point.first_id is not None and parse_id(point.first_id) > ours != (0, 0)
+        start = ours if since is None else parse_id(since)
+        trimmed = point.first_id is not None and parse_id(point.first_id) > start != (0, 0)
         return not trimmed
 
-    async def _catch_up(self, point: SyncPoint) -> bool:
+    async def _catch_up(self, point: SyncPoint, since: str | None = None) -> bool:
         """Bring the table up to ``point``; returns True when it did a full resync."""
         if point.epoch is not None:
-            if point.epoch == self.epoch and not self._lost and self._continuous(point):
+            if point.epoch == self.epoch and not self._lost and self._continuous(point, since):
                 self._mark_current()
                 return False
             await self._full_sync(point)
             return True
-        if self._lost or self.epoch is not None or (self.routes and not self._continuous(point)):
+        if (
+            self._lost
+            or self.epoch is not None
+            or (self.routes and not self._continuous(point, since))
+        ):
             # The store lost its data. Never blank the table: keep it, flag it stale, follow
             # whatever gets published from now on, wait for a full publish (a new epoch).
             if not self._lost:
@@ -241,11 +259,11 @@ class RouteTable:
             self.stale = True
             if self._stale_since is None:
                 self._stale_since = self.clock()
-            if not self._continuous(point):
+            if not self._continuous(point, since):
                 self.last_id = ZERO_ID  # read the new log from its start; versions gate it
             self._ready.set()
             return False
-        if self._continuous(point):
+        if self._continuous(point, since):
             self._mark_current()  # a store that never had an epoch, unbroken log
             return False
         await self._full_sync(point)  # nothing held and no epoch: load whatever is there
@@ -298,6 +316,8 @@ class RouteTable:
 
     async def _tail(self) -> None:
         next_check = self.clock() + self.check_interval
+        # Position at the last check: the log then still held everything after it.
+        checked = self.last_id
         while not self._closing:
             assert self.last_id is not None
             entries = await self.store.read_log(self.last_id, self.batch, self.block_ms)
@@ -316,9 +336,10 @@ class RouteTable:
                 next_check = now + self.check_interval
                 point = await self.store.sync_point()
                 if (
-                    point.epoch != self.epoch or not self._continuous(point)
-                ) and await self._catch_up(point):
+                    point.epoch != self.epoch or not self._continuous(point, checked)
+                ) and await self._catch_up(point, checked):
                     return  # resynced: restart the tail from the new position
+                checked = self.last_id
 
     def _apply(self, entry: LogEntry) -> None:
         host = entry.host
@@ -390,20 +411,31 @@ class RouteTable:
             if not self._dirty or now - last < interval or not self.synced:
                 continue
             self._dirty = False
+            # Routes, epoch and last id captured together, here on the loop: a file must never
+            # claim a log position whose changes it lacks (a cold start resumes from there).
+            self._snap_write = asyncio.ensure_future(
+                asyncio.to_thread(self._write_snapshot_now, *self._snapshot_state())
+            )
             try:
-                await asyncio.to_thread(self._write_snapshot_now, list(self.routes.values()))
+                await asyncio.shield(self._snap_write)  # stop() waits for it, see there
             except OSError as exc:
                 self._dirty = True
                 log.error("writing route snapshot %s failed: %s", self.snapshot_path, exc)
             last = self.clock()
 
-    def _write_snapshot_now(self, routes: list[CompiledRoute]) -> None:
+    def _snapshot_state(self) -> tuple[list[CompiledRoute], str | None, str | None]:
+        return list(self.routes.values()), self.epoch, self.last_id
+
+    def _write_snapshot_now(
+        self, routes: list[CompiledRoute], epoch: str | None, last_id: str | None
+    ) -> None:
+        # Runs in a thread: touches no table state but its own counters. (Clearing _dirty
+        # here would lose a change applied on the loop while this write was running.)
         assert self.snapshot_path is not None
         started = time.perf_counter()
-        write_snapshot(self.snapshot_path, self.epoch, self.last_id, (r.record for r in routes))
+        write_snapshot(self.snapshot_path, epoch, last_id, (r.record for r in routes))
         self._snap_cost = time.perf_counter() - started
         self.snapshots_written += 1
-        self._dirty = False
 
     def __repr__(self) -> str:
         return (

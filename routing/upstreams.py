@@ -89,5 +89,8 @@ class UpstreamRegistry:
     def __len__(self) -> int:
         return len(self._by_url)
 
+    def __bool__(self) -> bool:
+        return True  # an empty registry is still a registry (``registry or default`` idioms)
+
     def __repr__(self) -> str:
         return f"UpstreamRegistry(replicas={len(self._by_url)}, policy={self.policy})"

@@ -1,0 +1,355 @@
+"""Background flush of :class:`~gateway.counters.Counters` to the store, once per interval.
+
+Theory of operation
+-------------------
+Requests only ever touch the in-memory :class:`Counters` (a few dict operations, no I/O). A
+background task wakes every ``interval`` seconds, swaps the batch out with ``take()`` and hands
+it to a :class:`CounterSink`, which writes everything in one round trip:
+
+* ``{prefix}:usage:<space>:<yyyymm>``: ``HINCRBY wfp_requests`` per space (rows summed first);
+* ``{prefix}:health:<deployment>:<epoch-minute>``: ``HINCRBY`` of ``total``, ``2xx``, ``4xx``,
+  ``5xx``, ``timeouts`` and ``latency_ms_sum`` (integer ms), then ``EXPIRE 1800``.
+
+Month and minute are those of the flush time (UTC), not of each request: a request counted in
+the last second of a minute may land in the next one. Absent hash fields mean zero.
+
+When the write fails (Redis down, connection reset, OOM) the batch is merged back into the
+counters with ``give_back()`` — bounded by ``Counters.max_keys`` — and retried with the next
+flush, so a store outage loses nothing until that bound is hit. Delivery is at-least-once: a
+connection that drops after Redis applied the pipeline but before the reply arrived makes the
+next flush count that batch again. When only *some* commands of a pipeline fail (a key of the
+wrong type), the rest were applied, so the batch is not given back: retrying would double-count
+the applied part and fail the same way forever.
+
+``stop()`` cancels the loop, lets an in-flight write finish and does one last flush, all within
+``timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.counters import C2, C4, C5, LAT, REQ, TIMEOUTS, Counters, Key, epoch_minute
+from routing.keys import Keys
+
+log = logging.getLogger("turnout.gateway.flusher")
+
+Batch = dict[Key, list[float]]
+
+USAGE_METER: Final = "wfp_requests"
+HEALTH_TTL: Final = 30 * 60  # seconds; spec: health keys expire after 30 min
+# Health hash field -> row index; "latency_ms_sum" is written as rounded integer milliseconds.
+_HEALTH_FIELDS: Final = (
+    ("total", REQ),
+    ("2xx", C2),
+    ("4xx", C4),
+    ("5xx", C5),
+    ("timeouts", TIMEOUTS),
+    ("latency_ms_sum", LAT),
+)
+_WRITE_ERRORS: Final = (RedisError, OSError, TimeoutError)
+
+__all__ = [
+    "HEALTH_TTL",
+    "USAGE_METER",
+    "CounterFlusher",
+    "CounterSink",
+    "HashIncrements",
+    "MemoryCounterSink",
+    "PartialWriteError",
+    "RedisCounterSink",
+    "plan_writes",
+    "usage_month",
+]
+
+
+class PartialWriteError(Exception):
+    """Some commands of a flush were applied and some failed: the batch must not be retried."""
+
+
+class CounterSink(Protocol):
+    """Where flushed counters go. ``write`` raises on failure (nothing or everything applied),
+    or :class:`PartialWriteError` when part of the batch was applied."""
+
+    async def write(self, batch: Batch, now: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HashIncrements:
+    """``HINCRBY key field n`` for every field, then ``EXPIRE key ttl`` when ``ttl`` is set."""
+
+    key: str
+    fields: dict[str, int]
+    ttl: int | None = None
+
+
+def usage_month(now: float) -> str:
+    """``yyyymm`` of ``now`` (epoch seconds) in UTC."""
+    return time.strftime("%Y%m", time.gmtime(now))
+
+
+def _decode(ident: bytes) -> str:
+    return ident.decode("utf-8", "replace")
+
+
+def plan_writes(batch: Batch, now: float, keys: Keys) -> list[HashIncrements]:
+    """Turn a counter batch into hash increments (shared by every sink, so they agree)."""
+    month = usage_month(now)
+    minute = epoch_minute(now)
+    usage: dict[bytes, float] = {}
+    health: dict[bytes, list[float]] = {}
+    for (space, _service, deployment), row in batch.items():
+        if space:  # a row without an owner cannot be billed to anyone
+            usage[space] = usage.get(space, 0.0) + row[REQ]
+        if deployment:
+            acc = health.get(deployment)
+            if acc is None:
+                health[deployment] = list(row)
+            else:
+                for i, value in enumerate(row):
+                    acc[i] += value
+    plan: list[HashIncrements] = []
+    for space, requests in usage.items():
+        n = round(requests)
+        if n:
+            plan.append(HashIncrements(keys.usage(_decode(space), month), {USAGE_METER: n}))
+    for deployment, row in health.items():
+        fields = {name: round(row[i]) for name, i in _HEALTH_FIELDS}
+        # Zero increments are skipped (absent means 0); "total" is kept so the key exists.
+        fields = {k: v for k, v in fields.items() if v or k == "total"}
+        plan.append(
+            HashIncrements(keys.health(_decode(deployment), minute), fields, ttl=HEALTH_TTL)
+        )
+    return plan
+
+
+class RedisCounterSink:
+    """Writes a batch with one non-transactional pipeline (one round trip).
+
+    The client belongs to the caller, who closes it; its retry policy applies to the pipeline.
+    """
+
+    __slots__ = ("keys", "redis")
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def write(self, batch: Batch, now: float) -> None:
+        plan = plan_writes(batch, now, self.keys)
+        if not plan:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for item in plan:
+            for field, n in item.fields.items():
+                pipe.hincrby(item.key, field, n)
+            if item.ttl is not None:
+                pipe.expire(item.key, item.ttl)
+        # Connection-level failures raise here (nothing or everything may have been applied);
+        # per-command errors come back inline so they can be told apart from a dead server.
+        results = await pipe.execute(raise_on_error=False)
+        failed = [r for r in results if isinstance(r, Exception)]
+        if not failed:
+            return
+        if len(failed) == len(results):
+            raise failed[0]  # nothing applied (e.g. OOM): safe to retry the whole batch
+        raise PartialWriteError(
+            f"{len(failed)} of {len(results)} counter writes failed: {failed[0]}"
+        )
+
+    def __repr__(self) -> str:
+        return f"RedisCounterSink({self.keys!r})"
+
+
+class MemoryCounterSink:
+    """Keeps the same hashes as Redis would, in dicts (embedded dev mode and tests).
+
+    Health hashes expire like their Redis keys (checked on every write and read), so a
+    long-running dev gateway does not grow without end.
+    """
+
+    __slots__ = ("clock", "expires", "hashes", "keys", "writes")
+
+    def __init__(self, keys: Keys | None = None, *, clock: Callable[[], float] = time.time):
+        self.keys = keys or Keys()
+        self.clock = clock
+        self.hashes: dict[str, dict[str, int]] = {}
+        self.expires: dict[str, float] = {}  # key -> absolute expiry (epoch seconds)
+        self.writes = 0
+
+    async def write(self, batch: Batch, now: float) -> None:
+        self._expire(now)
+        for item in plan_writes(batch, now, self.keys):
+            h = self.hashes.setdefault(item.key, {})
+            for field, n in item.fields.items():
+                h[field] = h.get(field, 0) + n
+            if item.ttl is not None:
+                self.expires[item.key] = now + item.ttl
+        self.writes += 1
+
+    def hgetall(self, key: str) -> dict[str, int]:
+        self._expire(self.clock())
+        return dict(self.hashes.get(key, {}))
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds left before ``key`` expires; None when it never does (or does not exist)."""
+        at = self.expires.get(key)
+        return None if at is None else max(0.0, at - self.clock())
+
+    def _expire(self, now: float) -> None:
+        gone = [k for k, at in self.expires.items() if at <= now]
+        for key in gone:
+            del self.expires[key]
+            self.hashes.pop(key, None)
+
+    def __repr__(self) -> str:
+        return f"MemoryCounterSink(keys={len(self.hashes)}, writes={self.writes})"
+
+
+class CounterFlusher:
+    """Flushes ``counters`` into ``sink`` every ``interval`` seconds from a background task."""
+
+    def __init__(
+        self,
+        counters: Counters,
+        sink: CounterSink,
+        *,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        log_interval: float = 10.0,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("flush interval must be positive")
+        self.counters = counters
+        self.sink = sink
+        self.interval = interval
+        self.clock = clock  # wall clock: it names the usage month and health minute
+        self.log_interval = log_interval
+        self.flushes = 0  # successful writes of a non-empty batch
+        self.flush_errors = 0
+        self.last_flush_seconds = 0.0  # duration of the last successful write
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Task[bool] | None = None
+        self._unsettled: Batch | None = None  # taken, not yet written nor given back
+        self._lock = asyncio.Lock()
+        self._last_log = -math.inf
+        self._failing = 0  # consecutive failures, for the "recovered" log line
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start the background loop (on the running event loop)."""
+        if self.running:
+            raise RuntimeError("counter flusher already started")
+        self._task = asyncio.create_task(self._run(), name="counter-flusher")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop and do a final flush, all within ``timeout`` seconds.
+
+        Counts still unwritten at the deadline stay in ``counters`` (and are lost if the
+        process then exits).
+        """
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            async with asyncio.timeout(timeout):
+                await self.flush()  # waits for a write the loop had started, then the rest
+        except TimeoutError:
+            inflight = self._inflight
+            if inflight is not None and not inflight.done():
+                inflight.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await inflight
+            if self._unsettled is not None:  # cancelled before it even started
+                self.counters.give_back(self._unsettled)
+                self._unsettled = None
+            log.warning("final counter flush did not finish within %.1fs", timeout)
+
+    async def flush(self) -> bool:
+        """Write whatever is pending now; True on success (or nothing to write).
+
+        The write runs in its own task shielded from cancellation of the caller, so cancelling
+        the loop never abandons a batch half-way; ``stop()`` waits for it.
+        """
+        async with self._lock:  # one write at a time, batches in order
+            inflight = self._inflight
+            if inflight is not None and not inflight.done():
+                await asyncio.shield(inflight)  # started by a caller that was cancelled
+            batch = self.counters.take()
+            if not batch:
+                return True
+            self._unsettled = batch
+            task = asyncio.create_task(self._write(batch), name="counter-flush")
+            self._inflight = task
+        return await asyncio.shield(task)
+
+    async def _write(self, batch: Batch) -> bool:
+        started = time.perf_counter()
+        try:
+            await self.sink.write(batch, self.clock())
+        except asyncio.CancelledError:
+            self.counters.give_back(batch)
+            raise
+        except PartialWriteError as exc:
+            self._failed(exc, kept=False)
+            return False
+        except _WRITE_ERRORS as exc:
+            self.counters.give_back(batch)
+            self._failed(exc, kept=True)
+            return False
+        except Exception as exc:  # a bug in a sink must not kill counting; keep the data
+            self.counters.give_back(batch)
+            self._failed(exc, kept=True, trace=True)
+            return False
+        finally:
+            if self._unsettled is batch:
+                self._unsettled = None
+        self.last_flush_seconds = time.perf_counter() - started
+        self.flushes += 1
+        if self._failing:
+            log.info("counter flush recovered after %d failed attempts", self._failing)
+            self._failing = 0
+        return True
+
+    def _failed(self, exc: BaseException, *, kept: bool, trace: bool = False) -> None:
+        self.flush_errors += 1
+        self._failing += 1
+        now = time.monotonic()
+        if now - self._last_log < self.log_interval:
+            return  # rate-limited: a store outage must not flood the log
+        self._last_log = now
+        log.warning(
+            "counter flush failed (%s: %s); %s; %d failures so far, %d counter keys dropped",
+            type(exc).__name__,
+            exc,
+            "counts kept for the next flush" if kept else "partly written, not retried",
+            self.flush_errors,
+            self.counters.dropped,
+            exc_info=exc if trace else None,
+        )
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()
+
+    def __repr__(self) -> str:
+        return (
+            f"CounterFlusher(interval={self.interval}, running={self.running}, "
+            f"flushes={self.flushes}, flush_errors={self.flush_errors}, sink={self.sink!r})"
+        )
