@@ -284,12 +284,16 @@ class Publisher:
         self.versions: dict[str, int] = {}
         self._barriers = itertools.count(1)
 
-    def record(self, host: str, upstreams: Sequence[str] | None = None, **kw: Any) -> dict[str, Any]:
+    def record(
+        self, host: str, upstreams: Sequence[str] | None = None, **kw: Any
+    ) -> dict[str, Any]:
         version = self.versions.get(host, 0) + 1
         self.versions[host] = version
         return make_record(host, upstreams, version=version, **kw)
 
-    def publish(self, host: str, upstreams: Sequence[str] | None = None, **kw: Any) -> dict[str, Any]:
+    def publish(
+        self, host: str, upstreams: Sequence[str] | None = None, **kw: Any
+    ) -> dict[str, Any]:
         rec = self.record(host, upstreams, **kw)
         self.publish_records([rec])
         return rec

@@ -49,7 +49,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -139,8 +138,10 @@ class UpstreamServer:
                 control = req.path.startswith("/__")
                 if not control:
                     self.seen.append([req.method, req.target])
-                    if self.mode == "drop" or (self.mode == "stale" and served) or (
-                        req.path == "/drop"
+                    if (
+                        self.mode == "drop"
+                        or (self.mode == "stale" and served)
+                        or (req.path == "/drop")
                     ):
                         return  # read, never answered: the connection just closes
                 served += 1
@@ -213,19 +214,25 @@ class UpstreamServer:
             return False
         if path == "/conncount":
             body = json.dumps({"connections": self.connections, "name": self.name}).encode()
-            await self._send(writer, 200, [("Content-Type", "application/json")], body, close, head_only)
+            await self._send(
+                writer, 200, [("Content-Type", "application/json")], body, close, head_only
+            )
             return not close
         if path == "/__seen":
             body = json.dumps(
                 {"requests": self.seen, "connections": self.connections, "name": self.name}
             ).encode()
-            await self._send(writer, 200, [("Content-Type", "application/json")], body, close, head_only)
+            await self._send(
+                writer, 200, [("Content-Type", "application/json")], body, close, head_only
+            )
             return not close
         if path == "/upload":
             body = json.dumps(
                 {"length": req.body_len, "sha256": req.body_sha, "name": self.name}
             ).encode()
-            await self._send(writer, 200, [("Content-Type", "application/json")], body, close, head_only)
+            await self._send(
+                writer, 200, [("Content-Type", "application/json")], body, close, head_only
+            )
             return not close
         m = _STATUS_RE.match(path)
         if m:
@@ -236,7 +243,9 @@ class UpstreamServer:
         m = _SLOW_RE.match(path)
         if m:
             await asyncio.sleep(int(m.group(1)) / 1000)
-            await self._send(writer, 200, [("Content-Type", "text/plain")], b"slow\n", close, head_only)
+            await self._send(
+                writer, 200, [("Content-Type", "text/plain")], b"slow\n", close, head_only
+            )
             return not close
         m = _STREAM_RE.match(path)
         if m:
@@ -312,7 +321,9 @@ class UpstreamServer:
                 "body_sha256": req.body_sha,
             }
         ).encode()
-        await self._send(writer, 200, [("Content-Type", "application/json")], body, close, head_only)
+        await self._send(
+            writer, 200, [("Content-Type", "application/json")], body, close, head_only
+        )
         return not close
 
     async def _send(
@@ -599,7 +610,10 @@ def _readline_with_timeout(proc: subprocess.Popen[bytes], timeout: float) -> byt
     assert proc.stdout is not None
     result: list[bytes] = []
     stdout = proc.stdout
-    reader: Callable[[], None] = lambda: result.append(stdout.readline())  # noqa: E731
+
+    def reader() -> None:
+        result.append(stdout.readline())
+
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     t.join(timeout)

@@ -1,0 +1,578 @@
+"""Endpoint declarations and the one wrapper every admin API request goes through.
+
+Each endpoint is declared once with :func:`endpoint` — method, path, required token scope,
+minimum role in the path's space, request/response models — and that declaration drives
+everything else: authentication and authorisation, body parsing (422 with field paths),
+``Idempotency-Key`` replay, the SQL transaction, the audit row, the publish outbox kick, error
+envelopes, and the OpenAPI document (:func:`openapi`). Tests iterate :data:`REGISTRY` to build
+the auth matrix, so a new endpoint is covered the day it is declared.
+
+Order of checks: token (401) → scope (403) → space exists and the caller is a member (404, so
+ids of other spaces do not leak) → role (403) → body (422) → handler.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import sqlalchemy as sa
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.requests import Request
+from starlette.responses import Response
+
+from admin.auth import ROLE_RANK, Principal, authenticate, role_in
+from admin.db import audit_log, idempotency_keys, new_id, now_ms, publish_queue, spaces
+from admin.errors import (
+    ApiError,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    Unprocessable,
+)
+
+if TYPE_CHECKING:
+    from admin.app import AdminState
+
+log = logging.getLogger("turnout.admin.api")
+
+IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
+_RID_OK = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_PARAM = re.compile(r"{(\w+)}")
+
+Handler = Callable[["Ctx"], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    scope: str
+    role: str | None  # minimum role in the {space} of the path; None: no space check
+    body: type[BaseModel] | None
+    response: type[BaseModel] | None
+    status: int
+    summary: str
+    action: str
+    tag: str
+    raw_body: bool  # handler reads the body itself (e.g. YAML manifests)
+    paged: bool
+    query: tuple[tuple[str, str, str], ...]  # (name, json type, description)
+
+    @property
+    def mutation(self) -> bool:
+        return self.method in ("POST", "PUT", "PATCH", "DELETE")
+
+    @property
+    def params(self) -> list[str]:
+        return _PARAM.findall(self.path)
+
+
+REGISTRY: list[Endpoint] = []
+
+
+def endpoint(
+    method: str,
+    path: str,
+    *,
+    scope: str,
+    summary: str,
+    role: str | None = None,
+    body: type[BaseModel] | None = None,
+    response: type[BaseModel] | None = None,
+    status: int = 200,
+    action: str | None = None,
+    tag: str | None = None,
+    raw_body: bool = False,
+    paged: bool = False,
+    query: tuple[tuple[str, str, str], ...] = (),
+) -> Callable[[Handler], Handler]:
+    """Declare an API endpoint (see the module docstring)."""
+
+    def register(fn: Handler) -> Handler:
+        REGISTRY.append(
+            Endpoint(
+                method=method,
+                path=path,
+                handler=fn,
+                scope=scope,
+                role=role,
+                body=body,
+                response=response,
+                status=status,
+                summary=summary,
+                action=action or fn.__name__,
+                tag=tag or path.split("/")[2],
+                raw_body=raw_body,
+                paged=paged,
+                query=query,
+            )
+        )
+        return fn
+
+    return register
+
+
+@dataclass(slots=True)
+class Ctx:
+    """What a handler gets: the caller, the open transaction, parsed input, and hooks."""
+
+    request: Request
+    state: AdminState
+    principal: Principal
+    conn: AsyncConnection
+    request_id: str
+    params: dict[str, str]
+    body: Any = None
+    raw: bytes = b""
+    space_id: str | None = None
+    role: str | None = None
+    resource: str = ""
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    publish: set[str] = field(default_factory=set)
+
+    def enqueue_publish(self, hosts: set[str] | list[str]) -> None:
+        """Hosts whose route records must be republished after this transaction commits."""
+        self.publish.update(hosts)
+
+    def if_match(self, etag: str) -> None:
+        """Honour ``If-Match`` against the resource's current ETag (412 on mismatch)."""
+        wanted = self.request.headers.get("if-match")
+        if wanted is None:
+            return
+        candidates = {w.strip() for w in wanted.split(",")}
+        if "*" not in candidates and etag not in candidates and f"W/{etag}" not in candidates:
+            raise PreconditionFailed(
+                "the resource changed since it was read (If-Match does not match its ETag)",
+                details={"etag": etag},
+            )
+
+    def require_role(self, role: str) -> None:
+        if self.role is None or ROLE_RANK[self.role] < ROLE_RANK[role]:
+            raise Forbidden(f"this action needs the {role} role in the space")
+
+    def query_param(self, name: str) -> str | None:
+        return self.request.query_params.get(name)
+
+
+def etag(resource_id: str, version: int) -> str:
+    return f'"{resource_id}.{version}"'
+
+
+# ------------------------------------------------------------------------------ paging
+
+
+def page_params(ctx: Ctx) -> tuple[int, str | None]:
+    raw_limit = ctx.query_param("limit")
+    limit = 50
+    if raw_limit is not None:
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:
+            raise Unprocessable(
+                "limit must be an integer 1..500",
+                [{"path": "query.limit", "message": "must be an integer 1..500"}],
+            )
+        limit = int(raw_limit)
+    cursor = ctx.query_param("cursor")
+    after: str | None = None
+    if cursor:
+        try:
+            data = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+            after = str(data["after"])
+        except (ValueError, KeyError, TypeError):
+            raise Unprocessable(
+                "cursor is not valid", [{"path": "query.cursor", "message": "invalid cursor"}]
+            ) from None
+    return limit, after
+
+
+def encode_cursor(after: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"after": after})).rstrip(b"=").decode()
+
+
+async def paged(
+    ctx: Ctx, query: sa.Select[Any], key: sa.ColumnElement[Any], render: Callable[[Any], Any]
+) -> dict[str, Any]:
+    """Run ``query`` ordered by ``key`` with ``?limit=&cursor=``; ``{"items", "next_cursor"}``."""
+    limit, after = page_params(ctx)
+    if after is not None:
+        query = query.where(key > after)
+    rows = (await ctx.conn.execute(query.order_by(key).limit(limit + 1))).all()
+    items = [render(r) for r in rows[:limit]]
+    nxt = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        nxt = encode_cursor(str(last._mapping[key.name] if hasattr(key, "name") else last[0]))
+    return {"items": items, "next_cursor": nxt}
+
+
+# ------------------------------------------------------------------------------ the wrapper
+
+
+def _json(data: Any, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def request_id_of(request: Request) -> str:
+    rid = request.headers.get("x-request-id")
+    if rid and _RID_OK.fullmatch(rid):
+        return rid
+    return secrets.token_hex(8)
+
+
+def error_response(exc: ApiError, request_id: str) -> Response:
+    return _json(exc.body(), exc.status, {"x-request-id": request_id})
+
+
+def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        rid = request_id_of(request)
+        principal: Principal | None = None
+        space_id: str | None = None
+        try:
+            principal = await authenticate(state.engine, request.headers.get("authorization"))
+            state.last_used.mark(principal.token_id)
+            if not principal.has_scope(ep.scope):
+                raise Forbidden(f"the token lacks the {ep.scope} scope")
+            raw = await _read_body(request, state.settings.max_body_bytes)
+            body = _parse_body(ep, raw)
+            params = {k: str(v) for k, v in request.path_params.items()}
+            replay = await _idempotency_lookup(state, ep, request, principal, raw)
+            if replay is not None:
+                return replay
+            async with state.engine.begin() as conn:
+                ctx = Ctx(
+                    request=request,
+                    state=state,
+                    principal=principal,
+                    conn=conn,
+                    request_id=rid,
+                    params=params,
+                    body=body,
+                    raw=raw,
+                )
+                if "space" in params:
+                    space_id = params["space"]
+                    await _check_space(ctx, ep, space_id)
+                result = await ep.handler(ctx)
+                status = ctx.status or ep.status
+                if ep.mutation:
+                    await _audit(conn, ctx, ep, principal, space_id, rid, "success")
+                    for host in ctx.publish:
+                        await _enqueue(conn, host)
+                headers = {"x-request-id": rid, **ctx.headers}
+                payload = (
+                    orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS)
+                    if result is not None
+                    else b""
+                )
+                key = request.headers.get("idempotency-key")
+                if ep.mutation and key:
+                    await conn.execute(
+                        sa.insert(idempotency_keys).values(
+                            principal_id=principal.id,
+                            key=key,
+                            method=ep.method,
+                            path=request.url.path,
+                            body_sha256=hashlib.sha256(raw).hexdigest(),
+                            status=status,
+                            response=payload.decode(),
+                            created_at=now_ms(),
+                        )
+                    )
+            if ctx.publish:
+                state.publisher.kick()
+            if result is None or status == 204:
+                return Response(status_code=status, headers=headers)
+            return Response(
+                payload, status_code=status, media_type="application/json", headers=headers
+            )
+        except ApiError as exc:
+            if ep.mutation and principal is not None:
+                await _audit_failure(state, ep, principal, space_id, rid, exc.code)
+            return error_response(exc, rid)
+        except sa.exc.IntegrityError as exc:
+            log.info("integrity error on %s %s: %s", ep.method, ep.path, exc.orig)
+            conflict = ApiError("the change conflicts with existing data", code="conflict")
+            conflict.status = 409
+            if ep.mutation and principal is not None:
+                await _audit_failure(state, ep, principal, space_id, rid, "conflict")
+            return error_response(conflict, rid)
+
+    return handle
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_body(ep: Endpoint, raw: bytes) -> Any:
+    if ep.raw_body or ep.body is None:
+        return None
+    if not raw:
+        raise Unprocessable("a JSON body is required", [{"path": "body", "message": "required"}])
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Unprocessable(
+            f"invalid JSON: {exc}", [{"path": "body", "message": "invalid JSON"}]
+        ) from None
+    try:
+        return ep.body.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def validation_error(exc: ValidationError, prefix: str = "body") -> Unprocessable:
+    fields = []
+    for err in exc.errors(include_url=False):
+        path = prefix
+        for part in err["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        fields.append({"path": path, "message": err["msg"]})
+    first = fields[0] if fields else {"path": prefix, "message": "invalid"}
+    return Unprocessable(f"{first['path']}: {first['message']}", fields)
+
+
+async def _check_space(ctx: Ctx, ep: Endpoint, space_id: str) -> None:
+    row = (await ctx.conn.execute(sa.select(spaces.c.id).where(spaces.c.id == space_id))).first()
+    role = await role_in(ctx.conn, ctx.principal, space_id) if row is not None else None
+    if row is None or role is None:
+        raise NotFound(f"space {space_id} not found")
+    ctx.space_id = space_id
+    ctx.role = role
+    if ep.role is not None:
+        ctx.require_role(ep.role)
+
+
+async def _idempotency_lookup(
+    state: AdminState, ep: Endpoint, request: Request, principal: Principal, raw: bytes
+) -> Response | None:
+    key = request.headers.get("idempotency-key")
+    if not ep.mutation or not key:
+        return None
+    if len(key) > 200:
+        raise Unprocessable(
+            "Idempotency-Key is too long",
+            [{"path": "header.Idempotency-Key", "message": "at most 200 characters"}],
+        )
+    async with state.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.select(idempotency_keys).where(
+                    idempotency_keys.c.principal_id == principal.id,
+                    idempotency_keys.c.key == key,
+                    idempotency_keys.c.created_at > now_ms() - IDEMPOTENCY_TTL_MS,
+                )
+            )
+        ).first()
+    if row is None:
+        return None
+    if (
+        row.method != ep.method
+        or row.path != request.url.path
+        or row.body_sha256 != hashlib.sha256(raw).hexdigest()
+    ):
+        raise Unprocessable(
+            "this Idempotency-Key was used with a different request",
+            [{"path": "header.Idempotency-Key", "message": "reused with a different request"}],
+            code="idempotency_mismatch",
+        )
+    return Response(
+        row.response.encode(),
+        status_code=row.status,
+        media_type="application/json" if row.response else None,
+        headers={"idempotent-replay": "true", "x-request-id": request_id_of(request)},
+    )
+
+
+async def _audit(
+    conn: AsyncConnection,
+    ctx: Ctx,
+    ep: Endpoint,
+    principal: Principal,
+    space_id: str | None,
+    rid: str,
+    outcome: str,
+) -> None:
+    await conn.execute(
+        sa.insert(audit_log).values(
+            id=new_id("aud"),
+            at=now_ms(),
+            principal_id=principal.id,
+            space_id=space_id,
+            action=ep.action,
+            resource=(ctx.resource or ctx.request.url.path)[:300],
+            request_id=rid,
+            outcome=outcome,
+        )
+    )
+
+
+async def _audit_failure(
+    state: AdminState, ep: Endpoint, principal: Principal, space_id: str | None, rid: str, code: str
+) -> None:
+    try:
+        async with state.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(audit_log).values(
+                    id=new_id("aud"),
+                    at=now_ms(),
+                    principal_id=principal.id,
+                    space_id=space_id,
+                    action=ep.action,
+                    resource=ep.path[:300],
+                    request_id=rid,
+                    outcome=code,
+                )
+            )
+    except Exception as exc:  # auditing a failure must not turn it into a 500
+        log.warning("could not audit a failed %s: %s", ep.action, exc)
+
+
+async def _enqueue(conn: AsyncConnection, host: str) -> None:
+    existing = (
+        await conn.execute(sa.select(publish_queue.c.host).where(publish_queue.c.host == host))
+    ).first()
+    if existing is None:
+        await conn.execute(sa.insert(publish_queue).values(host=host, enqueued_at=now_ms()))
+
+
+# ------------------------------------------------------------------------------ OpenAPI
+
+
+def openapi(title: str = "Turnout admin API", version: str = "0.1.0") -> dict[str, Any]:
+    """The OpenAPI 3.1 document, generated from :data:`REGISTRY`."""
+    paths: dict[str, Any] = {}
+    components: dict[str, Any] = {
+        "ErrorBody": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "details": {},
+                    },
+                }
+            },
+        }
+    }
+
+    def schema_ref(model: type[BaseModel]) -> dict[str, Any]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in schema.pop("$defs", {}).items():
+            components[name] = sub
+        components[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    err = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for ep in REGISTRY:
+        op: dict[str, Any] = {
+            "operationId": ep.action,
+            "summary": ep.summary,
+            "tags": [ep.tag],
+            "security": [{"bearer": []}],
+            "x-turnout-scope": ep.scope,
+            "parameters": [
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                for p in ep.params
+            ],
+            "responses": {
+                "401": {
+                    "description": "missing, unknown, expired or revoked token",
+                    "content": err,
+                },
+                "403": {"description": "missing scope or role", "content": err},
+                "404": {"description": "not found (or another space's)", "content": err},
+                "422": {"description": "validation failed", "content": err},
+            },
+        }
+        if ep.role:
+            op["x-turnout-role"] = ep.role
+        if ep.paged:
+            op["parameters"] += [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                },
+                {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+            ]
+        for name, typ, desc in ep.query:
+            op["parameters"].append(
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": typ},
+                    "description": desc,
+                }
+            )
+        if ep.mutation:
+            op["parameters"].append(
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "maxLength": 200},
+                }
+            )
+            op["responses"]["409"] = {"description": "conflict", "content": err}
+            op["responses"]["412"] = {"description": "If-Match mismatch", "content": err}
+        if ep.body is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": schema_ref(ep.body)}},
+            }
+        elif ep.raw_body:
+            op["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/yaml": {"schema": {"type": "string"}},
+                    "application/json": {"schema": {"type": "object"}},
+                },
+            }
+        ok: dict[str, Any] = {"description": "success"}
+        if ep.response is not None:
+            ok["content"] = {"application/json": {"schema": schema_ref(ep.response)}}
+        op["responses"][str(ep.status)] = ok
+        paths.setdefault(ep.path, {})[ep.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

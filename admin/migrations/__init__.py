@@ -1,0 +1,1 @@
+"""Alembic migrations for the admin schema (applied on start, or ``turnout admin migrate``)."""

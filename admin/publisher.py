@@ -1,0 +1,217 @@
+"""Publishing route records: SQL first, then the route store; repairs by republishing.
+
+Theory of operation
+-------------------
+Every change that affects what a hostname serves inserts the hostname into ``publish_queue``
+in the *same* transaction (a transactional outbox). After commit the API kicks the publisher,
+which for each queued host: computes the record from SQL and bumps ``route_versions`` (one
+transaction), publishes it (or a tombstone) to the store, and only then removes the queue row.
+So a crash or a Redis outage between commit and publish loses nothing: the row stays, and the
+next run (retry timer, restart) publishes it. Publishing twice is harmless (versions).
+
+The reconciler notices a store that lost its data (no epoch: Redis restarted empty or was
+flushed) and republishes everything with :meth:`Publisher.resync`, which replaces the store's
+whole table atomically under a new epoch. With several admin instances, a Redis leader lock
+(``{turnout}:leader:reconciler``) lets exactly one run it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from admin.db import hostnames, publish_queue, route_versions
+from admin.routes import compute_record
+from routing.errors import StaleVersionError
+from routing.models import RouteRecord
+from routing.redis_store import RedisRouteStore
+from routing.store import RouteStore
+
+log = logging.getLogger("turnout.admin.publisher")
+
+
+async def _next_version(conn: AsyncConnection, host: str, at_least: int = 0) -> int:
+    row = (
+        await conn.execute(sa.select(route_versions.c.version).where(route_versions.c.host == host))
+    ).first()
+    version = max((row.version if row else 0) + 1, at_least)
+    if row is None:
+        await conn.execute(sa.insert(route_versions).values(host=host, version=version))
+    else:
+        await conn.execute(
+            sa.update(route_versions).where(route_versions.c.host == host).values(version=version)
+        )
+    return version
+
+
+class Publisher:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        store: RouteStore,
+        *,
+        retry_seconds: float = 1.0,
+        reconcile_seconds: float = 5.0,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.retry_seconds = retry_seconds
+        self.reconcile_seconds = reconcile_seconds
+        self._kick = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock = asyncio.Lock()
+        self.published = 0
+        self.failures = 0
+        self.resyncs = 0
+        self.last_error: str | None = None
+        self._owner = secrets.token_hex(8)
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._drain_loop(), name="publisher"),
+            asyncio.create_task(self._reconcile_loop(), name="reconciler"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _drain_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.retry_seconds)
+            self._kick.clear()
+            try:
+                await self.drain()
+            except Exception as exc:
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("publishing failed, will retry: %s", self.last_error)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            try:
+                await self.reconcile()
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("reconciling the route store failed: %s", self.last_error)
+            await asyncio.sleep(self.reconcile_seconds)
+
+    async def reconcile(self) -> bool:
+        """Republish everything when the store has no epoch. Returns True when it did."""
+        if await self.store.get_epoch() is not None:
+            return False
+        if not await self._leader("reconciler"):
+            return False
+        log.warning("route store has no epoch (lost its data?); republishing everything")
+        await self.resync()
+        return True
+
+    async def _leader(self, loop: str) -> bool:
+        if not isinstance(self.store, RedisRouteStore):
+            return True
+        key = self.store.keys.leader(loop)
+        r = self.store.redis
+        got = await r.set(key, self._owner, nx=True, px=int(self.reconcile_seconds * 3000))
+        if got:
+            return True
+        current = await r.get(key)
+        return (
+            current is not None
+            and (current.decode() if isinstance(current, bytes) else current) == self._owner
+        )
+
+    async def drain(self) -> int:
+        """Publish every queued host; returns how many were published."""
+        async with self._lock:
+            async with self.engine.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        sa.select(publish_queue.c.host, publish_queue.c.enqueued_at).order_by(
+                            publish_queue.c.enqueued_at
+                        )
+                    )
+                ).all()
+            done = 0
+            for row in rows:
+                await self._publish_one(row.host, row.enqueued_at)
+                done += 1
+            return done
+
+    async def _publish_one(self, host: str, enqueued_at: int, at_least: int = 0) -> None:
+        async with self.engine.begin() as conn:
+            version = await _next_version(conn, host, at_least)
+            record = await compute_record(conn, host, version)
+        try:
+            if record is None:
+                await self.store.delete(host, version)
+            else:
+                await self.store.publish(record)
+        except StaleVersionError as exc:
+            # The store holds a newer version than SQL remembers (SQL restored from a backup?):
+            # jump past it; the record content still comes from SQL.
+            await self._publish_one(host, enqueued_at, exc.current + 1)
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.delete(publish_queue).where(
+                    publish_queue.c.host == host, publish_queue.c.enqueued_at <= enqueued_at
+                )
+            )
+        self.published += 1
+
+    async def resync(self) -> dict[str, Any]:
+        """Full republish from SQL under a new epoch; reports counts."""
+        started = time.perf_counter()
+        async with self._lock:
+            records: list[RouteRecord] = []
+            withdrawn = 0
+            async with self.engine.begin() as conn:
+                # Queue rows seen in this snapshot are covered by it; later ones are not.
+                queued = (
+                    await conn.execute(sa.select(publish_queue.c.host, publish_queue.c.enqueued_at))
+                ).all()
+                hosts = [
+                    r.host
+                    for r in (
+                        await conn.execute(sa.select(hostnames.c.host).order_by(hostnames.c.host))
+                    ).all()
+                ]
+                for host in hosts:
+                    version = await _next_version(conn, host)
+                    record = await compute_record(conn, host, version)
+                    if record is None:
+                        withdrawn += 1
+                    else:
+                        records.append(record)
+            epoch = await self.store.replace_all(records)
+            async with self.engine.begin() as conn:
+                for q in queued:
+                    await conn.execute(
+                        sa.delete(publish_queue).where(
+                            publish_queue.c.host == q.host,
+                            publish_queue.c.enqueued_at <= q.enqueued_at,
+                        )
+                    )
+            self.resyncs += 1
+        return {
+            "epoch": epoch,
+            "published": len(records),
+            "withdrawn": withdrawn,
+            "hostnames": len(records) + withdrawn,
+            "seconds": round(time.perf_counter() - started, 3),
+        }

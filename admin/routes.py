@@ -1,0 +1,114 @@
+"""Route records computed from SQL (the authority) for the gateway's route store.
+
+One record per hostname: the hostname's service, that service's declared endpoints (path prefix,
+methods), and as targets the deployments currently routed (active / canary / rollback with a
+weight), each with its replicas from its own immutable snapshot. Nothing is published for a
+hostname that is unverified, whose service is stopped, or that has no routed deployment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from admin.db import (
+    deployments,
+    hostnames,
+    now_ms,
+    service_routes,
+    services,
+    snapshots,
+    spaces,
+)
+from routing.models import RouteRecord, record_from_obj
+
+ROUTED = ("active", "canary", "rollback")
+
+
+async def compute_record(conn: AsyncConnection, host: str, version: int) -> RouteRecord | None:
+    """The record ``host`` should have now, or ``None`` when nothing should be served."""
+    row = (
+        await conn.execute(
+            sa.select(
+                hostnames.c.service_id,
+                hostnames.c.verified,
+                services.c.status,
+                services.c.space_id,
+                spaces.c.id.label("space"),
+            )
+            .join(services, services.c.id == hostnames.c.service_id)
+            .join(spaces, spaces.c.id == services.c.space_id)
+            .where(hostnames.c.host == host)
+        )
+    ).first()
+    if row is None or not row.verified or row.status == "stopped":
+        return None
+    deps = (
+        await conn.execute(
+            sa.select(
+                deployments.c.id,
+                deployments.c.routing_status,
+                deployments.c.routing_weight,
+                snapshots.c.config,
+            )
+            .join(snapshots, snapshots.c.id == deployments.c.snapshot_id)
+            .where(
+                deployments.c.service_id == row.service_id,
+                deployments.c.routing_status.in_(ROUTED),
+                deployments.c.status == "success",
+            )
+            .order_by(deployments.c.number)
+        )
+    ).all()
+    if not deps or sum(d.routing_weight for d in deps) != 10000:
+        return None
+    targets: list[dict[str, Any]] = []
+    policy: dict[str, Any] = {}
+    for d in deps:
+        config = orjson.loads(d.config)
+        targets.append(
+            {
+                "deployment_id": d.id,
+                "weight": d.routing_weight,
+                "status": d.routing_status,
+                "upstreams": config["upstreams"],
+            }
+        )
+        # The policy follows the stable deployment (a canary does not change timeouts for all).
+        if d.routing_status != "canary" or not policy:
+            policy = dict(config.get("policy") or {})
+    routes = (
+        await conn.execute(
+            sa.select(service_routes.c.host, service_routes.c.path_prefix, service_routes.c.methods)
+            .where(service_routes.c.service_id == row.service_id)
+            .order_by(service_routes.c.id)
+        )
+    ).all()
+    endpoints: list[dict[str, Any]] = []
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for r in routes:
+        if r.host is not None and r.host != host:
+            continue
+        methods = sorted(orjson.loads(r.methods))
+        key = (r.path_prefix, tuple(methods))
+        if key in seen:
+            continue
+        seen.add(key)
+        endpoints.append({"path_prefix": r.path_prefix, "methods": methods, "targets": targets})
+    if not endpoints:
+        endpoints = [{"path_prefix": "/", "methods": [], "targets": targets}]
+    return record_from_obj(
+        {
+            "host": host,
+            "version": version,
+            "space_id": row.space,
+            "service_id": row.service_id,
+            "blocked": None,
+            "updated_at": now_ms(),
+            "policy": policy,
+            "endpoints": endpoints,
+        }
+    )
