@@ -246,6 +246,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._informational:
             self._informational = False
             return
+        if self.parser.get_status_code() == 101 and self.parser.should_upgrade():
+            return  # llhttp completes a 101 before raising HttpParserUpgrade: a tunnel follows
         if self.state is ConnState.ACTIVE and not self._head_only:
             self._finish(self.parser.should_keep_alive())
 

@@ -36,9 +36,9 @@ PING_HELLO = bytes([0x89, 0x05, 0x48, 0x65, 0x6C, 0x6C, 0x6F])
 def test_rfc_examples_encode() -> None:
     assert encode_frame(OP_TEXT, b"Hello") == HELLO_UNMASKED
     assert encode_frame(OP_TEXT, b"Hello", mask=bytes([0x37, 0xFA, 0x21, 0x3D])) == HELLO_MASKED
-    assert encode_frame(OP_TEXT, b"Hel", fin=False) + encode_frame(
-        OP_CONTINUATION, b"lo"
-    ) == (HEL_LO_FRAGMENTS)
+    assert encode_frame(OP_TEXT, b"Hel", fin=False) + encode_frame(OP_CONTINUATION, b"lo") == (
+        HEL_LO_FRAGMENTS
+    )
     assert encode_frame(OP_PING, b"Hello") == PING_HELLO
 
 

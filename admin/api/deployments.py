@@ -1,0 +1,567 @@
+"""App deployments from a manifest, deployments, rollback, and masked snapshot reads.
+
+One app deployment is one SQL transaction: per service it creates an immutable snapshot and a
+deployment row, moves routing statuses and weights per the strategy, records the service's
+endpoints, claims hostnames, and queues every affected hostname in the publish outbox. The
+route records are recomputed from SQL and published after commit (admin/publisher.py).
+
+Routing statuses: ``active`` | ``canary`` | ``rollback`` carry traffic (weights in basis points
+summing to 10000 per service); ``archived`` and ``rolled_back`` carry none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets as pysecrets
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from pydantic import Field
+
+from admin.api.models import Page, Strict
+from admin.crypto import CryptoError, decrypt_map, encrypt_map, mask_map
+from admin.db import (
+    app_deployments,
+    deployments,
+    hostnames,
+    new_id,
+    now_ms,
+    service_routes,
+    services,
+    snapshots,
+)
+from admin.errors import Conflict, NotFound, Unprocessable
+from admin.framework import Ctx, endpoint, etag, paged
+from admin.manifest import Manifest, ManifestError, parse_manifest
+from routing.hostnames import validate_hostname
+
+ROUTED = ("active", "canary", "rollback")
+
+
+class AppDeploymentOut(Strict):
+    id: str
+    name: str
+    strategy: str
+    created_at: int
+    services: list[dict[str, Any]]
+
+
+class DeploymentOut(Strict):
+    id: str
+    service_id: str
+    number: int
+    status: str
+    routing_status: str
+    routing_weight: int
+    snapshot_id: str
+    app_deployment_id: str | None
+    etag: str
+    created_at: int
+    updated_at: int
+
+
+class RollbackIn(Strict):
+    version: int | None = Field(default=None, ge=1)
+
+
+class SnapshotOut(Strict):
+    id: str
+    service_id: str
+    config: dict[str, Any]
+    env: dict[str, str]
+    secrets: dict[str, str]
+    bindings: dict[str, str]
+    created_at: int
+
+
+def _dep(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "service_id": row.service_id,
+        "number": row.number,
+        "status": row.status,
+        "routing_status": row.routing_status,
+        "routing_weight": row.routing_weight,
+        "snapshot_id": row.snapshot_id,
+        "app_deployment_id": row.app_deployment_id,
+        "etag": etag(row.id, row.version),
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+def platform_hostname(service: str, app: str, base_domain: str) -> str:
+    """The hostname a route without ``hostname`` gets: ``<service>.<app>.<base domain>``."""
+    return f"{service}.{app}.{base_domain}"
+
+
+def under_base_domain(host: str, base_domain: str) -> bool:
+    bare = host[2:] if host.startswith("*.") else host
+    return bare.endswith("." + base_domain)
+
+
+async def claim_hostname(ctx: Ctx, service_id: str, host: str, path: str) -> dict[str, Any] | None:
+    """Make sure ``host`` belongs to ``service_id``; returns verification instructions when the
+    host still needs an ownership proof. Hosts of another service or space → 409."""
+    try:
+        host = validate_hostname(host.lower(), path)
+    except Exception as exc:
+        raise Unprocessable(str(exc), [{"path": path, "message": str(exc)}]) from None
+    row = (await ctx.conn.execute(sa.select(hostnames).where(hostnames.c.host == host))).first()
+    if row is not None:
+        if row.service_id != service_id:
+            raise Conflict(f"{host} is already claimed by another service", code="hostname_taken")
+        return None if row.verified else _verification(host, row.verify_token)
+    count = (
+        await ctx.conn.execute(
+            sa.select(sa.func.count())
+            .select_from(hostnames)
+            .where(hostnames.c.service_id == service_id)
+        )
+    ).scalar_one()
+    if count >= ctx.state.settings.max_hostnames_per_service:
+        raise Conflict(
+            f"a service has at most {ctx.state.settings.max_hostnames_per_service} hostnames",
+            code="hostname_limit",
+        )
+    base = ctx.state.settings.base_domain
+    granted = under_base_domain(host, base)
+    token = pysecrets.token_hex(16)
+    assert ctx.space_id is not None
+    await ctx.conn.execute(
+        sa.insert(hostnames).values(
+            host=host,
+            space_id=ctx.space_id,
+            service_id=service_id,
+            verified=granted,
+            verify_token=token,
+            created_at=now_ms(),
+            verified_at=now_ms() if granted else None,
+        )
+    )
+    return None if granted else _verification(host, token)
+
+
+def _verification(host: str, token: str) -> dict[str, Any]:
+    bare = host[2:] if host.startswith("*.") else host
+    return {
+        "host": host,
+        "type": "TXT",
+        "name": f"_turnout-verify.{bare}",
+        "value": f"turnout-verify={token}",
+    }
+
+
+async def _service_by_name(ctx: Ctx, name: str) -> Any:
+    return (
+        await ctx.conn.execute(
+            sa.select(services).where(services.c.space_id == ctx.space_id, services.c.name == name)
+        )
+    ).first()
+
+
+async def load_service(ctx: Ctx, ident: str) -> Any:
+    """A service of the path's space by id or by name (404 otherwise)."""
+    row = (
+        await ctx.conn.execute(
+            sa.select(services).where(
+                services.c.space_id == ctx.space_id,
+                sa.or_(services.c.id == ident, services.c.name == ident),
+            )
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"service {ident} not found")
+    return row
+
+
+async def _service_hosts(ctx: Ctx, service_id: str) -> list[str]:
+    return list(
+        (
+            await ctx.conn.execute(
+                sa.select(hostnames.c.host).where(hostnames.c.service_id == service_id)
+            )
+        ).scalars()
+    )
+
+
+@endpoint(
+    "POST",
+    "/api/spaces/{space}/app-deployments",
+    scope="deployments:write",
+    role="editor",
+    raw_body=True,
+    response=AppDeploymentOut,
+    status=201,
+    summary="Deploy an app from a manifest (YAML or JSON): strategies direct and canary",
+)
+async def create_app_deployment(ctx: Ctx) -> dict[str, Any]:
+    if not ctx.raw.strip():
+        raise Unprocessable(
+            "a manifest body is required", [{"path": "body", "message": "required"}]
+        )
+    try:
+        manifest = parse_manifest(ctx.raw)
+    except ManifestError as exc:
+        raise Unprocessable(str(exc), exc.as_details(), code="invalid_manifest") from None
+    strategy = manifest.rollout.strategy
+    if strategy == "staged":
+        raise Unprocessable(
+            "staged rollouts are not implemented yet; use strategy direct or canary",
+            [{"path": "spec.rollout.strategy", "message": "staged is not implemented yet"}],
+            code="not_implemented",
+        )
+    now = now_ms()
+    app_id = new_id("app")
+    await ctx.conn.execute(
+        sa.insert(app_deployments).values(
+            id=app_id,
+            space_id=ctx.space_id,
+            name=manifest.name,
+            strategy=strategy,
+            manifest_sha256=hashlib.sha256(ctx.raw).hexdigest(),
+            principal_id=ctx.principal.id,
+            created_at=now,
+        )
+    )
+    out = []
+    for name, svc in manifest.services.items():
+        out.append(await _deploy_service(ctx, manifest, app_id, name, svc, now))
+    ctx.resource = f"app-deployment:{app_id}"
+    return {
+        "id": app_id,
+        "name": manifest.name,
+        "strategy": strategy,
+        "created_at": now,
+        "services": out,
+    }
+
+
+async def _deploy_service(
+    ctx: Ctx, manifest: Manifest, app_id: str, name: str, svc: Any, now: int
+) -> dict[str, Any]:
+    state = ctx.state
+    row = await _service_by_name(ctx, name)
+    if row is None:
+        service_id = new_id("svc")
+        await ctx.conn.execute(
+            sa.insert(services).values(
+                id=service_id,
+                space_id=ctx.space_id,
+                name=name,
+                status="pending",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    else:
+        service_id = row.id
+    # The snapshot: plain runtime config, encrypted env/secrets/bindings bound to its id.
+    snap_id = new_id("snp")
+    policy: dict[str, Any] = {}
+    if svc.limits.timeout_ms is not None:
+        policy["read_timeout_ms"] = svc.limits.timeout_ms
+    if svc.limits.max_body_bytes is not None:
+        policy["max_body_bytes"] = svc.limits.max_body_bytes
+    config = {
+        "upstreams": [u.url for u in svc.upstreams],
+        "policy": policy,
+        "limits": {
+            "timeout_ms": svc.limits.timeout_ms,
+            "max_body_bytes": svc.limits.max_body_bytes,
+        },
+    }
+    sealed = {
+        "env": encrypt_map(state.keys, dict(svc.env), snap_id, "env"),
+        "secrets": encrypt_map(state.keys, dict(svc.secrets), snap_id, "secrets"),
+        "bindings": encrypt_map(state.keys, dict(svc.bindings), snap_id, "bindings"),
+    }
+    await ctx.conn.execute(
+        sa.insert(snapshots).values(
+            id=snap_id,
+            service_id=service_id,
+            config=orjson.dumps(config).decode(),
+            secrets=orjson.dumps(sealed).decode(),
+            created_at=now,
+        )
+    )
+    number = (
+        await ctx.conn.execute(
+            sa.select(sa.func.coalesce(sa.func.max(deployments.c.number), 0)).where(
+                deployments.c.service_id == service_id
+            )
+        )
+    ).scalar_one() + 1
+    current = (
+        await ctx.conn.execute(
+            sa.select(deployments).where(
+                deployments.c.service_id == service_id,
+                deployments.c.routing_status.in_(ROUTED),
+            )
+        )
+    ).all()
+    stable = [d for d in current if d.routing_status in ("active", "rollback")]
+    strategy = manifest.rollout.strategy
+    applied = strategy
+    dep_id = new_id("dep")
+    if strategy == "canary" and stable:
+        weight = (manifest.rollout.canary_weight or 0) * 100
+        new_status = "canary"
+        # The stable deployment keeps the rest; an older canary is replaced (archived).
+        base = max(stable, key=lambda d: d.number)
+        for d in current:
+            if d.id == base.id:
+                await _move(ctx, d, d.routing_status, 10000 - weight, now)
+            else:
+                await _move(ctx, d, "archived", 0, now)
+    else:
+        applied = "direct"  # a first deployment has no baseline to canary against
+        weight = 10000
+        new_status = "active"
+        for d in current:
+            await _move(ctx, d, "archived", 0, now)
+    await ctx.conn.execute(
+        sa.insert(deployments).values(
+            id=dep_id,
+            service_id=service_id,
+            app_deployment_id=app_id,
+            snapshot_id=snap_id,
+            number=number,
+            status="success",
+            routing_status=new_status,
+            routing_weight=weight,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    await ctx.conn.execute(
+        sa.update(services)
+        .where(services.c.id == service_id)
+        .values(status="deployed", updated_at=now, version=services.c.version + 1)
+    )
+    # Endpoints: the manifest's routes for this service replace the previous ones.
+    await ctx.conn.execute(
+        sa.delete(service_routes).where(service_routes.c.service_id == service_id)
+    )
+    verification = []
+    routes = [r for r in manifest.routes if r.service == name]
+    for i, r in enumerate(routes):
+        host = r.hostname or platform_hostname(name, manifest.name, state.settings.base_domain)
+        need = await claim_hostname(ctx, service_id, host, f"spec.routes[{i}].hostname")
+        if need is not None:
+            verification.append(need)
+        await ctx.conn.execute(
+            sa.insert(service_routes).values(
+                id=new_id("rte"),
+                service_id=service_id,
+                host=host.lower(),
+                path_prefix=r.path,
+                methods=orjson.dumps(list(r.methods)).decode(),
+            )
+        )
+    if not routes:
+        host = platform_hostname(name, manifest.name, state.settings.base_domain)
+        await claim_hostname(ctx, service_id, host, "spec.routes")
+    hosts = await _service_hosts(ctx, service_id)
+    ctx.enqueue_publish(hosts)
+    return {
+        "service_id": service_id,
+        "name": name,
+        "deployment_id": dep_id,
+        "number": number,
+        "snapshot_id": snap_id,
+        "strategy_applied": applied,
+        "routing_status": new_status,
+        "routing_weight": weight,
+        "hostnames": sorted(hosts),
+        "verification": verification,
+    }
+
+
+async def _move(ctx: Ctx, row: Any, status: str, weight: int, now: int) -> None:
+    """Change a deployment's routing under optimistic locking (409 if it moved meanwhile)."""
+    res = await ctx.conn.execute(
+        sa.update(deployments)
+        .where(deployments.c.id == row.id, deployments.c.version == row.version)
+        .values(
+            routing_status=status, routing_weight=weight, version=row.version + 1, updated_at=now
+        )
+    )
+    if res.rowcount != 1:
+        raise Conflict("a deployment changed concurrently; retry")
+
+
+@endpoint(
+    "GET",
+    "/api/spaces/{space}/app-deployments",
+    scope="deployments:read",
+    role="viewer",
+    response=Page,
+    paged=True,
+    summary="List app deployments",
+)
+async def list_app_deployments(ctx: Ctx) -> dict[str, Any]:
+    q = sa.select(app_deployments).where(app_deployments.c.space_id == ctx.space_id)
+    return await paged(
+        ctx,
+        q,
+        app_deployments.c.id,
+        lambda r: {
+            "id": r.id,
+            "name": r.name,
+            "strategy": r.strategy,
+            "manifest_sha256": r.manifest_sha256,
+            "principal_id": r.principal_id,
+            "created_at": r.created_at,
+        },
+    )
+
+
+@endpoint(
+    "GET",
+    "/api/spaces/{space}/services/{service}/deployments",
+    scope="deployments:read",
+    role="viewer",
+    response=Page,
+    paged=True,
+    summary="List a service's deployments",
+)
+async def list_deployments(ctx: Ctx) -> dict[str, Any]:
+    svc = await load_service(ctx, ctx.params["service"])
+    q = sa.select(deployments).where(deployments.c.service_id == svc.id)
+    return await paged(ctx, q, deployments.c.id, _dep)
+
+
+async def _load_deployment(ctx: Ctx, dep_id: str) -> Any:
+    row = (
+        await ctx.conn.execute(
+            sa.select(deployments)
+            .join(services, services.c.id == deployments.c.service_id)
+            .where(deployments.c.id == dep_id, services.c.space_id == ctx.space_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"deployment {dep_id} not found")
+    return row
+
+
+@endpoint(
+    "GET",
+    "/api/spaces/{space}/deployments/{deployment}",
+    scope="deployments:read",
+    role="viewer",
+    response=DeploymentOut,
+    summary="Read a deployment",
+)
+async def get_deployment(ctx: Ctx) -> dict[str, Any]:
+    row = await _load_deployment(ctx, ctx.params["deployment"])
+    ctx.headers["etag"] = etag(row.id, row.version)
+    return _dep(row)
+
+
+@endpoint(
+    "POST",
+    "/api/spaces/{space}/services/{service}/rollback",
+    scope="deployments:write",
+    role="editor",
+    body=RollbackIn,
+    response=DeploymentOut,
+    summary="Roll back to a named version or the previous active deployment",
+)
+async def rollback(ctx: Ctx) -> dict[str, Any]:
+    body: RollbackIn = ctx.body
+    svc = await load_service(ctx, ctx.params["service"])
+    rows = (
+        await ctx.conn.execute(
+            sa.select(deployments)
+            .where(deployments.c.service_id == svc.id)
+            .order_by(deployments.c.number.desc())
+        )
+    ).all()
+    routed = [d for d in rows if d.routing_status in ROUTED]
+    current = max(
+        (d for d in routed if d.routing_status in ("active", "rollback")),
+        key=lambda d: d.number,
+        default=None,
+    )
+    if body.version is not None:
+        target = next((d for d in rows if d.number == body.version), None)
+        if target is None:
+            raise NotFound(f"version {body.version} of {svc.name} not found")
+        if target.status != "success":
+            raise Conflict(
+                f"version {body.version} did not deploy successfully", code="no_rollback_target"
+            )
+    else:
+        # The previous successful deployment that is not carrying traffic now.
+        below = current.number if current is not None else 1 << 62
+        target = next(
+            (
+                d
+                for d in rows
+                if d.status == "success"
+                and d.number < below
+                and d.routing_status in ("archived", "rolled_back")
+            ),
+            None,
+        )
+        if target is None:
+            raise Conflict(
+                "no previous successful deployment to roll back to", code="no_rollback_target"
+            )
+    if current is not None and target.id == current.id and len(routed) == 1:
+        raise Conflict(
+            f"version {target.number} is already serving all traffic", code="no_rollback_target"
+        )
+    now = now_ms()
+    for d in routed:
+        if d.id == target.id:
+            continue
+        await _move(
+            ctx,
+            d,
+            "rolled_back" if d.routing_status in ("active", "rollback") else "archived",
+            0,
+            now,
+        )
+    await _move(ctx, target, "rollback", 10000, now)
+    ctx.enqueue_publish(await _service_hosts(ctx, svc.id))
+    ctx.resource = f"service:{svc.id}/deployment:{target.id}"
+    row = await _load_deployment(ctx, target.id)
+    return _dep(row)
+
+
+@endpoint(
+    "GET",
+    "/api/spaces/{space}/snapshots/{snapshot}",
+    scope="deployments:read",
+    role="viewer",
+    response=SnapshotOut,
+    summary="Read a snapshot: runtime config in plain, env/secrets/bindings masked",
+)
+async def get_snapshot(ctx: Ctx) -> dict[str, Any]:
+    row = (
+        await ctx.conn.execute(
+            sa.select(snapshots)
+            .join(services, services.c.id == snapshots.c.service_id)
+            .where(snapshots.c.id == ctx.params["snapshot"], services.c.space_id == ctx.space_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"snapshot {ctx.params['snapshot']} not found")
+    sealed = orjson.loads(row.secrets)
+    try:
+        masked = {
+            part: mask_map(decrypt_map(ctx.state.keys, sealed.get(part, {}), row.id, part))
+            for part in ("env", "secrets", "bindings")
+        }
+    except CryptoError as exc:
+        raise Conflict(f"snapshot cannot be decrypted: {exc}", code="snapshot_corrupt") from None
+    return {
+        "id": row.id,
+        "service_id": row.service_id,
+        "config": orjson.loads(row.config),
+        "created_at": row.created_at,
+        **masked,
+    }
