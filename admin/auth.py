@@ -21,7 +21,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from admin.db import memberships, now_ms, principals, tokens
+from admin.db import memberships, new_id, now_ms, principals, tokens
 from admin.errors import InvalidToken
 
 log = logging.getLogger("turnout.admin.auth")
@@ -60,6 +60,35 @@ def looks_like_token(value: str) -> bool:
     return len(value) == TOKEN_LEN and value.startswith(TOKEN_PREFIX)
 
 
+async def insert_token(
+    conn: AsyncConnection,
+    *,
+    principal_id: str,
+    name: str,
+    scopes: list[str],
+    expires_at: int | None = None,
+) -> tuple[str, str, int]:
+    """Store a new token for ``principal_id``: ``(token id, plaintext, created_at)``.
+
+    Only the SHA-256 and the first 12 characters are stored; the plaintext returned here is the
+    one and only copy, for the caller to show once.
+    """
+    token, token_id, created = new_token(), new_id("tok"), now_ms()
+    await conn.execute(
+        sa.insert(tokens).values(
+            id=token_id,
+            principal_id=principal_id,
+            name=name,
+            prefix=token[:12],
+            hash=hash_token(token),
+            scopes=orjson.dumps(scopes).decode(),
+            expires_at=expires_at,
+            created_at=created,
+        )
+    )
+    return token_id, token, created
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     id: str
@@ -69,11 +98,16 @@ class Principal:
     scopes: frozenset[str]
 
     def has_scope(self, scope: str) -> bool:
+        # ``system:admin`` is honoured for the system principal only: otherwise any user whose
+        # token says ``*`` could mint tokens for the system principal (POST
+        # /api/principals/{id}/tokens) and so become the system admin.
+        if scope == "system:admin" and self.kind != "system":
+            return False
         return "*" in self.scopes or scope in self.scopes
 
     @property
     def is_system_admin(self) -> bool:
-        return self.has_scope("system:admin") and self.kind == "system"
+        return self.has_scope("system:admin")
 
 
 async def authenticate(

@@ -141,6 +141,9 @@ class Ctx:
     status: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     publish: set[str] = field(default_factory=set)
+    # What an ``Idempotency-Key`` replay returns instead of the result (None: the result itself);
+    # set it when the result holds a secret that must be shown once and never stored.
+    replay_result: Any = None
 
     def enqueue_publish(self, hosts: set[str] | list[str]) -> None:
         """Hosts whose route records must be republished after this transaction commits."""
@@ -250,11 +253,7 @@ def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], A
             if not principal.has_scope(ep.scope):
                 raise Forbidden(f"the token lacks the {ep.scope} scope")
             raw = await _read_body(request, state.settings.max_body_bytes)
-            body = _parse_body(ep, raw)
             params = {k: str(v) for k, v in request.path_params.items()}
-            replay = await _idempotency_lookup(state, ep, request, principal, raw)
-            if replay is not None:
-                return replay
             async with state.engine.begin() as conn:
                 ctx = Ctx(
                     request=request,
@@ -263,12 +262,18 @@ def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], A
                     conn=conn,
                     request_id=rid,
                     params=params,
-                    body=body,
                     raw=raw,
                 )
                 if "space" in params:
                     space_id = params["space"]
                     await _check_space(ctx, ep, space_id)
+                # Only now, with the caller authorised for this space, look at the body: an
+                # outsider learns nothing from validation errors (401/403/404 come first).
+                ctx.body = _parse_body(ep, raw)
+                # Inside the transaction, on its connection: SQLite engines hold one connection.
+                replay = await _idempotency_lookup(conn, ep, request, principal, raw)
+                if replay is not None:
+                    return replay
                 result = await ep.handler(ctx)
                 status = ctx.status or ep.status
                 if ep.mutation:
@@ -283,6 +288,16 @@ def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], A
                 )
                 key = request.headers.get("idempotency-key")
                 if ep.mutation and key:
+                    stored = payload
+                    if ctx.replay_result is not None:  # e.g. without a secret shown only once
+                        stored = orjson.dumps(ctx.replay_result, option=orjson.OPT_NON_STR_KEYS)
+                    # A row past its 24 h has expired; it must not turn the reuse into a 409.
+                    await conn.execute(
+                        sa.delete(idempotency_keys).where(
+                            idempotency_keys.c.principal_id == principal.id,
+                            idempotency_keys.c.key == key,
+                        )
+                    )
                     await conn.execute(
                         sa.insert(idempotency_keys).values(
                             principal_id=principal.id,
@@ -291,7 +306,7 @@ def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], A
                             path=request.url.path,
                             body_sha256=hashlib.sha256(raw).hexdigest(),
                             status=status,
-                            response=payload.decode(),
+                            response=stored.decode(),
                             created_at=now_ms(),
                         )
                     )
@@ -371,7 +386,7 @@ async def _check_space(ctx: Ctx, ep: Endpoint, space_id: str) -> None:
 
 
 async def _idempotency_lookup(
-    state: AdminState, ep: Endpoint, request: Request, principal: Principal, raw: bytes
+    conn: AsyncConnection, ep: Endpoint, request: Request, principal: Principal, raw: bytes
 ) -> Response | None:
     key = request.headers.get("idempotency-key")
     if not ep.mutation or not key:
@@ -381,16 +396,15 @@ async def _idempotency_lookup(
             "Idempotency-Key is too long",
             [{"path": "header.Idempotency-Key", "message": "at most 200 characters"}],
         )
-    async with state.engine.connect() as conn:
-        row = (
-            await conn.execute(
-                sa.select(idempotency_keys).where(
-                    idempotency_keys.c.principal_id == principal.id,
-                    idempotency_keys.c.key == key,
-                    idempotency_keys.c.created_at > now_ms() - IDEMPOTENCY_TTL_MS,
-                )
+    row = (
+        await conn.execute(
+            sa.select(idempotency_keys).where(
+                idempotency_keys.c.principal_id == principal.id,
+                idempotency_keys.c.key == key,
+                idempotency_keys.c.created_at > now_ms() - IDEMPOTENCY_TTL_MS,
             )
-        ).first()
+        )
+    ).first()
     if row is None:
         return None
     if (

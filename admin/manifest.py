@@ -39,7 +39,7 @@ KIND: Final = "App"
 MAX_MANIFEST_BYTES: Final = 1024 * 1024
 MAX_DEPTH: Final = 32
 MAX_ALIASES: Final = 16
-MAX_VALUES: Final = 200_000  # scalars + collections after alias expansion
+MAX_VALUES: Final = 25_000  # scalars + collections (after alias expansion); bounds parse CPU
 MAX_ISSUES: Final = 50
 
 MAX_SERVICES: Final = 64
@@ -168,6 +168,7 @@ class _SafeLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
         self._aliases = 0
+        self._nodes = 0
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
         if self.check_event(AliasEvent):
@@ -180,6 +181,14 @@ class _SafeLoader(yaml.SafeLoader):
                     self.peek_event().start_mark,  # type: ignore[no-untyped-call]
                 )
             return super().compose_node(parent, index)
+        self._nodes += 1
+        if self._nodes > MAX_VALUES:
+            raise ComposerError(
+                None,
+                None,
+                f"more than {MAX_VALUES} values",
+                self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+            )
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
@@ -279,7 +288,7 @@ def _load_yaml(text: str) -> Any:
 
 
 def _check_shape(doc: Any) -> None:
-    """Walk the loaded value once: depth, total values, plain data types only."""
+    """Walk the loaded value once, bounding depth and the number of values (aliases expanded)."""
     stack: list[tuple[Any, int]] = [(doc, 1)]
     count = 0
     while stack:

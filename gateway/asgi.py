@@ -77,7 +77,7 @@ import shutil
 import tempfile
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import quote
 
 import httptools
@@ -1063,10 +1063,9 @@ class _WsUpstream(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=self.proxy.app.high_water)
-        transport.write(self.head)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.set_write_buffer_limits(high=self.proxy.app.high_water)
+        self.transport.write(self.head)
 
     def data_received(self, data: bytes) -> None:
         proxy = self.proxy

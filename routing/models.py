@@ -197,8 +197,27 @@ def validate_sticky(value: Any, path: str = "policy.sticky") -> str:
     )
 
 
+_UPSTREAM_CACHE: dict[str, Upstream] = {}
+_UPSTREAM_CACHE_MAX = 65536
+
+
 def parse_upstream(value: Any, path: str) -> Upstream:
-    """Accept only ``http://host:port[/base]``: no userinfo, query, fragment or default port."""
+    """Accept only ``http://host:port[/base]``: no userinfo, query, fragment or default port.
+
+    Valid results are memoised by URL: replicas repeat across records and versions, and a full
+    sync of a large table would otherwise spend most of its time in ``urlsplit``."""
+    if isinstance(value, str):
+        hit = _UPSTREAM_CACHE.get(value)
+        if hit is not None:
+            return hit
+    upstream = _parse_upstream(value, path)
+    if len(_UPSTREAM_CACHE) >= _UPSTREAM_CACHE_MAX:
+        _UPSTREAM_CACHE.clear()
+    _UPSTREAM_CACHE[value] = upstream
+    return upstream
+
+
+def _parse_upstream(value: Any, path: str) -> Upstream:
     if not isinstance(value, str):
         raise RecordError(path, f"must be a string, not {_type_name(value)}")
     if len(value) > 2048:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import time
@@ -279,10 +280,18 @@ class RouteTable:
         started = time.perf_counter()
         fresh: dict[bytes, CompiledRoute] = {}
         async for items in self.store.scan(self.batch):
-            for host, data in items:
-                route = self._compile(host, data)
-                if route is not None:
-                    fresh[host.encode("ascii")] = route
+            # Building many long-lived objects makes the cyclic GC rescan the whole heap over
+            # and over (~40 % of a 1M-record sync); these objects form no cycles.
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                for host, data in items:
+                    route = self._compile(host, data)
+                    if route is not None:
+                        fresh[host.encode("ascii")] = route
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
         # One assignment: lookups see the old table or the new one, never a mix.
         self.routes = fresh
         if self.synced or self.from_snapshot:

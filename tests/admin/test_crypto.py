@@ -154,7 +154,7 @@ def test_malformed_envelope_names_field(
 def test_missing_envelope_field(ring: KeyRing) -> None:
     env = encrypt(ring, PLAIN, snapshot_id=SNAP, field=FIELD)
     del env["nonce"]
-    with pytest.raises(CryptoError, match="envelope.nonce: is required"):
+    with pytest.raises(CryptoError, match=r"envelope\.nonce: is required"):
         decrypt(ring, env, snapshot_id=SNAP, field=FIELD)
 
 

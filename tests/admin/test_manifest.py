@@ -13,6 +13,7 @@ from admin.crypto import Secret
 from admin.manifest import (
     DEFAULT_STAGES,
     MAX_MANIFEST_BYTES,
+    MAX_VALUES,
     HealthCheck,
     Issue,
     Limits,
@@ -528,6 +529,15 @@ def test_depth_within_limit_reaches_validation() -> None:
     assert "spec" in paths  # a validation issue, not a parse issue
 
 
+@pytest.mark.parametrize("style", ["yaml", "json"])
+def test_value_budget(style: str) -> None:
+    items = ",".join(["1"] * (MAX_VALUES + 1))
+    text = f"spec: [{items}]" if style == "yaml" else f'{{"spec": [{items}]}}'
+    issues = text_issues(text)
+    assert issues[0].path == "$"
+    assert f"more than {MAX_VALUES} values" in issues[0].message
+
+
 def test_yaml_alias_bomb_rejected() -> None:
     lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for n in range(1, 10):
@@ -572,7 +582,7 @@ def test_python_object_tag_is_a_parse_error() -> None:
 
 
 def test_duplicate_keys_rejected() -> None:
-    text = FULL_YAML.replace("        PORT: \"8080\"\n", '        PORT: "8080"\n        PORT: "9"\n')
+    text = FULL_YAML.replace('        PORT: "8080"\n', '        PORT: "8080"\n        PORT: "9"\n')
     issues = text_issues(text)
     assert issues[0].path == "$"
     assert "duplicate key 'PORT'" in issues[0].message
@@ -606,7 +616,9 @@ def test_multiple_documents_rejected() -> None:
     assert "invalid YAML" in issues[0].message
 
 
-@pytest.mark.parametrize(("text", "message"), [("", "empty"), ("  \n", "empty"), (b"\xff", "UTF-8")])
+@pytest.mark.parametrize(
+    ("text", "message"), [("", "empty"), ("  \n", "empty"), (b"\xff", "UTF-8")]
+)
 def test_empty_or_undecodable(text: str | bytes, message: str) -> None:
     assert message in text_issues(text)[0].message
 

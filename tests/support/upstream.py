@@ -22,6 +22,9 @@ Paths (any method; a ``HEAD`` gets the same head as ``GET`` and no body):
   ``Keep-Alive``) next to an ordinary ``X-Normal`` header;
 * ``/drop`` — reads the request, then closes the connection without answering;
 * ``/ws`` — WebSocket echo (``101`` with ``Sec-WebSocket-Accept``; frames echoed unmasked);
+* ``/ws-refuse/<code>`` — answers even a WebSocket upgrade with an ordinary ``<code>`` response
+  (``refused <code>\n``, ``Content-Length``), keeping the connection open as for any keep-alive
+  request: what a server that does not speak WebSocket on that path does;
 * ``/conncount`` — ``{"connections": <TCP connections accepted so far>}``;
 * ``/__seen`` — control: every request seen so far (``[method, target]``), never logged itself
   and answered in every mode.
@@ -59,6 +62,7 @@ _STATUS_RE = re.compile(r"^/status/(\d{3})$")
 _SLOW_RE = re.compile(r"^/slow/(\d+)$")
 _STREAM_RE = re.compile(r"^/stream/(\d+)/(\d+)$")
 _BYTES_RE = re.compile(r"^/bytes/(\d+)$")
+_WS_REFUSE_RE = re.compile(r"^/ws-refuse/(\d{3})$")
 REASONS = {
     101: "Switching Protocols",
     200: "OK",
@@ -238,6 +242,12 @@ class UpstreamServer:
         if m:
             code = int(m.group(1))
             body = b"" if code in (204, 304) else f"status {code}\n".encode()
+            await self._send(writer, code, [("Content-Type", "text/plain")], body, close, head_only)
+            return not close
+        m = _WS_REFUSE_RE.match(path)
+        if m:
+            code = int(m.group(1))
+            body = f"refused {code}\n".encode()
             await self._send(writer, code, [("Content-Type", "text/plain")], body, close, head_only)
             return not close
         m = _SLOW_RE.match(path)

@@ -1,0 +1,526 @@
+"""Services of a space and their hostnames (globally unique, ownership-verified).
+
+A service is created ``pending``; deployments set it ``deployed`` / ``failed``; ``PATCH
+{"status": "stopped"}`` withdraws its routes (every hostname is republished, and
+:func:`admin.routes.compute_record` answers nothing for a stopped service).
+
+Hostnames are lower-cased and validated as route record hosts (``*.`` wildcards allowed).
+Names under the platform base domain (``Settings.base_domain``) are granted at once; any
+other name stays unverified — and publishes nothing — until a TXT record
+``_turnout-verify.<host>`` (for ``*.example.com``: ``_turnout-verify.example.com``) holds
+``turnout-verify=<token>``. Under the base domain the first space to claim a label owns that
+label's whole subtree: another space cannot take ``x.app.<base>`` or ``*.app.<base>`` while
+``app.<base>`` (or any name below it) is someone else's.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from admin.api.models import Page, Strict
+from admin.db import hostnames, new_id, now_ms, services
+from admin.errors import Conflict, NotFound, Unavailable, field_error
+from admin.framework import Ctx, endpoint, etag, paged
+from routing.errors import RecordError
+from routing.hostnames import is_wildcard, validate_hostname
+
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+VERIFY_PREFIX = "_turnout-verify."
+VERIFY_VALUE = "turnout-verify="
+SETTABLE_STATUS = ("stopped",)
+SERVICE_STATUSES = ("pending", "deployed", "failed", "stopped")
+
+
+class HostnameConflict(Conflict):
+    code = "hostname_taken"
+
+
+class VerificationFailed(Conflict):
+    code = "verification_failed"
+
+
+# ------------------------------------------------------------------------------ models
+
+
+class ServiceCreate(Strict):
+    name: str = Field(max_length=63)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if _DNS_LABEL.fullmatch(value) is None:
+            raise ValueError(
+                "must be a DNS label: 1-63 characters of a-z, 0-9 and '-', "
+                "not starting or ending with '-'"
+            )
+        return value
+
+
+class ServicePatch(Strict):
+    status: str
+
+
+class Service(Strict):
+    id: str
+    space_id: str
+    name: str
+    status: str
+    hostnames: list[str]
+    etag: str
+    created_at: int
+    updated_at: int
+
+
+class HostnameCreate(Strict):
+    host: str
+
+
+class Verification(BaseModel):
+    type: str
+    name: str
+    value: str
+
+
+class Hostname(Strict):
+    host: str
+    service_id: str
+    verified: bool
+    verified_at: int | None
+    verification: Verification | None
+    etag: str
+    created_at: int
+
+
+class HostnamePage(BaseModel):
+    items: list[Hostname]
+    next_cursor: str | None
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _service(row: Any, hosts: Sequence[str]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "space_id": row.space_id,
+        "name": row.name,
+        "status": row.status,
+        "hostnames": list(hosts),
+        "etag": etag(row.id, row.version),
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+def verify_name(host: str) -> str:
+    """The TXT name that proves ownership of ``host`` (a wildcard is proven on its parent)."""
+    return VERIFY_PREFIX + (host[2:] if is_wildcard(host) else host)
+
+
+def verification(host: str, token: str) -> dict[str, str]:
+    return {"type": "TXT", "name": verify_name(host), "value": VERIFY_VALUE + token}
+
+
+def _hostname(row: Any) -> dict[str, Any]:
+    return {
+        "host": row.host,
+        "service_id": row.service_id,
+        "verified": bool(row.verified),
+        "verified_at": row.verified_at,
+        "verification": None if row.verified else verification(row.host, row.verify_token),
+        "etag": etag(row.host, row.version),
+        "created_at": row.created_at,
+    }
+
+
+async def service_hosts(conn: AsyncConnection, service_id: str) -> list[str]:
+    """Every hostname of a service (verified or not), sorted."""
+    rows = await conn.execute(
+        sa.select(hostnames.c.host)
+        .where(hostnames.c.service_id == service_id)
+        .order_by(hostnames.c.host)
+    )
+    return [str(h) for h in rows.scalars().all()]
+
+
+async def load_service(ctx: Ctx, ref: str | None = None) -> Any:
+    """The service ``ref`` (id or name; default: the ``{service}`` path parameter) of the
+    request's space, or 404 — also for another space's service, so ids do not leak."""
+    ref = ctx.params["service"] if ref is None else ref
+    cond = services.c.id == ref if ref.startswith("svc_") else services.c.name == ref
+    row = (
+        await ctx.conn.execute(sa.select(services).where(services.c.space_id == ctx.space_id, cond))
+    ).first()
+    if row is None:
+        raise NotFound(f"service {ref} not found")
+    return row
+
+
+async def _bump(ctx: Ctx, row: Any, **values: Any) -> None:
+    res = await ctx.conn.execute(
+        sa.update(services)
+        .where(services.c.id == row.id, services.c.version == row.version)
+        .values(version=row.version + 1, updated_at=now_ms(), **values)
+    )
+    if res.rowcount != 1:
+        raise Conflict("the service changed concurrently; read it again")
+
+
+# ------------------------------------------------------------------------------ services
+
+
+@endpoint(
+    "POST",
+    "/api/spaces/{space}/services",
+    scope="deployments:write",
+    role="editor",
+    body=ServiceCreate,
+    response=Service,
+    status=201,
+    summary="Create a service (status pending); names are unique per space",
+)
+async def create_service(ctx: Ctx) -> dict[str, Any]:
+    body: ServiceCreate = ctx.body
+    taken = (
+        await ctx.conn.execute(
+            sa.select(services.c.id).where(
+                services.c.space_id == ctx.space_id, services.c.name == body.name
+            )
+        )
+    ).first()
+    if taken is not None:
+        raise Conflict(f"a service named {body.name} already exists in this space")
+    sid, now = new_id("svc"), now_ms()
+    await ctx.conn.execute(
+        sa.insert(services).values(
+            id=sid,
+            space_id=ctx.space_id,
+            name=body.name,
+            status="pending",
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    ctx.resource = f"space:{ctx.space_id}/service:{sid}"
+    row = (await ctx.conn.execute(sa.select(services).where(services.c.id == sid))).one()
+    ctx.headers["etag"] = etag(sid, row.version)
+    return _service(row, [])
+
+
+@endpoint(
+    "GET",
+    "/api/spaces/{space}/services",
+    scope="deployments:read",
+    role="viewer",
+    response=Page,
+    paged=True,
+    summary="List the space's services",
+)
+async def list_services(ctx: Ctx) -> dict[str, Any]:
+    q = sa.select(services).where(services.c.space_id == ctx.space_id)
+    page = await paged(ctx, q, services.c.id, lambda r: _service(r, []))
+    ids = [item["id"] for item in page["items"]]
+    if ids:
+        by_service: dict[str, list[str]] = {}
+        rows = await ctx.conn.execute(
+            sa.select(hostnames.c.service_id, hostnames.c.host)
+            .where(hostnames.c.service_id.in_(ids))
+            .order_by(hostnames.c.host)
+        )
+        for r in rows:
+            by_service.setdefault(r.service_id, []).append(r.host)
+        for item in page["items"]:
+            item["hostnames"] = by_service.get(item["id"], [])
+    return page
+
+
+@endpoint(
+    "GET",
+    "/api/spaces/{space}/services/{service}",
+    scope="deployments:read",
+    role="viewer",
+    response=Service,
+    summary="Read a service (by id or name)",
+)
+async def get_service(ctx: Ctx) -> dict[str, Any]:
+    row = await load_service(ctx)
+    ctx.headers["etag"] = etag(row.id, row.version)
+    return _service(row, await service_hosts(ctx.conn, row.id))
+
+
+@endpoint(
+    "PATCH",
+    "/api/spaces/{space}/services/{service}",
+    scope="deployments:write",
+    role="editor",
+    body=ServicePatch,
+    response=Service,
+    summary='Stop a service ({"status": "stopped"} withdraws its routes; If-Match honoured)',
+)
+async def patch_service(ctx: Ctx) -> dict[str, Any]:
+    body: ServicePatch = ctx.body
+    if body.status not in SETTABLE_STATUS:
+        if body.status in SERVICE_STATUSES:
+            msg = f"status {body.status} is set by deployments, not by PATCH; use 'stopped'"
+        else:
+            msg = f"unknown status {body.status!r}; the only status PATCH sets is 'stopped'"
+        raise field_error("body.status", msg)
+    row = await load_service(ctx)
+    ctx.if_match(etag(row.id, row.version))
+    hosts = await service_hosts(ctx.conn, row.id)
+    await _bump(ctx, row, status=body.status)
+    ctx.enqueue_publish(hosts)  # compute_record answers nothing for a stopped service
+    ctx.resource = f"space:{ctx.space_id}/service:{row.id}"
+    row = await load_service(ctx, row.id)
+    ctx.headers["etag"] = etag(row.id, row.version)
+    return _service(row, hosts)
+
+
+@endpoint(
+    "DELETE",
+    "/api/spaces/{space}/services/{service}",
+    scope="deployments:write",
+    role="admin",
+    status=204,
+    summary="Delete a service, its hostnames and deployments (its routes are withdrawn)",
+)
+async def delete_service(ctx: Ctx) -> None:
+    row = await load_service(ctx)
+    ctx.if_match(etag(row.id, row.version))
+    ctx.enqueue_publish(await service_hosts(ctx.conn, row.id))  # tombstones once gone
+    await ctx.conn.execute(sa.delete(services).where(services.c.id == row.id))
+    ctx.resource = f"space:{ctx.space_id}/service:{row.id}"
+
+
+# ------------------------------------------------------------------------------ hostnames
+
+
+def _normalise(raw: str, path: str) -> str:
+    try:
+        return validate_hostname(raw.lower(), path)
+    except RecordError as exc:
+        raise field_error(exc.path, exc.reason) from None
+
+
+def _under_base(host: str, base: str) -> str | None:
+    """For a host strictly below the base domain: the name directly under it that owns the
+    subtree (``x.app.base`` and ``*.app.base`` → ``app.base``); otherwise ``None``.
+    Raises 422 for the base domain itself and for a wildcard over all of it."""
+    if host == base or host == f"*.{base}":
+        raise field_error(
+            "body.host",
+            f"{host} is the platform base domain itself; claim a name under it "
+            f"(for example app.{base})",
+        )
+    if not host.endswith("." + base):
+        return None
+    label = host[: -len(base) - 1].rsplit(".", 1)[-1]
+    return f"{label}.{base}"
+
+
+async def _count_hosts(conn: AsyncConnection, service_id: str) -> int:
+    return int(
+        (
+            await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(hostnames)
+                .where(hostnames.c.service_id == service_id)
+            )
+        ).scalar_one()
+    )
+
+
+async def _load_hostname(ctx: Ctx, service_id: str) -> Any:
+    host = ctx.params["host"].lower()
+    row = (
+        await ctx.conn.execute(
+            sa.select(hostnames).where(
+                hostnames.c.host == host,
+                hostnames.c.space_id == ctx.space_id,
+                hostnames.c.service_id == service_id,
+            )
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"hostname {host} not found on this service")
+    return row
+
+
+@endpoint(
+    "POST",
+    "/api/spaces/{space}/services/{service}/hostnames",
+    scope="spaces:write",
+    role="admin",
+    body=HostnameCreate,
+    response=Hostname,
+    status=201,
+    summary="Claim a hostname for a service (base-domain names at once, others after TXT proof)",
+)
+async def add_hostname(ctx: Ctx) -> dict[str, Any]:
+    body: HostnameCreate = ctx.body
+    host = _normalise(body.host, "body.host")
+    base = ctx.state.settings.base_domain.lower()
+    subtree = _under_base(host, base)
+    svc = await load_service(ctx)
+    owner = (
+        await ctx.conn.execute(
+            sa.select(hostnames.c.space_id, hostnames.c.service_id).where(hostnames.c.host == host)
+        )
+    ).first()
+    if owner is not None:
+        if owner.space_id != ctx.space_id:
+            raise HostnameConflict(f"hostname {host} is already claimed")
+        if owner.service_id == svc.id:
+            raise HostnameConflict(f"hostname {host} is already attached to this service")
+        other = (
+            await ctx.conn.execute(
+                sa.select(services.c.name).where(services.c.id == owner.service_id)
+            )
+        ).scalar_one()
+        raise HostnameConflict(
+            f"hostname {host} is already attached to service {other} of this space; "
+            "delete it there first"
+        )
+    if subtree is not None:
+        foreign = (
+            await ctx.conn.execute(
+                sa.select(hostnames.c.host)
+                .where(
+                    hostnames.c.space_id != ctx.space_id,
+                    sa.or_(
+                        hostnames.c.host == subtree,
+                        hostnames.c.host.endswith("." + subtree, autoescape=True),
+                    ),
+                )
+                .limit(1)
+            )
+        ).first()
+        if foreign is not None:
+            raise HostnameConflict(f"names under {subtree} are already claimed")
+    limit = ctx.state.settings.max_hostnames_per_service
+    if await _count_hosts(ctx.conn, svc.id) >= limit:
+        raise Conflict(
+            f"a service has at most {limit} hostnames; delete one first",
+            code="hostname_limit",
+            details={"limit": limit},
+        )
+    now = now_ms()
+    granted = subtree is not None
+    await ctx.conn.execute(
+        sa.insert(hostnames).values(
+            host=host,
+            space_id=ctx.space_id,
+            service_id=svc.id,
+            verified=granted,
+            verify_token=secrets.token_hex(16),
+            created_at=now,
+            verified_at=now if granted else None,
+        )
+    )
+    if granted:
+        ctx.enqueue_publish([host])
+    ctx.resource = f"space:{ctx.space_id}/service:{svc.id}/hostname:{host}"
+    row = (await ctx.conn.execute(sa.select(hostnames).where(hostnames.c.host == host))).one()
+    ctx.headers["etag"] = etag(host, row.version)
+    return _hostname(row)
+
+
+@endpoint(
+    "GET",
+    "/api/spaces/{space}/services/{service}/hostnames",
+    scope="spaces:read",
+    role="viewer",
+    response=HostnamePage,
+    paged=True,
+    summary="List a service's hostnames (unverified ones carry their TXT instructions)",
+)
+async def list_hostnames(ctx: Ctx) -> dict[str, Any]:
+    svc = await load_service(ctx)
+    q = sa.select(hostnames).where(hostnames.c.service_id == svc.id)
+    return await paged(ctx, q, hostnames.c.host, _hostname)
+
+
+@endpoint(
+    "GET",
+    "/api/spaces/{space}/services/{service}/hostnames/{host}",
+    scope="spaces:read",
+    role="viewer",
+    response=Hostname,
+    summary="Read a hostname",
+)
+async def get_hostname(ctx: Ctx) -> dict[str, Any]:
+    svc = await load_service(ctx)
+    row = await _load_hostname(ctx, svc.id)
+    ctx.headers["etag"] = etag(row.host, row.version)
+    return _hostname(row)
+
+
+@endpoint(
+    "POST",
+    "/api/spaces/{space}/services/{service}/hostnames/{host}/verify",
+    scope="spaces:write",
+    role="admin",
+    response=Hostname,
+    transactional=False,  # the DNS lookup must not hold the database
+    summary="Check the hostname's TXT ownership proof; verified hostnames are published",
+)
+async def verify_hostname(ctx: Ctx) -> dict[str, Any]:
+    async with ctx.transaction():
+        svc = await load_service(ctx)
+        row = await _load_hostname(ctx, svc.id)
+    ctx.resource = f"space:{ctx.space_id}/service:{svc.id}/hostname:{row.host}"
+    if row.verified:
+        ctx.headers["etag"] = etag(row.host, row.version)
+        return _hostname(row)
+    expected = verification(row.host, row.verify_token)
+    try:
+        found = await ctx.state.resolver.txt(expected["name"])
+    except Exception as exc:
+        raise Unavailable(f"the TXT lookup of {expected['name']} failed: {exc}") from None
+    if expected["value"] not in (v.strip() for v in found):
+        raise VerificationFailed(
+            f"TXT record {expected['name']} does not contain {expected['value']!r}; "
+            "create it and try again (DNS changes can take a while to propagate)",
+            details={"expected": expected, "found": found[:20]},
+        )
+    async with ctx.transaction():
+        res = await ctx.conn.execute(
+            sa.update(hostnames)
+            .where(
+                hostnames.c.host == row.host,
+                hostnames.c.service_id == svc.id,
+                hostnames.c.verify_token == row.verify_token,
+                hostnames.c.verified == sa.false(),
+            )
+            .values(verified=True, verified_at=now_ms(), version=row.version + 1)
+        )
+        if res.rowcount != 1:
+            raise Conflict("the hostname changed while it was being verified; read it again")
+        ctx.enqueue_publish([row.host])
+        row = await _load_hostname(ctx, svc.id)
+    ctx.headers["etag"] = etag(row.host, row.version)
+    return _hostname(row)
+
+
+@endpoint(
+    "DELETE",
+    "/api/spaces/{space}/services/{service}/hostnames/{host}",
+    scope="spaces:write",
+    role="admin",
+    status=204,
+    summary="Release a hostname (its route record is withdrawn; If-Match honoured)",
+)
+async def delete_hostname(ctx: Ctx) -> None:
+    svc = await load_service(ctx)
+    row = await _load_hostname(ctx, svc.id)
+    ctx.if_match(etag(row.host, row.version))
+    ctx.enqueue_publish([row.host])  # the publisher sends a tombstone once the row is gone
+    await ctx.conn.execute(sa.delete(hostnames).where(hostnames.c.host == row.host))
+    ctx.resource = f"space:{ctx.space_id}/service:{svc.id}/hostname:{row.host}"

@@ -1,0 +1,99 @@
+"""Operator endpoints: full route republish, and the audit log (per space and platform-wide)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+
+from admin.api.models import Strict
+from admin.db import audit_log
+from admin.errors import Forbidden
+from admin.framework import Ctx, endpoint, paged
+
+
+class ResyncResult(Strict):
+    epoch: str
+    published: int
+    withdrawn: int
+    hostnames: int
+    seconds: float
+
+
+class AuditRow(Strict):
+    id: str
+    at: int
+    principal_id: str | None
+    space_id: str | None
+    action: str
+    resource: str
+    request_id: str
+    outcome: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditRow]
+    next_cursor: str | None
+
+
+def _require_system(ctx: Ctx) -> None:
+    # The scope alone is not enough: only the system principal administers the platform.
+    if not ctx.principal.is_system_admin:
+        raise Forbidden("only the system principal may do this")
+
+
+def _audit_row(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "at": row.at,
+        "principal_id": row.principal_id,
+        "space_id": row.space_id,
+        "action": row.action,
+        "resource": row.resource,
+        "request_id": row.request_id,
+        "outcome": row.outcome,
+    }
+
+
+@endpoint(
+    "POST",
+    "/api/system/resync",
+    scope="system:admin",
+    response=ResyncResult,
+    transactional=False,  # Publisher.resync opens its own transactions
+    summary="Republish every route record from SQL under a new epoch",
+)
+async def resync(ctx: Ctx) -> dict[str, Any]:
+    _require_system(ctx)
+    ctx.resource = "system:routes"
+    return await ctx.state.publisher.resync()
+
+
+@endpoint(
+    "GET",
+    "/api/spaces/{space}/audit",
+    scope="spaces:read",
+    role="admin",
+    response=AuditPage,
+    paged=True,
+    tag="audit",
+    summary="The space's audit log, oldest first",
+)
+async def space_audit(ctx: Ctx) -> dict[str, Any]:
+    q = sa.select(audit_log).where(audit_log.c.space_id == ctx.space_id)
+    return await paged(ctx, q, audit_log.c.id, _audit_row)
+
+
+@endpoint(
+    "GET",
+    "/api/system/audit",
+    scope="system:admin",
+    response=AuditPage,
+    paged=True,
+    tag="audit",
+    summary="The whole audit log, oldest first",
+)
+async def system_audit(ctx: Ctx) -> dict[str, Any]:
+    _require_system(ctx)
+    return await paged(ctx, sa.select(audit_log), audit_log.c.id, _audit_row)
