@@ -9,16 +9,30 @@ the auth matrix, so a new endpoint is covered the day it is declared.
 
 Order of checks: token (401) → scope (403) → space exists and the caller is a member (404, so
 ids of other spaces do not leak) → role (403) → body (422) → handler.
+
+Transactions. By default (``transactional=True``) the handler runs inside one SQL transaction,
+``ctx.conn``; the audit row, the outbox rows for :meth:`Ctx.enqueue_publish` and the stored
+``Idempotency-Key`` response are written in that same transaction, so a change and its outbox
+entry commit together or not at all. An endpoint declared ``transactional=False`` runs its handler
+with *no* connection checked out (the space/role/idempotency checks use a short connection of
+their own, closed before the handler runs): for work that must not hold the database while it
+waits — a full republish (``Publisher.resync`` opens its own transactions, and a SQLite engine
+has a single pooled connection), a DNS lookup. Such a handler opens transactions itself with
+``async with ctx.transaction() as conn:`` (``ctx.conn`` is that connection inside the block and
+raises ``RuntimeError`` outside it); hosts enqueued inside a block are written to the outbox in
+that block's transaction. The audit row, the stored idempotent response and any hosts enqueued
+outside a block are written after the handler returns, in one short transaction of their own.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +82,7 @@ class Endpoint:
     raw_body: bool  # handler reads the body itself (e.g. YAML manifests)
     paged: bool
     query: tuple[tuple[str, str, str], ...]  # (name, json type, description)
+    transactional: bool = True  # False: no transaction around the handler (module docstring)
 
     @property
     def mutation(self) -> bool:
@@ -96,6 +111,7 @@ def endpoint(
     raw_body: bool = False,
     paged: bool = False,
     query: tuple[tuple[str, str, str], ...] = (),
+    transactional: bool = True,
 ) -> Callable[[Handler], Handler]:
     """Declare an API endpoint (see the module docstring)."""
 
@@ -116,6 +132,7 @@ def endpoint(
                 raw_body=raw_body,
                 paged=paged,
                 query=query,
+                transactional=transactional,
             )
         )
         return fn
@@ -130,9 +147,9 @@ class Ctx:
     request: Request
     state: AdminState
     principal: Principal
-    conn: AsyncConnection
     request_id: str
     params: dict[str, str]
+    tx: AsyncConnection | None = None  # the open transaction; handlers use ``ctx.conn``
     body: Any = None
     raw: bytes = b""
     space_id: str | None = None
@@ -140,14 +157,47 @@ class Ctx:
     resource: str = ""
     status: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    publish: set[str] = field(default_factory=set)
+    publish: set[str] = field(default_factory=set)  # enqueued, not yet in the outbox
+    queued: set[str] = field(default_factory=set)  # written to the outbox (kick after commit)
     # What an ``Idempotency-Key`` replay returns instead of the result (None: the result itself);
     # set it when the result holds a secret that must be shown once and never stored.
     replay_result: Any = None
 
+    @property
+    def conn(self) -> AsyncConnection:
+        """The open transaction (see the module docstring for ``transactional=False``)."""
+        if self.tx is None:
+            raise RuntimeError(
+                "no open transaction: this endpoint is declared transactional=False; "
+                "use `async with ctx.transaction() as conn:`"
+            )
+        return self.tx
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction of its own, for handlers declared ``transactional=False``.
+
+        Hosts enqueued inside the block are written to the outbox in this transaction.
+        """
+        if self.tx is not None:
+            raise RuntimeError("a transaction is already open (a transactional endpoint?)")
+        async with self.state.engine.begin() as conn:
+            self.tx = conn
+            try:
+                yield conn
+                await self._write_outbox(conn)
+            finally:
+                self.tx = None
+
     def enqueue_publish(self, hosts: set[str] | list[str]) -> None:
         """Hosts whose route records must be republished after this transaction commits."""
         self.publish.update(hosts)
+
+    async def _write_outbox(self, conn: AsyncConnection) -> None:
+        for host in sorted(self.publish):
+            await _enqueue(conn, host)
+        self.queued.update(self.publish)
+        self.publish.clear()
 
     def if_match(self, etag: str) -> None:
         """Honour ``If-Match`` against the resource's current ETag (412 on mismatch)."""
@@ -254,64 +304,44 @@ def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], A
                 raise Forbidden(f"the token lacks the {ep.scope} scope")
             raw = await _read_body(request, state.settings.max_body_bytes)
             params = {k: str(v) for k, v in request.path_params.items()}
-            async with state.engine.begin() as conn:
-                ctx = Ctx(
-                    request=request,
-                    state=state,
-                    principal=principal,
-                    conn=conn,
-                    request_id=rid,
-                    params=params,
-                    raw=raw,
-                )
-                if "space" in params:
-                    space_id = params["space"]
-                    await _check_space(ctx, ep, space_id)
-                # Only now, with the caller authorised for this space, look at the body: an
-                # outsider learns nothing from validation errors (401/403/404 come first).
-                ctx.body = _parse_body(ep, raw)
-                # Inside the transaction, on its connection: SQLite engines hold one connection.
-                replay = await _idempotency_lookup(conn, ep, request, principal, raw)
+            space_id = params.get("space")
+            ctx = Ctx(
+                request=request,
+                state=state,
+                principal=principal,
+                request_id=rid,
+                params=params,
+                raw=raw,
+            )
+            if ep.transactional:
+                async with state.engine.begin() as conn:
+                    ctx.tx = conn
+                    try:
+                        replay = await _admit(ctx, ep, conn, space_id)
+                        if replay is not None:
+                            return replay
+                        result = await ep.handler(ctx)
+                        status, payload = _encode(ctx, ep, result)
+                        await _finish(conn, ctx, ep, space_id, status, payload)
+                    finally:
+                        ctx.tx = None
+            else:
+                async with state.engine.connect() as conn:
+                    ctx.tx = conn
+                    try:
+                        replay = await _admit(ctx, ep, conn, space_id)
+                    finally:
+                        ctx.tx = None
                 if replay is not None:
                     return replay
                 result = await ep.handler(ctx)
-                status = ctx.status or ep.status
-                if ep.mutation:
-                    await _audit(conn, ctx, ep, principal, space_id, rid, "success")
-                    for host in ctx.publish:
-                        await _enqueue(conn, host)
-                headers = {"x-request-id": rid, **ctx.headers}
-                payload = (
-                    orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS)
-                    if result is not None
-                    else b""
-                )
-                key = request.headers.get("idempotency-key")
-                if ep.mutation and key:
-                    stored = payload
-                    if ctx.replay_result is not None:  # e.g. without a secret shown only once
-                        stored = orjson.dumps(ctx.replay_result, option=orjson.OPT_NON_STR_KEYS)
-                    # A row past its 24 h has expired; it must not turn the reuse into a 409.
-                    await conn.execute(
-                        sa.delete(idempotency_keys).where(
-                            idempotency_keys.c.principal_id == principal.id,
-                            idempotency_keys.c.key == key,
-                        )
-                    )
-                    await conn.execute(
-                        sa.insert(idempotency_keys).values(
-                            principal_id=principal.id,
-                            key=key,
-                            method=ep.method,
-                            path=request.url.path,
-                            body_sha256=hashlib.sha256(raw).hexdigest(),
-                            status=status,
-                            response=stored.decode(),
-                            created_at=now_ms(),
-                        )
-                    )
-            if ctx.publish:
+                status, payload = _encode(ctx, ep, result)
+                if ep.mutation or ctx.publish:
+                    async with state.engine.begin() as conn:
+                        await _finish(conn, ctx, ep, space_id, status, payload)
+            if ctx.queued:
                 state.publisher.kick()
+            headers = {"x-request-id": rid, **ctx.headers}
             if result is None or status == 204:
                 return Response(status_code=status, headers=headers)
             return Response(
@@ -330,6 +360,59 @@ def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], A
             return error_response(conflict, rid)
 
     return handle
+
+
+async def _admit(
+    ctx: Ctx, ep: Endpoint, conn: AsyncConnection, space_id: str | None
+) -> Response | None:
+    """Space and role checks, the body, and an ``Idempotency-Key`` replay (if any)."""
+    if space_id is not None:
+        await _check_space(ctx, ep, space_id)
+    # Only now, with the caller authorised for this space, look at the body: an
+    # outsider learns nothing from validation errors (401/403/404 come first).
+    ctx.body = _parse_body(ep, ctx.raw)
+    # On the request's connection: SQLite engines hold one connection.
+    return await _idempotency_lookup(conn, ep, ctx.request, ctx.principal, ctx.raw)
+
+
+def _encode(ctx: Ctx, ep: Endpoint, result: Any) -> tuple[int, bytes]:
+    status = ctx.status or ep.status
+    payload = orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS) if result is not None else b""
+    return status, payload
+
+
+async def _finish(
+    conn: AsyncConnection, ctx: Ctx, ep: Endpoint, space_id: str | None, status: int, payload: bytes
+) -> None:
+    """The audit row, the outbox rows and the stored idempotent response, in ``conn``."""
+    principal = ctx.principal
+    if ep.mutation:
+        await _audit(conn, ctx, ep, principal, space_id, ctx.request_id, "success")
+    await ctx._write_outbox(conn)
+    key = ctx.request.headers.get("idempotency-key")
+    if ep.mutation and key:
+        stored = payload
+        if ctx.replay_result is not None:  # e.g. without a secret shown only once
+            stored = orjson.dumps(ctx.replay_result, option=orjson.OPT_NON_STR_KEYS)
+        # A row past its 24 h has expired; it must not turn the reuse into a 409.
+        await conn.execute(
+            sa.delete(idempotency_keys).where(
+                idempotency_keys.c.principal_id == principal.id,
+                idempotency_keys.c.key == key,
+            )
+        )
+        await conn.execute(
+            sa.insert(idempotency_keys).values(
+                principal_id=principal.id,
+                key=key,
+                method=ep.method,
+                path=ctx.request.url.path,
+                body_sha256=hashlib.sha256(ctx.raw).hexdigest(),
+                status=status,
+                response=stored.decode(),
+                created_at=now_ms(),
+            )
+        )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -526,13 +526,16 @@ def _routes(issues: _Issues, value: Any, declared: set[str]) -> tuple[Route, ...
         issues.add(path, f"at most {MAX_ROUTES} routes")
         return ()
     routes: list[Route] = []
-    seen: dict[tuple[str | None, str, tuple[str, ...]], int] = {}
+    seen: dict[tuple[str, str, tuple[str, ...]], int] = {}
     for i, item in enumerate(items):
         rpath = f"{path}[{i}]"
         route = _route(issues, item, rpath, declared)
         if route is None:
             continue
-        key = (route.hostname, route.path, tuple(sorted(route.methods)))
+        # Without a hostname a route lands on its service's own platform hostname, so two
+        # services' hostname-less routes never collide.
+        host_key = route.hostname if route.hostname is not None else f"<platform:{route.service}>"
+        key = (host_key, route.path, tuple(sorted(route.methods)))
         if key in seen:
             issues.add(rpath, f"duplicates {path}[{seen[key]}] (same hostname, path and methods)")
             continue

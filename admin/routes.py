@@ -66,7 +66,10 @@ async def compute_record(conn: AsyncConnection, host: str, version: int) -> Rout
     if not deps or sum(d.routing_weight for d in deps) != 10000:
         return None
     targets: list[dict[str, Any]] = []
-    policy: dict[str, Any] = {}
+    # The policy follows the stable deployment (a canary does not change timeouts for all),
+    # even when the stable one declares no limits (an empty policy: the platform defaults).
+    stable_policy: dict[str, Any] | None = None
+    canary_policy: dict[str, Any] | None = None
     for d in deps:
         config = orjson.loads(d.config)
         targets.append(
@@ -77,9 +80,12 @@ async def compute_record(conn: AsyncConnection, host: str, version: int) -> Rout
                 "upstreams": config["upstreams"],
             }
         )
-        # The policy follows the stable deployment (a canary does not change timeouts for all).
-        if d.routing_status != "canary" or not policy:
-            policy = dict(config.get("policy") or {})
+        declared = dict(config.get("policy") or {})
+        if d.routing_status != "canary":
+            stable_policy = declared
+        elif canary_policy is None:
+            canary_policy = declared
+    policy = stable_policy if stable_policy is not None else canary_policy or {}
     routes = (
         await conn.execute(
             sa.select(service_routes.c.host, service_routes.c.path_prefix, service_routes.c.methods)

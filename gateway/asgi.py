@@ -758,6 +758,17 @@ class _HttpExchange:
                 # The upstream failed mid-response: returning without completing makes the
                 # server cut the connection, the only way the client can learn of it.
                 if self.error is not None:
+                    # Counted as a gateway failure for the deployment's health (as native).
+                    route = self.plan.route
+                    self.app.counters.record(
+                        route.space_b,
+                        route.service_b,
+                        self.plan.target.deployment_b,
+                        504 if self.timed_out else 502,
+                        out,
+                        (self.app.loop.time() - self.t0) * 1000.0,
+                        self.timed_out,
+                    )
                     self.app.counters.answered(self.status, self.timed_out)
                 return
             await self._wait()
@@ -1065,6 +1076,8 @@ class _WsUpstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport.set_write_buffer_limits(high=self.proxy.app.high_water)
+        # Bound here, not when create_connection returns: the answer may arrive before that.
+        self.proxy.upstream = self
         self.transport.write(self.head)
 
     def data_received(self, data: bytes) -> None:
@@ -1255,6 +1268,9 @@ class _WsProxy:
                 self.upstream = proto
                 self.deadline = loop.time() + self.idle
                 return None
+            if self.upstream is not None:  # made, then given up on: not this one
+                self.upstream.abort()
+                self.upstream = None
             now = loop.time()
             replica.record_failure(now)
             app.counters.connect_errors += 1

@@ -686,8 +686,21 @@ class ClientConnection(asyncio.Protocol):
 
     def abort_response(self, ex: Exchange) -> None:
         """The upstream failed after the response head went out: the client can only learn
-        it from the connection closing before the body is complete."""
-        self.server.counters.answered(ex.status, ex.timed_out)
+        it from the connection closing before the body is complete. For the deployment's
+        health this is a gateway failure (502, or 504 after a read timeout), not a success."""
+        server = self.server
+        plan = ex.plan
+        if plan is not None:
+            server.counters.record(
+                plan.route.space_b,
+                plan.route.service_b,
+                plan.target.deployment_b,
+                504 if ex.timed_out else 502,
+                ex.out_bytes,
+                (server.loop.time() - ex.t0) * 1000.0,
+                ex.timed_out,
+            )
+        server.counters.answered(ex.status, ex.timed_out)
         self.close()
 
     def _fail_head(self, answer: Answer) -> None:

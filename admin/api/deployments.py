@@ -349,7 +349,7 @@ async def _deploy_service(
     for i, r in enumerate(routes):
         host = r.hostname or platform_hostname(name, manifest.name, state.settings.base_domain)
         need = await claim_hostname(ctx, service_id, host, f"spec.routes[{i}].hostname")
-        if need is not None:
+        if need is not None and need not in verification:  # one per host, not per route
             verification.append(need)
         await ctx.conn.execute(
             sa.insert(service_routes).values(
@@ -550,12 +550,21 @@ async def get_snapshot(ctx: Ctx) -> dict[str, Any]:
     ).first()
     if row is None:
         raise NotFound(f"snapshot {ctx.params['snapshot']} not found")
-    sealed = orjson.loads(row.secrets)
     try:
+        sealed = orjson.loads(row.secrets)
+        if not isinstance(sealed, dict) or not all(
+            isinstance(sealed.get(part, {}), dict) for part in ("env", "secrets", "bindings")
+        ):
+            raise CryptoError("the stored secrets are not a map of envelopes")
         masked = {
             part: mask_map(decrypt_map(ctx.state.keys, sealed.get(part, {}), row.id, part))
             for part in ("env", "secrets", "bindings")
         }
+    except orjson.JSONDecodeError:
+        raise Conflict(
+            "snapshot cannot be decrypted: the stored secrets are not valid JSON",
+            code="snapshot_corrupt",
+        ) from None
     except CryptoError as exc:
         raise Conflict(f"snapshot cannot be decrypted: {exc}", code="snapshot_corrupt") from None
     return {

@@ -659,7 +659,7 @@ async def test_websocket_proxied(up: UpstreamServer) -> None:
         )
         assert sent[0]["type"] == "websocket.accept"
         assert sent[0]["subprotocol"] is None
-        assert (b"x-request-id", sent[0]["headers"][-1][1]) in sent[0]["headers"]
+        assert sent[0]["headers"][-1][0] == b"x-request-id"
         assert sent[1] == {"type": "websocket.send", "text": "hello ✓"}
         assert sent[2] == {"type": "websocket.send", "bytes": b"\x00\x01\x02"}
         assert len(sent[3]["bytes"]) == 200_000
@@ -1082,3 +1082,54 @@ async def test_real_asgi_server(
             await r.aclose()
     finally:
         await store.close()
+
+
+@pytest.mark.e2e
+def test_run_asgi_server_workers_have_their_own_internal_port(
+    server_kind: str, tmp_path: Path
+) -> None:
+    """``turnout gateway --server uvicorn|granian --workers 2``: each worker claims a slot, so
+    worker N serves the internal listener on port + N."""
+    port = free_port()
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        internal = a.getsockname()[1]
+        try:
+            b.bind(("127.0.0.1", internal + 1))
+        except OSError:
+            pytest.fail(f"port {internal + 1} is busy; rerun")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "gateway",
+        "--server",
+        server_kind,
+        "--workers",
+        "2",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--internal",
+        f"127.0.0.1:{internal}",
+        "--log-level",
+        "WARNING",
+    ]
+    proc = ServerProcess(cmd, env, port, tmp_path / "gateway.log")
+    try:
+        proc.wait_ready()
+        deadline = time.monotonic() + 20
+        answers: dict[int, Any] = {}
+        while len(answers) < 2 and time.monotonic() < deadline:
+            for p in (internal, internal + 1):
+                with contextlib.suppress(httpx.HTTPError):
+                    answers[p] = httpx.get(f"http://127.0.0.1:{p}/healthz", timeout=1).json()
+            time.sleep(0.05)
+        assert answers == {internal: {"status": "ok"}, internal + 1: {"status": "ok"}}, (
+            proc.output()
+        )
+        resp = httpx.get(f"http://127.0.0.1:{port}/", headers={"Host": "x.example.com"})
+        assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.output()

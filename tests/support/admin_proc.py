@@ -26,6 +26,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -88,6 +89,7 @@ class AdminProcess:
         keys: str | None = None,
         extra_env: Mapping[str, str] | None = None,
         name: str = "admin",
+        boot: Bootstrap | None = None,
     ) -> None:
         self.db_path = Path(db_path)
         self.redis_url = redis_url
@@ -99,7 +101,7 @@ class AdminProcess:
         self.extra_env = dict(extra_env or {})
         self.name = name
         self.port = 0
-        self.boot: Bootstrap | None = None
+        self.boot = boot  # given: the database was initialised already (e.g. a copied template)
         self._proc: subprocess.Popen[bytes] | None = None
         self._out: IO[bytes] | None = None
         self._err: IO[bytes] | None = None
@@ -180,6 +182,27 @@ class AdminProcess:
             token=out["token"],
         )
         return self.boot
+
+    def clone(self, db_path: Path, workdir: Path, redis_url: str | None = None) -> AdminProcess:
+        """A new instance on a copy of this instance's (stopped or never started) database,
+        with the same keys and token: one ``init`` serves many tests."""
+        db_path = Path(db_path)
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.db_path}{suffix}")
+            if src.exists():
+                shutil.copyfile(src, f"{db_path}{suffix}")
+        return AdminProcess(
+            db_path,
+            redis_url or self.redis_url,
+            workdir,
+            prefix=self.prefix,
+            base_domain=self.base_domain,
+            keys=self.keys,
+            extra_env=self.extra_env,
+            name=self.name,
+            boot=self.boot,
+        )
 
     def resync_cli(self) -> dict[str, Any]:
         """``turnout admin resync --db <file> --redis <url>``; returns its JSON report."""

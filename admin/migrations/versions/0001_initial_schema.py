@@ -164,7 +164,7 @@ def upgrade() -> None:
         sa.Column("host", sa.String(length=253), nullable=False),
         sa.Column("space_id", sa.String(length=40), nullable=False),
         sa.Column("service_id", sa.String(length=40), nullable=False),
-        sa.Column("verified", sa.Boolean(), server_default=sa.text("0"), nullable=False),
+        sa.Column("verified", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("verify_token", sa.String(length=64), nullable=False),
         sa.Column("version", sa.Integer(), server_default="1", nullable=False),
         sa.Column("created_at", sa.BigInteger(), nullable=False),

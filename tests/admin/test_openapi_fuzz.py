@@ -1,0 +1,233 @@
+"""Schema-driven fuzzing of the admin API (schemathesis) against its own ``/openapi.json``.
+
+For every operation the document declares, schemathesis generates requests (bounded and
+derandomized: the same examples on every run) and sends them to the in-process ASGI app as the
+system principal. Whatever the input, the app must never answer 5xx, and every answer must match
+the schema the document declares for its status code.
+
+A request whose ids are all random only ever reaches the 404 branch, so a :class:`World` of real
+resources exists (a space with a deployed service, a member, spare tokens, spare spaces) and
+roughly half of the generated path ids are replaced by real ones, chosen deterministically from
+the generated value. Destructive operations get their own victims (a spare space for ``DELETE
+/api/spaces/{space}``, a spare token for token revocation, never the caller's own token), and
+the world is repaired before every example (a deleted or stopped service is deployed again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import Case, GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.python import asgi
+from schemathesis.specs.openapi.checks import response_schema_conformance
+from starlette.applications import Starlette
+
+from admin.app import load_resources
+from admin.bootstrap import bootstrap_system
+from admin.db import make_engine
+from admin.framework import REGISTRY
+from admin.migrate import upgrade
+from tests.admin.conftest import make_admin_app
+
+MAX_EXAMPLES = 15
+
+MANIFEST = {
+    "apiVersion": "turnout/v1",
+    "kind": "App",
+    "metadata": {"name": "fuzz"},
+    "spec": {
+        "services": {"web": {"type": "http", "upstreams": ["http://127.0.0.1:9"]}},
+        "routes": [{"service": "web"}],
+    },
+}
+
+
+def _ok(resp: requests.Response, *codes: int) -> Any:
+    assert resp.status_code in codes, (
+        f"{resp.request.method} {resp.url}: {resp.status_code} {resp.text}"
+    )
+    return resp.json() if resp.content else None
+
+
+class World:
+    """Real resources for the fuzzer to hit, kept alive between examples."""
+
+    def __init__(self, app: Starlette, token: str, token_id: str) -> None:
+        self.app = app
+        self.token = token
+        self.token_id = token_id  # the caller's own token: never revoked by the fuzzer
+        self.client = asgi.get_client(app)
+        self.space = ""
+        self.service_id = ""
+        self.deployment_id = ""
+        self.snapshot_id = ""
+        self.host = ""
+        self.user_id = ""
+        self.examples = 0
+        self.dirty = True  # a mutation ran since the last ensure()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def _call(self, method: str, path: str, *codes: int, **kw: Any) -> Any:
+        return _ok(self.client.request(method, path, headers=self.auth, **kw), *codes)
+
+    def spare_space(self) -> str:
+        body = self._call("POST", "/api/spaces", 201, json={"name": "spare"})
+        return str(body["id"])
+
+    def spare_token(self, principal: str | None = None) -> str:
+        path = f"/api/principals/{principal}/tokens" if principal else "/api/tokens"
+        body = self._call("POST", path, 201, json={"name": "spare", "scopes": ["spaces:read"]})
+        return str(body["id"])
+
+    def ensure(self) -> None:
+        """(Re)create whatever a previous example deleted or stopped."""
+        if not self.dirty:
+            return
+        self.dirty = False
+        if not self.user_id:
+            body = self._call("POST", "/api/principals", 201, json={"kind": "user", "name": "u"})
+            self.user_id = body["id"]
+        if (
+            not self.space
+            or self.client.get(f"/api/spaces/{self.space}", headers=self.auth).status_code != 200
+        ):
+            self.space = self.spare_space()
+        space = self.space
+        members = self._call("GET", f"/api/spaces/{space}/members?limit=500", 200)
+        if self.user_id not in {m["principal_id"] for m in members["items"]}:
+            self._call(
+                "POST",
+                f"/api/spaces/{space}/members",
+                201,
+                json={"principal_id": self.user_id, "role": "editor"},
+            )
+        svc = self.client.get(f"/api/spaces/{space}/services/web", headers=self.auth)
+        hosts = self.client.get(f"/api/spaces/{space}/services/web/hostnames", headers=self.auth)
+        if (
+            svc.status_code != 200
+            or svc.json()["status"] != "deployed"
+            or hosts.status_code != 200
+            or not hosts.json()["items"]
+        ):
+            body = self._call("POST", f"/api/spaces/{space}/app-deployments", 201, json=MANIFEST)
+            dep = body["services"][0]
+            self.service_id = dep["service_id"]
+            self.deployment_id = dep["deployment_id"]
+            self.snapshot_id = dep["snapshot_id"]
+            self.host = dep["hostnames"][0]
+
+    def prepare(self, case: Case) -> None:
+        """Authenticate the case as the system principal and replace about two thirds of its
+        generated path ids by real ones (deterministic: by example number and position)."""
+        # Negative generation also drops or mangles the credentials; this fuzzes the handlers,
+        # not the 401 branch (tests/admin/test_auth_matrix.py covers that).
+        headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
+        case.headers = {**headers, **self.auth}
+        self.examples += 1
+        params = case.path_parameters
+        if not params:
+            return
+        path, method = case.operation.path, case.method.upper()
+        real: dict[str, str] = {
+            "space": self.space,
+            "service": "web" if self.examples % 2 else self.service_id,
+            "deployment": self.deployment_id,
+            "snapshot": self.snapshot_id,
+            "host": self.host,
+            "principal": self.user_id,
+        }
+        for i, name in enumerate(list(params)):
+            if (self.examples + i) % 3 == 0:
+                continue  # keep the generated (most likely unknown) id
+            if name == "space" and method == "DELETE" and path == "/api/spaces/{space}":
+                params[name] = self.spare_space()
+            elif name == "token":
+                if "principal" in params:
+                    params["principal"] = self.user_id
+                    params[name] = self.spare_token(self.user_id)
+                else:
+                    params[name] = self.spare_token()
+            elif name in real:
+                params[name] = real[name]
+        if method != "GET":
+            self.dirty = True
+
+
+async def _bootstrap(db: Path) -> tuple[str, str]:
+    engine = make_engine(str(db))
+    try:
+        await upgrade(engine)
+        boot = await bootstrap_system(engine)
+        return boot.token, boot.token_id
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    db = tmp_path_factory.mktemp("fuzz") / "admin.db"
+    token, token_id = asyncio.run(_bootstrap(db))
+    app = make_admin_app(str(db))
+    w = World(app, token, token_id)
+    with w.client:  # runs the app's lifespan (kept until shutdown_lifespans)
+        try:
+            w.ensure()
+            yield w
+        finally:
+            asgi.shutdown_lifespans()
+
+
+@pytest.fixture(scope="module")
+def admin_schema(world: World) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_asgi("/openapi.json", world.app)
+
+
+def _operations() -> list[tuple[str, str]]:
+    load_resources()
+    return [(ep.method, ep.path) for ep in REGISTRY]
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+@pytest.mark.parametrize(("method", "path"), _operations())
+def test_no_server_errors_and_responses_match_schema(
+    method: str,
+    path: str,
+    mode: GenerationMode,
+    admin_schema: schemathesis.BaseSchema,
+    world: World,
+) -> None:
+    operation = admin_schema[path][method]
+
+    # (schemathesis' own pytest loader for fixtures breaks on pytest 9, hence plain hypothesis)
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate],
+    )
+    def run(case: Case) -> None:
+        world.ensure()
+        world.prepare(case)
+        resp = case.call_and_validate(checks=[not_a_server_error, response_schema_conformance])
+        import os
+
+        if os.environ.get("FUZZSTATS"):
+            with open(os.environ["FUZZSTATS"], "a") as f:
+                f.write(f"{mode} {method} {path} {resp.status_code}\n")
+
+    run()
