@@ -268,7 +268,13 @@ class CounterFlusher:
                 await task
         try:
             async with asyncio.timeout(timeout):
-                await self.flush()  # waits for a write the loop had started, then the rest
+                # Waits for a write the loop had started, then the rest.
+                if not await self.flush():
+                    # Not rate-limited: these counts are lost when the process exits.
+                    log.error(
+                        "final counter flush failed; %d counter rows not written",
+                        len(self.counters.pending),
+                    )
         except TimeoutError:
             inflight = self._inflight
             if inflight is not None and not inflight.done():

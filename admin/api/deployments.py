@@ -12,7 +12,6 @@ summing to 10000 per service); ``archived`` and ``rolled_back`` carry none.
 from __future__ import annotations
 
 import hashlib
-import secrets as pysecrets
 from typing import Any
 
 import orjson
@@ -20,11 +19,12 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from admin.api.models import Page, Strict
+from admin.api.services import claim_hostname, load_service, service_hosts
+from admin.api.services import verification as _verification
 from admin.crypto import CryptoError, decrypt_map, encrypt_map, mask_map
 from admin.db import (
     app_deployments,
     deployments,
-    hostnames,
     new_id,
     now_ms,
     service_routes,
@@ -34,7 +34,6 @@ from admin.db import (
 from admin.errors import Conflict, NotFound, Unprocessable
 from admin.framework import Ctx, endpoint, etag, paged
 from admin.manifest import Manifest, ManifestError, parse_manifest
-from routing.hostnames import validate_hostname
 
 ROUTED = ("active", "canary", "rollback")
 
@@ -96,94 +95,12 @@ def platform_hostname(service: str, app: str, base_domain: str) -> str:
     return f"{service}.{app}.{base_domain}"
 
 
-def under_base_domain(host: str, base_domain: str) -> bool:
-    bare = host[2:] if host.startswith("*.") else host
-    return bare.endswith("." + base_domain)
-
-
-async def claim_hostname(ctx: Ctx, service_id: str, host: str, path: str) -> dict[str, Any] | None:
-    """Make sure ``host`` belongs to ``service_id``; returns verification instructions when the
-    host still needs an ownership proof. Hosts of another service or space → 409."""
-    try:
-        host = validate_hostname(host.lower(), path)
-    except Exception as exc:
-        raise Unprocessable(str(exc), [{"path": path, "message": str(exc)}]) from None
-    row = (await ctx.conn.execute(sa.select(hostnames).where(hostnames.c.host == host))).first()
-    if row is not None:
-        if row.service_id != service_id:
-            raise Conflict(f"{host} is already claimed by another service", code="hostname_taken")
-        return None if row.verified else _verification(host, row.verify_token)
-    count = (
-        await ctx.conn.execute(
-            sa.select(sa.func.count())
-            .select_from(hostnames)
-            .where(hostnames.c.service_id == service_id)
-        )
-    ).scalar_one()
-    if count >= ctx.state.settings.max_hostnames_per_service:
-        raise Conflict(
-            f"a service has at most {ctx.state.settings.max_hostnames_per_service} hostnames",
-            code="hostname_limit",
-        )
-    base = ctx.state.settings.base_domain
-    granted = under_base_domain(host, base)
-    token = pysecrets.token_hex(16)
-    assert ctx.space_id is not None
-    await ctx.conn.execute(
-        sa.insert(hostnames).values(
-            host=host,
-            space_id=ctx.space_id,
-            service_id=service_id,
-            verified=granted,
-            verify_token=token,
-            created_at=now_ms(),
-            verified_at=now_ms() if granted else None,
-        )
-    )
-    return None if granted else _verification(host, token)
-
-
-def _verification(host: str, token: str) -> dict[str, Any]:
-    bare = host[2:] if host.startswith("*.") else host
-    return {
-        "host": host,
-        "type": "TXT",
-        "name": f"_turnout-verify.{bare}",
-        "value": f"turnout-verify={token}",
-    }
-
-
 async def _service_by_name(ctx: Ctx, name: str) -> Any:
     return (
         await ctx.conn.execute(
             sa.select(services).where(services.c.space_id == ctx.space_id, services.c.name == name)
         )
     ).first()
-
-
-async def load_service(ctx: Ctx, ident: str) -> Any:
-    """A service of the path's space by id or by name (404 otherwise)."""
-    row = (
-        await ctx.conn.execute(
-            sa.select(services).where(
-                services.c.space_id == ctx.space_id,
-                sa.or_(services.c.id == ident, services.c.name == ident),
-            )
-        )
-    ).first()
-    if row is None:
-        raise NotFound(f"service {ident} not found")
-    return row
-
-
-async def _service_hosts(ctx: Ctx, service_id: str) -> list[str]:
-    return list(
-        (
-            await ctx.conn.execute(
-                sa.select(hostnames.c.host).where(hostnames.c.service_id == service_id)
-            )
-        ).scalars()
-    )
 
 
 @endpoint(
@@ -344,26 +261,30 @@ async def _deploy_service(
     await ctx.conn.execute(
         sa.delete(service_routes).where(service_routes.c.service_id == service_id)
     )
-    verification = []
-    routes = [r for r in manifest.routes if r.service == name]
-    for i, r in enumerate(routes):
+    verification: list[dict[str, Any]] = []
+    routes = [(i, r) for i, r in enumerate(manifest.routes) if r.service == name]
+    for i, r in routes:
         host = r.hostname or platform_hostname(name, manifest.name, state.settings.base_domain)
-        need = await claim_hostname(ctx, service_id, host, f"spec.routes[{i}].hostname")
-        if need is not None and need not in verification:  # one per host, not per route
-            verification.append(need)
+        claimed = await claim_hostname(
+            ctx, service_id, host, f"spec.routes[{i}].hostname", existing_ok=True
+        )
+        if not claimed.verified and all(v["host"] != claimed.host for v in verification):
+            verification.append(
+                {"host": claimed.host, **_verification(claimed.host, claimed.verify_token)}
+            )
         await ctx.conn.execute(
             sa.insert(service_routes).values(
                 id=new_id("rte"),
                 service_id=service_id,
-                host=host.lower(),
+                host=claimed.host,
                 path_prefix=r.path,
                 methods=orjson.dumps(list(r.methods)).decode(),
             )
         )
     if not routes:
         host = platform_hostname(name, manifest.name, state.settings.base_domain)
-        await claim_hostname(ctx, service_id, host, "spec.routes")
-    hosts = await _service_hosts(ctx, service_id)
+        await claim_hostname(ctx, service_id, host, "spec.routes", existing_ok=True)
+    hosts = await service_hosts(ctx.conn, service_id)
     ctx.enqueue_publish(hosts)
     return {
         "service_id": service_id,
@@ -526,7 +447,7 @@ async def rollback(ctx: Ctx) -> dict[str, Any]:
             now,
         )
     await _move(ctx, target, "rollback", 10000, now)
-    ctx.enqueue_publish(await _service_hosts(ctx, svc.id))
+    ctx.enqueue_publish(await service_hosts(ctx.conn, svc.id))
     ctx.resource = f"service:{svc.id}/deployment:{target.id}"
     row = await _load_deployment(ctx, target.id)
     return _dep(row)

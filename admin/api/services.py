@@ -309,13 +309,13 @@ def _normalise(raw: str, path: str) -> str:
         raise field_error(exc.path, exc.reason) from None
 
 
-def _under_base(host: str, base: str) -> str | None:
+def _under_base(host: str, base: str, path: str = "body.host") -> str | None:
     """For a host strictly below the base domain: the name directly under it that owns the
     subtree (``x.app.base`` and ``*.app.base`` → ``app.base``); otherwise ``None``.
     Raises 422 for the base domain itself and for a wildcard over all of it."""
     if host == base or host == f"*.{base}":
         raise field_error(
-            "body.host",
+            path,
             f"{host} is the platform base domain itself; claim a name under it "
             f"(for example app.{base})",
         )
@@ -365,19 +365,34 @@ async def _load_hostname(ctx: Ctx, service_id: str) -> Any:
 )
 async def add_hostname(ctx: Ctx) -> dict[str, Any]:
     body: HostnameCreate = ctx.body
-    host = _normalise(body.host, "body.host")
-    base = ctx.state.settings.base_domain.lower()
-    subtree = _under_base(host, base)
     svc = await load_service(ctx)
-    owner = (
-        await ctx.conn.execute(
-            sa.select(hostnames.c.space_id, hostnames.c.service_id).where(hostnames.c.host == host)
-        )
-    ).first()
+    row = await claim_hostname(ctx, svc.id, body.host, "body.host")
+    ctx.resource = f"space:{ctx.space_id}/service:{svc.id}/hostname:{row.host}"
+    ctx.headers["etag"] = etag(row.host, row.version)
+    return _hostname(row)
+
+
+async def claim_hostname(
+    ctx: Ctx, service_id: str, raw_host: str, path: str, *, existing_ok: bool = False
+) -> Any:
+    """Claim ``raw_host`` for a service of the path's space and return its row.
+
+    Used by the hostnames API and by app deployments (routes name hostnames). Lower-cased and
+    validated (422 at ``path``); globally unique (409 ``hostname_taken``, without naming the
+    other space); at most ``max_hostnames_per_service`` (409 ``hostname_limit``); names under
+    the base domain are granted at once — the first space to claim a label there owns its whole
+    subtree — and enqueued for publishing; other names wait for their TXT proof.
+    ``existing_ok``: a host already on this very service is returned as it is."""
+    host = _normalise(raw_host, path)
+    base = ctx.state.settings.base_domain.lower()
+    subtree = _under_base(host, base, path)
+    owner = (await ctx.conn.execute(sa.select(hostnames).where(hostnames.c.host == host))).first()
     if owner is not None:
         if owner.space_id != ctx.space_id:
             raise HostnameConflict(f"hostname {host} is already claimed")
-        if owner.service_id == svc.id:
+        if owner.service_id == service_id:
+            if existing_ok:
+                return owner
             raise HostnameConflict(f"hostname {host} is already attached to this service")
         other = (
             await ctx.conn.execute(
@@ -405,7 +420,7 @@ async def add_hostname(ctx: Ctx) -> dict[str, Any]:
         if foreign is not None:
             raise HostnameConflict(f"names under {subtree} are already claimed")
     limit = ctx.state.settings.max_hostnames_per_service
-    if await _count_hosts(ctx.conn, svc.id) >= limit:
+    if await _count_hosts(ctx.conn, service_id) >= limit:
         raise Conflict(
             f"a service has at most {limit} hostnames; delete one first",
             code="hostname_limit",
@@ -417,7 +432,7 @@ async def add_hostname(ctx: Ctx) -> dict[str, Any]:
         sa.insert(hostnames).values(
             host=host,
             space_id=ctx.space_id,
-            service_id=svc.id,
+            service_id=service_id,
             verified=granted,
             verify_token=secrets.token_hex(16),
             created_at=now,
@@ -426,10 +441,7 @@ async def add_hostname(ctx: Ctx) -> dict[str, Any]:
     )
     if granted:
         ctx.enqueue_publish([host])
-    ctx.resource = f"space:{ctx.space_id}/service:{svc.id}/hostname:{host}"
-    row = (await ctx.conn.execute(sa.select(hostnames).where(hostnames.c.host == host))).one()
-    ctx.headers["etag"] = etag(host, row.version)
-    return _hostname(row)
+    return (await ctx.conn.execute(sa.select(hostnames).where(hostnames.c.host == host))).one()
 
 
 @endpoint(

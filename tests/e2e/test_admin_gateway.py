@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -97,16 +98,17 @@ def stack(
         prefix=PREFIX,
         extra_args=["--trusted-proxy", "127.0.0.0/8"],
     )
-    admin.start()
+    # Both take seconds to import and start; start them side by side.
+    with ThreadPoolExecutor(2) as pool:
+        started = [pool.submit(admin.start), pool.submit(gw.start)]
     try:
-        gw.start()
-        try:
-            yield Stack(own_redis, admin, gw, upstreams)
-        finally:
-            code = gw.stop()
-            assert code == 0, f"gateway exited with {code}\n{gw.stderr_text()[-4000:]}"
+        for future in started:
+            future.result()
+        yield Stack(own_redis, admin, gw, upstreams)
     finally:
+        gw_code = gw.stop()
         admin.stop()
+    assert gw_code == 0, f"gateway exited with {gw_code}\n{gw.stderr_text()[-4000:]}"
 
 
 # ---------------------------------------------------------------------- helpers
