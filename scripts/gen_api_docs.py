@@ -23,7 +23,7 @@ def render() -> str:
         "`GET /openapi.json`). Every endpoint needs `Authorization: Bearer <token>`; errors are",
         '`{"error": {"code", "message", "details"?}}`. Mutations accept `Idempotency-Key`; resources',
         "with an `etag` honour `If-Match` (412 on mismatch); lists take `?limit=` (1..500, default",
-        "50) and `?cursor=` and answer `{\"items\", \"next_cursor\"}`.",
+        '50) and `?cursor=` and answer `{"items", "next_cursor"}`.',
         "",
         "| method | path | scope | min. role | summary |",
         "|---|---|---|---|---|",
@@ -43,8 +43,14 @@ def render() -> str:
         out.append("")
         out.append(op["summary"] + ".")
         out.append("")
-        out.append(f"- scope: `{op['x-turnout-scope']}`" + (
-            f"; minimum role in the space: `{op['x-turnout-role']}`" if "x-turnout-role" in op else ""))
+        out.append(
+            f"- scope: `{op['x-turnout-scope']}`"
+            + (
+                f"; minimum role in the space: `{op['x-turnout-role']}`"
+                if "x-turnout-role" in op
+                else ""
+            )
+        )
         body = op.get("requestBody")
         if body:
             content = body["content"]
@@ -57,9 +63,18 @@ def render() -> str:
             if comp and "properties" in comp:
                 required = set(comp.get("required", []))
                 for prop, spec in comp["properties"].items():
-                    typ = spec.get("type") or " | ".join(
-                        str(s.get("type", s.get("$ref", "?")).rsplit("/", 1)[-1]) for s in spec.get("anyOf", [])
-                    ) or ("enum " + "/".join(map(str, spec["enum"])) if "enum" in spec else "object")
+                    typ = (
+                        spec.get("type")
+                        or " | ".join(
+                            str(s.get("type", s.get("$ref", "?")).rsplit("/", 1)[-1])
+                            for s in spec.get("anyOf", [])
+                        )
+                        or (
+                            "enum " + "/".join(map(str, spec["enum"]))
+                            if "enum" in spec
+                            else "object"
+                        )
+                    )
                     out.append(f"  - `{prop}`{'' if prop in required else ' (optional)'}: {typ}")
         codes = ", ".join(sorted(op["responses"]))
         out.append(f"- answers: {codes}")
