@@ -28,7 +28,7 @@ import orjson
 from sqlalchemy.engine import make_url
 
 from admin.bootstrap import bootstrap_system
-from admin.crypto import KeyRing, KeyRingError
+from admin.crypto import CryptoError, KeyRing, KeyRingError
 from admin.db import make_engine
 from admin.migrate import upgrade
 from admin.settings import Settings
@@ -242,7 +242,16 @@ def cmd_rekey(ns: argparse.Namespace) -> int:
     async def go() -> Any:
         return await run_rekey(settings)
 
-    sys.stdout.write(orjson.dumps(_run(go)).decode() + "\n")
+    try:
+        counts = _run(go)
+    except CryptoError as exc:
+        print(
+            f"rekey: {exc}\nKeep every old key in TURNOUT_KEYS (inactive) until rekey has "
+            "finished; the batch that failed was rolled back, nothing was lost.",
+            file=sys.stderr,
+        )
+        return 2
+    sys.stdout.write(orjson.dumps(counts).decode() + "\n")
     return 0
 
 

@@ -114,6 +114,8 @@ services = sa.Table(
         "space_id", sa.String(40), sa.ForeignKey("spaces.id", ondelete="CASCADE"), nullable=False
     ),
     sa.Column("name", sa.String(63), nullable=False),
+    # The app (manifest metadata.name) that deploys this service; None until one does.
+    sa.Column("app_name", sa.String(63), nullable=True),
     sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
     sa.Column("version", sa.Integer, nullable=False, server_default="1"),
     sa.Column("created_at", sa.BigInteger, nullable=False),

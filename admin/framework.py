@@ -553,11 +553,31 @@ async def _audit_failure(
 
 
 async def _enqueue(conn: AsyncConnection, host: str) -> None:
-    existing = (
-        await conn.execute(sa.select(publish_queue.c.host).where(publish_queue.c.host == host))
-    ).first()
-    if existing is None:
-        await conn.execute(sa.insert(publish_queue).values(host=host, enqueued_at=now_ms()))
+    """Queue ``host`` for publishing in the caller's transaction.
+
+    An upsert that always moves ``enqueued_at`` strictly forward: the publisher deletes the rows
+    it covered with ``enqueued_at <= <what it read>``, so a change committed while the host is
+    being published must leave a newer timestamp behind, or its record would never go out."""
+    now = now_ms()
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt: Any = pg_insert(publish_queue)
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(publish_queue)
+    stmt = stmt.values(host=host, enqueued_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[publish_queue.c.host],
+        set_={
+            "enqueued_at": sa.case(
+                (publish_queue.c.enqueued_at >= now, publish_queue.c.enqueued_at + 1),
+                else_=now,
+            )
+        },
+    )
+    await conn.execute(stmt)
 
 
 # ------------------------------------------------------------------------------ OpenAPI

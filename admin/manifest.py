@@ -84,9 +84,9 @@ class Limits:
 class Service:
     name: str
     upstreams: tuple[Upstream, ...]
-    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     secrets: Mapping[str, Secret[str]] = field(default_factory=lambda: MappingProxyType({}))
-    bindings: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    bindings: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     limits: Limits = field(default_factory=Limits)
     type: Literal["http"] = "http"
 

@@ -34,6 +34,19 @@ class Settings:
             "base_domain": env.get("TURNOUT_BASE_DOMAIN", "turnout.localhost").lower(),
             "dns_fixture": env.get("TURNOUT_DNS_FIXTURE") or None,
         }
+        for var, key in (
+            ("TURNOUT_RECONCILE_INTERVAL", "reconcile_interval"),
+            ("TURNOUT_PUBLISH_RETRY", "publish_retry_seconds"),
+        ):
+            raw = env.get(var)
+            if raw:
+                try:
+                    seconds = float(raw)
+                except ValueError:
+                    raise SystemExit(f"turnout admin: {var} must be a number of seconds") from None
+                if not 0.05 <= seconds <= 3600:
+                    raise SystemExit(f"turnout admin: {var} must be within 0.05..3600 seconds")
+                values[key] = seconds
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "keys" not in values:
             values["keys"] = KeyRing.parse(keys_spec) if keys_spec else None

@@ -160,6 +160,12 @@ async def _deploy_service(
 ) -> dict[str, Any]:
     state = ctx.state
     row = await _service_by_name(ctx, name)
+    if row is not None and row.app_name is not None and row.app_name != manifest.name:
+        raise Conflict(
+            f"service {name} belongs to app {row.app_name} in this space; "
+            "rename the service or deploy it from that app",
+            code="service_taken",
+        )
     if row is None:
         service_id = new_id("svc")
         await ctx.conn.execute(
@@ -255,7 +261,12 @@ async def _deploy_service(
     await ctx.conn.execute(
         sa.update(services)
         .where(services.c.id == service_id)
-        .values(status="deployed", updated_at=now, version=services.c.version + 1)
+        .values(
+            status="deployed",
+            app_name=manifest.name,
+            updated_at=now,
+            version=services.c.version + 1,
+        )
     )
     # Endpoints: the manifest's routes for this service replace the previous ones.
     await ctx.conn.execute(

@@ -1,0 +1,66 @@
+"""The publish outbox never loses a change that commits while its host is being published."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from starlette.testclient import TestClient
+
+from admin.db import publish_queue
+from admin.publisher import _next_version
+from admin.routes import compute_record
+from routing.models import RouteRecord
+from tests.admin.conftest import auth, bootstrap, call, create_space, rows, state_of
+from tests.admin.publishing import pause_publisher
+from tests.admin.test_deployments import BASE, manifest, published, targets_of
+
+
+def test_change_committed_during_a_publish_is_published_later(client: TestClient) -> None:
+    """Publisher reads the queue row and computes the record (deploy 1); deploy 2 commits;
+    the publisher then publishes its (old) record and clears the rows it covered. The row for
+    deploy 2 must survive that, so the next drain publishes the canary."""
+    st = state_of(client)
+    pause_publisher(client)
+    token = bootstrap(client)
+    space = create_space(client, token, "t")
+    host = f"web.shop.{BASE}"
+    _deploy(client, token, space, manifest())
+    [seen] = [r for r in rows(client, sa.select(publish_queue)) if r.host == host]
+
+    async def compute() -> RouteRecord | None:
+        async with st.engine.begin() as conn:
+            version = await _next_version(conn, host)
+            return await compute_record(conn, host, version)
+
+    stale = call(client, compute)
+    assert stale is not None
+    _deploy(client, token, space, manifest(strategy="canary", canary_weight=20))
+
+    async def finish_old_publish() -> None:
+        await st.store.publish(stale)
+        async with st.engine.begin() as conn:
+            await conn.execute(
+                sa.delete(publish_queue).where(
+                    publish_queue.c.host == host,
+                    publish_queue.c.enqueued_at <= seen.enqueued_at,
+                )
+            )
+
+    call(client, finish_old_publish)
+    assert host in {r.host for r in rows(client, sa.select(publish_queue))}
+    call(client, st.publisher.drain)
+    record = published(client, host)
+    assert record is not None
+    assert len(targets_of(record)) == 2  # the canary went out
+
+
+def _deploy(client: TestClient, token: str, space: str, body: dict[str, Any]) -> None:
+    """Deploy without letting the publisher run (it is paused)."""
+    r = client.post(
+        f"/api/spaces/{space}/app-deployments",
+        content=orjson.dumps(body),
+        headers={**auth(token), "content-type": "application/json"},
+    )
+    assert r.status_code == 201, r.text
