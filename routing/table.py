@@ -65,8 +65,12 @@ class RouteTable:
         backoff_max: float = 5.0,
         batch: int = 1000,
         clock: Callable[[], float] = time.monotonic,
+        freeze_gc: bool = False,
     ) -> None:
         self.store = store
+        # Move the table's long-lived objects out of the cyclic GC's reach after every full
+        # load (gc.freeze): full collections would otherwise rescan millions of them.
+        self.freeze_gc = freeze_gc
         self.registry = registry or UpstreamRegistry()
         self.routes: dict[bytes, CompiledRoute] = {}
         self.snapshot_path = snapshot_path
@@ -294,6 +298,8 @@ class RouteTable:
                     gc.enable()
         # One assignment: lookups see the old table or the new one, never a mix.
         self.routes = fresh
+        if self.freeze_gc:
+            gc.freeze()
         if self.synced or self.from_snapshot:
             self.resyncs += 1
         self.epoch = point.epoch
@@ -399,6 +405,8 @@ class RouteTable:
         self.epoch = snap.epoch
         self.last_id = snap.last_id
         self.from_snapshot = True
+        if self.freeze_gc:
+            gc.freeze()
         self.stale = True
         age = max(0.0, time.time() - snap.written_at)
         self._stale_since = self.clock() - age
