@@ -15,7 +15,7 @@ import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal, get_args
 
 import orjson
 import sqlalchemy as sa
@@ -28,7 +28,9 @@ log = logging.getLogger("turnout.admin.auth")
 
 TOKEN_PREFIX: Final = "tak_pat_"
 TOKEN_LEN: Final = 51
-SCOPES: Final = (
+# Every token scope; "*" grants all. One literal type serves validation and the OpenAPI enum.
+ScopeName = Literal[
+    "*",
     "spaces:read",
     "spaces:write",
     "deployments:read",
@@ -40,7 +42,8 @@ SCOPES: Final = (
     "pods:write",
     "tokens:write",
     "system:admin",
-)
+]
+SCOPES: Final = tuple(s for s in get_args(ScopeName) if s != "*")
 ROLES: Final = ("viewer", "editor", "admin", "owner")
 ROLE_RANK: Final = {r: i for i, r in enumerate(ROLES)}
 

@@ -14,33 +14,17 @@ Rules, whoever issues the token:
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import orjson
 import sqlalchemy as sa
 from pydantic import Field
 
 from admin.api.models import Page, Strict
-from admin.auth import SCOPES, insert_token
+from admin.auth import SCOPES, ScopeName, insert_token
 from admin.db import new_id, now_ms, principals, tokens
 from admin.errors import Forbidden, NotFound, field_error
 from admin.framework import Ctx, endpoint, paged
-
-ScopeName = Literal[
-    "*",
-    "spaces:read",
-    "spaces:write",
-    "deployments:read",
-    "deployments:write",
-    "rollouts:write",
-    "billing:read",
-    "billing:write",
-    "pods:read",
-    "pods:write",
-    "tokens:write",
-    "system:admin",
-]
-assert set(get_args(ScopeName)) == {"*", *SCOPES}, "ScopeName must mirror admin.auth.SCOPES"
 
 DAY_MS = 24 * 3600 * 1000
 
