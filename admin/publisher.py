@@ -117,7 +117,9 @@ class Publisher:
             return False
         if not await self._leader("reconciler"):
             return False
-        log.warning("route store has no epoch (lost its data?); republishing everything")
+        log.warning(
+            "route store has no epoch (first start, or it lost its data); publishing everything"
+        )
         await self.resync()
         return True
 

@@ -245,19 +245,20 @@ class Dispatcher:
                     if header_host is not None:
                         return BAD_HOST, self.request_id(req_id)  # RFC 9112 §3.2
                     header_host = value
-                    kept.append(b"Host: " + value + b"\r\n")
+                    kept += (b"Host", b": ", value, b"\r\n")
                 elif lname == b"x-forwarded-proto":
                     xfproto = value
                 continue
-            if lname.startswith(b"x-turnout-"):
+            first = lname[:1]
+            if first == b"x" and lname.startswith(b"x-turnout-"):
                 if lname == _OVERRIDE:
                     override = value.strip()
                 continue
-            if lname.startswith(b"proxy-"):
+            if first == b"p" and lname.startswith(b"proxy-"):
                 continue
-            if lname == b"cookie":
+            if first == b"c" and lname == b"cookie":
                 cookie = value if cookie is None else cookie + b"; " + value
-            kept.append(name + b": " + value + b"\r\n")
+            kept += (name, b": ", value, b"\r\n")  # joined once, below
 
         rid = self.request_id(req_id)
         if host is None:  # an absolute-form target's authority wins over the Host header
@@ -304,15 +305,15 @@ class Dispatcher:
         if conn_tokens:
             nominated = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
             if nominated:
-                kept = [h for h in kept if h.split(b":", 1)[0].lower() not in nominated]
+                kept = _drop_nominated(kept, nominated)
         if upgrade is not None and (conn_tokens is None or b"upgrade" not in conn_tokens):
             upgrade = None  # "Upgrade" without "Connection: upgrade" is not an upgrade
 
         peer_b = peer.encode()
         xff_out = peer_b if xff is None else xff + b", " + peer_b
         proto = xfproto if (xfproto is not None and self._trusted(peer)) else self.proto
-        block = [
-            *kept,
+        block = kept
+        block += (
             b"X-Forwarded-For: ",
             xff_out,
             b"\r\nX-Forwarded-Proto: ",
@@ -328,7 +329,7 @@ class Dispatcher:
             b"\r\nX-Turnout-Deployment: ",
             target.deployment_b,
             b"\r\n",
-        ]
+        )
         if upgrade is not None:
             block.append(b"Connection: upgrade\r\nUpgrade: " + upgrade + b"\r\n")
         elif chunked:
@@ -404,6 +405,15 @@ class Dispatcher:
                     break
                 return candidate.encode()
         return peer.encode()
+
+
+def _drop_nominated(kept: list[bytes], nominated: set[bytes]) -> list[bytes]:
+    """``kept`` holds (name, ": ", value, CRLF) runs; drop the runs whose name is nominated."""
+    out: list[bytes] = []
+    for i in range(0, len(kept), 4):
+        if kept[i].lower() not in nominated:
+            out += kept[i : i + 4]
+    return out
 
 
 def _cookie_value(cookie: bytes | None, name: bytes) -> bytes | None:

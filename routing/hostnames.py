@@ -60,7 +60,24 @@ def is_wildcard(host: str) -> bool:
     return host.startswith("*.")
 
 
+_HOST_CACHE: dict[bytes, bytes | None] = {}
+_HOST_CACHE_MAX = 4096
+
+
 def normalize_request_host(raw: bytes) -> bytes | None:
+    """Cached :func:`_normalize_request_host`: a gateway sees the same few Host values."""
+    try:
+        return _HOST_CACHE[raw]
+    except KeyError:
+        pass
+    host = _normalize_request_host(raw)
+    if len(_HOST_CACHE) >= _HOST_CACHE_MAX:
+        _HOST_CACHE.clear()
+    _HOST_CACHE[raw] = host
+    return host
+
+
+def _normalize_request_host(raw: bytes) -> bytes | None:
     """Normalise a request's ``Host`` value for lookup: lower-case, port and trailing dot removed.
 
     Returns ``None`` for a malformed value (the gateway answers 400). IP literals are accepted

@@ -1,0 +1,150 @@
+"""Pure-Python cost of one proxied request through the native front-end (no sockets).
+
+A fake client transport feeds request bytes to ``ClientConnection``; a fake upstream transport
+answers every request head it receives with a canned response, synchronously. What remains is the
+gateway's own per-request work (parsing callbacks, dispatch, pool, response framing, counters):
+the part of the profile that is ours to optimise. Not a test. Usage::
+
+    .venv/bin/python benchmarks/hotpath.py [--requests 200000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gateway.config import GatewayConfig
+from gateway.counters import Counters
+from gateway.native import ClientConnection, NativeServer
+from gateway.pool import ConnState, UpstreamConnection, UpstreamPool
+from routing.compiled import CompiledRoute
+from routing.models import decode_record
+from routing.store import MemoryRouteStore
+from routing.table import RouteTable
+
+REQUEST = b"GET /small HTTP/1.1\r\nHost: bench.example.com\r\nUser-Agent: wrk\r\n\r\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 13\r\nConnection: keep-alive\r\n\r\nHello, world\n"
+)
+
+
+class FakeTransport:
+    def __init__(self, on_write: Any = None) -> None:
+        self.on_write = on_write
+        self.written = 0
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        if self.on_write is not None:
+            self.on_write(data)
+
+    def writelines(self, parts: Any) -> None:
+        for p in parts:
+            self.write(p)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=200_000)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    loop = asyncio.get_running_loop()
+    config = GatewayConfig()
+    table = RouteTable(MemoryRouteStore())
+    record = decode_record(
+        {
+            "host": "bench.example.com",
+            "version": 1,
+            "space_id": "bench",
+            "service_id": "svc",
+            "endpoints": [
+                {
+                    "path_prefix": "/",
+                    "targets": [
+                        {
+                            "deployment_id": "stable",
+                            "weight": 9000,
+                            "status": "active",
+                            "upstreams": ["http://127.0.0.1:9"],
+                        },
+                        {
+                            "deployment_id": "canary",
+                            "weight": 1000,
+                            "status": "canary",
+                            "upstreams": ["http://127.0.0.1:9"],
+                        },
+                    ],
+                }
+            ],
+        }
+    )
+    table.routes[b"bench.example.com"] = CompiledRoute(record, table.registry)
+    pool = UpstreamPool(config, loop)
+    server = NativeServer(config, table, pool, Counters(), loop=loop)
+    # One pooled upstream connection whose transport answers synchronously.
+    replica = table.routes[b"bench.example.com"].endpoints[0].layout[0].replicas[0]
+    up = UpstreamConnection(pool, replica.key)
+    pending: list[bytes] = []
+    up.connection_made(FakeTransport(pending.append))  # type: ignore[arg-type]
+    up.state = ConnState.IDLE
+    pool._count[replica.key] = 1
+    pool._idle[replica.key] = [up]
+    client = ClientConnection(server)
+    ct = FakeTransport()
+    client.connection_made(ct)  # type: ignore[arg-type]
+
+    def run(n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            client.data_received(REQUEST)  # request in: parse, dispatch, write upstream
+            pending.clear()
+            up.data_received(RESPONSE)  # response back: parse, frame, write to the client
+        return time.perf_counter() - t0
+
+    run(2000)
+    assert not client.closed and pool.reuses >= 2000, "the harness did not proxy"
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        run(args.requests // 4)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    best = min(run(args.requests) for _ in range(3))
+    print(
+        f"{args.requests} requests: {best / args.requests * 1e6:.2f} µs of gateway Python per request "
+        f"({args.requests / best:,.0f} req/s on one core without I/O)"
+    )
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    uvloop.run(main())
