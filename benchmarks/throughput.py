@@ -131,6 +131,8 @@ def run_wrk(port: int, path: str, duration: int, conns: int, threads: int) -> di
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = sum(int(x) for x in sock.groups()) if sock else 0
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if (sock or non2xx) and os.environ.get("BENCH_DEBUG"):
+        print(out, file=sys.stderr)
     return {
         "rps": rps,
         "p50": lat.get("50", 0.0),
@@ -223,8 +225,11 @@ def main() -> int:
     have_nginx = shutil.which("nginx") is not None
     only = {s for s in args.only.split(",") if s}
     tmp = tempfile.mkdtemp(prefix="turnout-bench-")
+    # nginx workers started by root run as an unprivileged user: they must be able to read this.
+    os.chmod(tmp, 0o755)
     with open(os.path.join(tmp, "64k.bin"), "wb") as fh:
         fh.write(b"x" * 65536)
+    os.chmod(os.path.join(tmp, "64k.bin"), 0o644)
 
     stack = contextlib.ExitStack()
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
