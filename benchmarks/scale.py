@@ -153,9 +153,10 @@ def main() -> int:
                 )
                 wait_port(iport, proc, 60)
                 while True:
-                    with contextlib.suppress(OSError), urllib.request.urlopen(
-                        f"http://127.0.0.1:{iport}/readyz", timeout=5
-                    ) as r:
+                    with (
+                        contextlib.suppress(OSError),
+                        urllib.request.urlopen(f"http://127.0.0.1:{iport}/readyz", timeout=5) as r,
+                    ):
                         if json.load(r)["table"]["records"] >= n:
                             break
                     time.sleep(0.2)

@@ -24,7 +24,9 @@ _TARGETS: Final[dict[str, tuple[str, str]]] = {
     "dev": ("admin.dev", "run a local all-in-one stack (try: turnout dev --demo)"),
 }
 
-_BENCH_HELP: Final = "how to run the benchmarks (they live in the source tree, not the package)"
+_BENCH_HELP: Final = (
+    "compare the gateway with nginx and Python peers (benchmarks/throughput.py; needs wrk)"
+)
 _BENCH_MESSAGE: Final = (
     "turnout: benchmarks are not part of the installed package.\n"
     "Run them from a source checkout; see benchmarks/README.md "
@@ -51,7 +53,7 @@ def _build_parser() -> argparse.ArgumentParser:
     for name, (_module, help_text) in _TARGETS.items():
         # add_help=False: `turnout gateway --help` is the target's help, not ours.
         subs.add_parser(name, help=help_text, add_help=False)
-    subs.add_parser("bench", help=_BENCH_HELP)
+    subs.add_parser("bench", help=_BENCH_HELP, add_help=False)
     return parser
 
 
@@ -91,10 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     if command == "bench":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        print(_BENCH_MESSAGE)
-        return 0
+        return _bench(rest)
 
     entry = _load(command)
     if entry is None:
@@ -102,6 +101,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     result = entry(rest)
     return 0 if result is None else int(result)
+
+
+def _bench(args: list[str]) -> int:
+    """``turnout bench [throughput.py flags]``: run the comparison from a source checkout."""
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "benchmarks", "throughput.py")
+    if not os.path.exists(script):
+        print(_BENCH_MESSAGE, file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, script, *args], cwd=root)
 
 
 if __name__ == "__main__":

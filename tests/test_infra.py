@@ -55,7 +55,7 @@ def test_free_port_fixture(free_port: int) -> None:
 def test_cli_reports_missing_subcommand_cleanly() -> None:
     from gateway import cli
 
-    assert cli.main(["bench"]) == 0
+    assert cli.main(["bench", "--help"]) == 0
     # Subcommands whose modules are not built yet must fail cleanly, not with a traceback.
     for sub in ("gateway", "admin", "dev"):
         if cli._load(sub) is None:

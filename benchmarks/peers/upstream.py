@@ -24,6 +24,9 @@ RESP_BIG = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r
 )
 
 
+NAMED: bytes | None = None  # --name: /small answers the name instead (scenario runs)
+
+
 class Upstream(asyncio.Protocol):
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -45,7 +48,12 @@ class Upstream(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self.transport is not None:
-            self.transport.write(RESP_BIG if self.url.startswith(b"/64k") else RESP_SMALL)
+            if self.url.startswith(b"/64k"):
+                self.transport.write(RESP_BIG)
+            elif NAMED is not None:
+                self.transport.write(NAMED)
+            else:
+                self.transport.write(RESP_SMALL)
 
 
 async def main(port: int) -> None:
@@ -59,4 +67,9 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
-    uvloop.run(main(ap.parse_args().port))
+    ap.add_argument("--name", default=None)
+    ns = ap.parse_args()
+    if ns.name:
+        body = ns.name.encode() + b"\n"
+        NAMED = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    uvloop.run(main(ns.port))
