@@ -631,7 +631,28 @@ async def ws_reject(
 # =============================================================================== one request
 
 
-class _HttpExchange:
+class _Waiting:
+    """One reusable wake-up future for a request's coroutine (shared by HTTP and WebSocket):
+    callbacks from the protocol objects call ``_wake``; the coroutine awaits ``_wait``."""
+
+    __slots__ = ("waiter",)
+    waiter: asyncio.Future[None] | None
+    app: GatewayApp
+
+    async def _wait(self) -> None:
+        waiter = self.waiter = self.app.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _HttpExchange(_Waiting):
     """One proxied HTTP request: the pool's sink, plus the two coroutines that drive it."""
 
     __slots__ = (
@@ -660,7 +681,6 @@ class _HttpExchange:
         "t0",
         "timed_out",
         "url",
-        "waiter",
         "write_paused",
         "written",
     )
@@ -696,7 +716,7 @@ class _HttpExchange:
         self.stale_retry = False
         self.gone = False  # the client disconnected
         self.finished = False
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiter = None
         self.pump_waiter: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ driving coroutines
@@ -801,18 +821,6 @@ class _HttpExchange:
             n if answer.status >= 500 else 0,
             self.timed_out,
         )
-
-    async def _wait(self) -> None:
-        waiter = self.waiter = self.app.loop.create_future()
-        try:
-            await waiter
-        finally:
-            self.waiter = None
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def _wake_pump(self) -> None:
         waiter = self.pump_waiter
@@ -1159,7 +1167,7 @@ class _WsUpstream(asyncio.Protocol):
             self.transport.abort()
 
 
-class _WsProxy:
+class _WsProxy(_Waiting):
     """One proxied WebSocket: handshake with the upstream, then messages both ways.
 
     The request's own coroutine is the only one that sends to the client (the *downlink*);
@@ -1198,7 +1206,7 @@ class _WsProxy:
         self.client_gone = False
         self.uplink_paused = False
         self.timed_out = False
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiter = None
         self.uplink_waiter: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ driving
@@ -1406,18 +1414,6 @@ class _WsProxy:
             self._wake()
 
     # ------------------------------------------------------------------ events
-
-    async def _wait(self) -> None:
-        waiter = self.waiter = self.app.loop.create_future()
-        try:
-            await waiter
-        finally:
-            self.waiter = None
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def wake_uplink(self) -> None:
         waiter = self.uplink_waiter

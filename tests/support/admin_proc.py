@@ -27,7 +27,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from types import TracebackType
 from typing import IO, Any, Self
 
 from admin.crypto import KeyRing
-from tests.support.net import free_port
+from tests.support.net import free_port, kill, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 _LAUNCH = "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -287,23 +286,14 @@ class AdminProcess:
         proc = self._proc
         if proc is None:
             return 0
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        code = proc.returncode
+        code = terminate(proc, timeout)
         self._cleanup()
         return code
 
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to publish, flush or clean up."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if self._proc is not None:
+            kill(self._proc)
         self._cleanup()
 
     def restart(self, *, wait_for: str = "/readyz") -> Self:

@@ -13,7 +13,6 @@ import asyncio
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from typing import IO, Any, Self
 
 from routing.models import decode_record
 from routing.redis_store import RedisRouteStore
-from tests.support.net import free_port
+from tests.support.net import free_port, kill, terminate
 from tests.support.rawhttp import RawConnection, request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,22 +178,13 @@ class GatewayProcess:
         proc = self._proc
         if proc is None:
             return 0
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        code = proc.returncode
+        code = terminate(proc, timeout)
         self._cleanup()
         return code
 
     def kill(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if self._proc is not None:
+            kill(self._proc)
         self._cleanup()
 
     def _cleanup(self) -> None:

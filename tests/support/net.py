@@ -1,8 +1,11 @@
-"""Network helpers for tests."""
+"""Network and process helpers for tests."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+from typing import Any
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -15,3 +18,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int:
+    """SIGTERM ``proc`` and wait (SIGKILL after ``timeout``); returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+def kill(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL ``proc`` (no chance to flush or clean up) and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
