@@ -664,8 +664,8 @@ def test_redis_outage_gateway_restart_and_resync(
     is down → serves from its snapshot file; Redis comes back empty and the admin republishes
     everything under a new epoch → the gateway resyncs (added host routable, dropped host 404).
 
-    The issue asks for 30 s of load across the outage; 10 s is enough to cross several flush
-    intervals, reconnect backoffs and snapshot cycles, and keeps the suite fast.
+    The load runs 30 s across the outage (2 s before the shutdown, 28 s after), as the issue
+    asks: it crosses many flush intervals, reconnect backoffs and snapshot cycles.
     """
     prefix = "outage"
     url = own_redis.url
@@ -693,13 +693,13 @@ def test_redis_outage_gateway_restart_and_resync(
 
         wait_for(snapshot_has_routes, 5, "the route snapshot file")
 
-        # --- Redis stopped under a ~10 s load: zero failed requests for known hosts
+        # --- Redis stopped under a 30 s load: zero failed requests for known hosts
         load = LoadThread(gw.port, req, connections=4, depth=1).start()
         try:
             time.sleep(2.0)
             own_redis.shutdown_nosave()
             t_down = time.monotonic()
-            time.sleep(8.0)
+            time.sleep(28.0)
         finally:
             stats = load.stop()
         during = [r for r in stats.replies if r.t_sent > t_down]
