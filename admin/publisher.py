@@ -149,9 +149,20 @@ class Publisher:
                     )
                 ).all()
             done = 0
+            first_error: Exception | None = None
             for row in rows:
-                await self._publish_one(row.host, row.enqueued_at)
+                # One host that cannot be published must not hold back every other host.
+                try:
+                    await self._publish_one(row.host, row.enqueued_at)
+                except Exception as exc:
+                    self.failures += 1
+                    self.last_error = f"{row.host}: {type(exc).__name__}: {exc}"
+                    log.warning("publishing %s failed, will retry: %s", row.host, exc)
+                    first_error = first_error or exc
+                    continue
                 done += 1
+            if first_error is not None and not done:
+                raise first_error  # nothing went out (store down?): the loop backs off
             return done
 
     async def _publish_one(self, host: str, enqueued_at: int, at_least: int = 0) -> None:

@@ -83,6 +83,8 @@ DROP_RESPONSE: Final = frozenset(
 )
 _REQUEST_ID_OK: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
 _OVERRIDE: Final = b"x-turnout-deployment"
+# Connection tokens that are options, not header names, or that name headers we must keep.
+_NOT_NOMINABLE: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"host"})
 
 
 class Plan:
@@ -261,8 +263,13 @@ class Dispatcher:
             kept += (name, b": ", value, b"\r\n")  # joined once, below
 
         rid = self.request_id(req_id)
-        if host is None:  # an absolute-form target's authority wins over the Host header
+        if host is None:
             host = header_host
+        elif host != header_host:
+            # RFC 9112 §3.2.2: an absolute-form target's authority replaces the Host header;
+            # the upstream must see the host the request was routed by, never another one.
+            kept = _drop_nominated(kept, {b"host"})
+            kept += (b"Host", b": ", host, b"\r\n")
         if host is None:
             return BAD_HOST, rid
         hostkey = normalize_request_host(host)
@@ -303,7 +310,7 @@ class Dispatcher:
             return NO_UPSTREAM, rid
 
         if conn_tokens:
-            nominated = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+            nominated = {t for t in conn_tokens if t not in _NOT_NOMINABLE}
             if nominated:
                 kept = _drop_nominated(kept, nominated)
         if upgrade is not None and (conn_tokens is None or b"upgrade" not in conn_tokens):

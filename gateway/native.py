@@ -72,6 +72,7 @@ class _Stop(Exception):
 
 
 _DISCARD_LIMIT: Final = 64 * 1024  # body bytes we read and drop to keep a connection alive
+_MAX_PIPELINE: Final = 16  # queued requests per connection before reading pauses
 
 
 class Exchange:
@@ -403,7 +404,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: Exchange | None = None
         self.tunnel_deadline = 0.0
         self.tunnel_idle = 0.0
-        self._paused_by: set[Exchange] = set()
+        self._paused_by: set[object] = set()  # exchanges (or the connection) pausing reads
         self._writing_paused = False
 
     # ------------------------------------------------------------ asyncio.Protocol
@@ -421,10 +422,15 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
         if tunnel is not None:
-            self.tunnel_deadline = self.server.loop.time() + self.tunnel_idle
             if tunnel.tunnel_buf is not None:
-                tunnel.tunnel_buf.append(data)  # not open until the upstream says 101
+                # Not open until the upstream says 101: hold the bytes, bounded, and let only
+                # the upstream's answer (not the client's chatter) extend the deadline.
+                tunnel.tunnel_buf.append(data)
+                tunnel.buffered += len(data)
+                if tunnel.buffered > self.server.high_water:
+                    self.pause_for(tunnel)
             elif tunnel.conn is not None:
+                self.tunnel_deadline = self.server.loop.time() + self.tunnel_idle
                 tunnel.conn.write(data)
             return
         if self.closed:
@@ -512,6 +518,8 @@ class ClientConnection(asyncio.Protocol):
             self._start(ex)
         else:
             self.queue.append(ex)
+            if len(self.queue) >= _MAX_PIPELINE:
+                self.pause_for(self)  # bounded pipelining: stop reading until answers drain
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
@@ -591,6 +599,8 @@ class ClientConnection(asyncio.Protocol):
             for data in ex.tunnel_buf:
                 ex.conn.write(data)
         ex.tunnel_buf = None
+        ex.buffered = 0
+        self.unpause_for(ex)
         self.server.counters.answered(101)
 
     def finish(self, ex: Exchange) -> None:
@@ -629,6 +639,8 @@ class ClientConnection(asyncio.Protocol):
             self._really_close()
             return
         self._resume_if_unpaused()
+        if len(self.queue) <= _MAX_PIPELINE // 2:
+            self.unpause_for(self)
         if self.queue:
             nxt = self.queue.popleft()
             self.current = nxt
@@ -649,6 +661,8 @@ class ClientConnection(asyncio.Protocol):
         ``Expect: 100-continue`` or an answer that closes anyway gets it at once."""
         if not ex.request_done and not answer.close and not _expects_continue(ex.headers):
             ex.deferred = (answer, request_id)
+            # The rest of the body must arrive in time, or the answer goes out with a close.
+            self.deadline = self.server.loop.time() + self.server.header_timeout
             return
         body = answer.body(request_id)
         ex.status = answer.status
@@ -732,12 +746,12 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
-    def pause_for(self, ex: Exchange) -> None:
+    def pause_for(self, ex: object) -> None:
         if not self._paused_by and self.transport is not None:
             self.transport.pause_reading()
         self._paused_by.add(ex)
 
-    def unpause_for(self, ex: Exchange) -> None:
+    def unpause_for(self, ex: object) -> None:
         if ex in self._paused_by:
             self._paused_by.discard(ex)
             self._resume_if_unpaused()
@@ -764,8 +778,18 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.head_deadline and self.head_deadline <= now:
             self.close()  # slowloris: the head did not arrive in time
-        elif self.current is None and self.deadline and self.deadline <= now:
-            self.close()  # idle keep-alive
+        elif self.deadline and self.deadline <= now:
+            current = self.current
+            if current is None:
+                self.close()  # idle keep-alive
+            elif current.deferred is not None:
+                # A body we only read to drop stalled: answer now and close.
+                answer, rid = current.deferred
+                current.deferred = None
+                current.request_done = True
+                current.keep_alive = False
+                self.parsing = None
+                self.answer(current, answer, rid)
 
     def drain(self) -> None:
         self.draining = True

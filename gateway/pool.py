@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 Key = tuple[str, int]
 
 
+class _Trailing(Exception):
+    """Raised from a parser callback: bytes followed a complete response."""
+
+
 class ConnState(enum.IntEnum):
     CONNECTING = 0
     IDLE = 1
@@ -80,6 +84,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
         "_close_delimited",
+        "_ended",
         "_head_only",
         "_headers",
         "_informational",
@@ -119,6 +124,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self._chunked = False
         self._length: bytes | None = None
+        # Set when a response completed inside the current feed_data(): (sink, keep_alive).
+        # The connection is released only after feed_data() returns, and only if nothing
+        # followed the response — else stray bytes would be parsed as the NEXT request's
+        # response, possibly another client's (or tenant's).
+        self._ended: tuple[Sink | None, bool] | None = None
 
     # -------------------------------------------------------------- asyncio.Protocol
 
@@ -137,19 +147,39 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.responded = True
         self.deadline = self.pool.now() + self.read_timeout
+        trailing = False
         try:
             self.parser.feed_data(data)
-            sink = self.sink
-            if sink is not None:
-                sink.response_flush()
         except httptools.HttpParserUpgrade as exc:
             rest = data[exc.args[0] :] if exc.args else b""
             self._enter_tunnel(rest)
+            return
         except httptools.HttpParserError as exc:
+            if self._ended is None:
+                sink = self.sink
+                self._drop()
+                if sink is not None:
+                    sink.response_aborted(UpstreamError("protocol", f"invalid response: {exc}"))
+                return
+            trailing = True  # bytes after a complete response (see on_message_begin)
+        ended = self._ended
+        if ended is None:
             sink = self.sink
-            self._drop()
             if sink is not None:
-                sink.response_aborted(UpstreamError("protocol", f"invalid response: {exc}"))
+                sink.response_flush()
+            return
+        self._ended = None
+        done_sink, keep_alive = ended
+        if keep_alive and not trailing and self.state is ConnState.ACTIVE:
+            # A pooled socket must be readable, or a server-side close would go unnoticed.
+            self.resume_reading()
+            self.state = ConnState.IDLE
+            self.idle_since = self.pool.now()
+            self.pool._release(self)
+        else:
+            self._drop()
+        if done_sink is not None:
+            done_sink.response_end()
 
     def connection_lost(self, exc: Exception | None) -> None:
         state = self.state
@@ -185,6 +215,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.sink.upstream_resume_writing()
 
     # -------------------------------------------------------------- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self._ended is not None:
+            raise _Trailing  # a second response nobody asked for: never hand it on
 
     def on_status(self, status: bytes) -> None:
         self._reason = status
@@ -239,6 +273,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish(keep)
 
     def on_body(self, body: bytes) -> None:
+        if self._ended is not None:
+            raise _Trailing  # e.g. a body after a HEAD response
         if self.sink is not None:
             self.sink.response_body(body)
 
@@ -248,7 +284,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.parser.get_status_code() == 101 and self.parser.should_upgrade():
             return  # llhttp completes a 101 before raising HttpParserUpgrade: a tunnel follows
-        if self.state is ConnState.ACTIVE and not self._head_only:
+        if self.state is ConnState.ACTIVE and not self._head_only and self._ended is None:
             self._finish(self.parser.should_keep_alive())
 
     # -------------------------------------------------------------- used by sinks
@@ -309,17 +345,10 @@ class UpstreamConnection(asyncio.Protocol):
         return self.requests > 1
 
     def _finish(self, keep_alive: bool) -> None:
-        sink, self.sink = self.sink, None
-        if keep_alive:
-            # A pooled socket must be readable, or a server-side close would go unnoticed.
-            self.resume_reading()
-            self.state = ConnState.IDLE
-            self.idle_since = self.pool.now()
-            self.pool._release(self)
-        else:
-            self._drop()
-        if sink is not None:
-            sink.response_end()
+        """The response is complete (called from inside feed_data): data_received releases
+        or drops the connection once the parser has consumed the whole read."""
+        self._ended = (self.sink, keep_alive)
+        self.sink = None
 
     def _enter_tunnel(self, rest: bytes) -> None:
         self.state = ConnState.TUNNEL

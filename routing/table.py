@@ -299,6 +299,7 @@ class RouteTable:
         # One assignment: lookups see the old table or the new one, never a mix.
         self.routes = fresh
         if self.freeze_gc:
+            gc.collect()  # what is garbage now must not be frozen with the table
             gc.freeze()
         if self.synced or self.from_snapshot:
             self.resyncs += 1
@@ -406,6 +407,7 @@ class RouteTable:
         self.last_id = snap.last_id
         self.from_snapshot = True
         if self.freeze_gc:
+            gc.collect()
             gc.freeze()
         self.stale = True
         age = max(0.0, time.time() - snap.written_at)

@@ -343,7 +343,6 @@ async def list_app_deployments(ctx: Ctx) -> dict[str, Any]:
             "id": r.id,
             "name": r.name,
             "strategy": r.strategy,
-            "manifest_sha256": r.manifest_sha256,
             "principal_id": r.principal_id,
             "created_at": r.created_at,
         },
