@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
+from admin import publisher as publisher_module
 from admin.db import publish_queue
 from admin.publisher import _next_version
 from admin.routes import compute_record
 from routing.models import RouteRecord
 from tests.admin.conftest import auth, bootstrap, call, create_space, rows, state_of
-from tests.admin.publishing import pause_publisher
+from tests.admin.publishing import pause_publisher, store_log
 from tests.admin.test_deployments import BASE, manifest, published, targets_of
 
 
@@ -64,3 +66,34 @@ def _deploy(client: TestClient, token: str, space: str, body: dict[str, Any]) ->
         headers={**auth(token), "content-type": "application/json"},
     )
     assert r.status_code == 201, r.text
+
+
+def test_one_failing_host_does_not_hold_back_the_others(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st = state_of(client)
+    pause_publisher(client)
+    real = publisher_module.compute_record
+
+    async def flaky(conn: Any, host: str, version: int) -> RouteRecord | None:
+        if host == "bad.example.com":
+            raise KeyError("upstreams")  # e.g. a snapshot config written by a broken release
+        return await real(conn, host, version)
+
+    monkeypatch.setattr(publisher_module, "compute_record", flaky)
+
+    async def enqueue() -> None:
+        async with st.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(publish_queue),
+                [
+                    {"host": "bad.example.com", "enqueued_at": 1},  # first in line
+                    {"host": "good.example.com", "enqueued_at": 2},
+                ],
+            )
+
+    call(client, enqueue)
+    assert call(client, st.publisher.drain) == 1
+    assert {r.host for r in rows(client, sa.select(publish_queue))} == {"bad.example.com"}
+    assert store_log(client, "good.example.com")  # its tombstone went out
+    assert st.publisher.failures >= 1 and "bad.example.com" in (st.publisher.last_error or "")
