@@ -216,7 +216,7 @@ def cmd_resync(ns: argparse.Namespace) -> int:
         engine = make_engine(settings.db_url)
         store = RedisRouteStore(redis_url, prefix=settings.redis_prefix)
         try:
-            return await Publisher(engine, store).resync()
+            return await Publisher(engine, store).resync(force=True)
         finally:
             await store.close()
             await engine.dispose()

@@ -11,8 +11,9 @@ next run (retry timer, restart) publishes it. Publishing twice is harmless (vers
 
 The reconciler notices a store that lost its data (no epoch: Redis restarted empty or was
 flushed) and republishes everything with :meth:`Publisher.resync`, which replaces the store's
-whole table atomically under a new epoch. With several admin instances, a Redis leader lock
-(``{turnout}:leader:reconciler``) lets exactly one run it.
+whole table atomically under a new epoch. With several admin instances, a Redis lease
+(``{turnout}:leader:publisher``) lets exactly one instance publish and resync, so a resync can
+never swap in records older than a publish another instance made meanwhile.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ from routing.redis_store import RedisRouteStore
 from routing.store import RouteStore
 
 log = logging.getLogger("turnout.admin.publisher")
+
+LEASE_MS = 30_000
+
+
+class LeaseHeld(RuntimeError):
+    """Another admin instance is the one publishing (see :meth:`Publisher._leader`)."""
 
 
 async def _next_version(conn: AsyncConnection, host: str, at_least: int = 0) -> int:
@@ -115,7 +122,7 @@ class Publisher:
         """Republish everything when the store has no epoch. Returns True when it did."""
         if await self.store.get_epoch() is not None:
             return False
-        if not await self._leader("reconciler"):
+        if not await self._leader():
             return False
         log.warning(
             "route store has no epoch (first start, or it lost its data); publishing everything"
@@ -123,22 +130,35 @@ class Publisher:
         await self.resync()
         return True
 
-    async def _leader(self, loop: str) -> bool:
+    async def _leader(self) -> bool:
+        """Hold (or take) the publisher lease: with several admins, exactly one publishes.
+
+        Publishing and full resyncs must not interleave across instances (a resync swaps in
+        records computed earlier and would undo another instance's newer publish), so both
+        run only on the lease holder; other instances leave their outbox rows to it (picked up
+        within ``retry_seconds``). The lease is renewed on every check and expires after
+        ``LEASE_MS`` if its holder dies."""
         if not isinstance(self.store, RedisRouteStore):
             return True
-        key = self.store.keys.leader(loop)
+        key = self.store.keys.leader("publisher")
         r = self.store.redis
-        got = await r.set(key, self._owner, nx=True, px=int(self.reconcile_seconds * 3000))
-        if got:
+        lease = max(LEASE_MS, int(self.reconcile_seconds * 3000))
+        if await r.set(key, self._owner, nx=True, px=lease):
             return True
         current = await r.get(key)
-        return (
+        mine = (
             current is not None
             and (current.decode() if isinstance(current, bytes) else current) == self._owner
         )
+        if mine:
+            await r.pexpire(key, lease)
+        return bool(mine)
 
     async def drain(self) -> int:
-        """Publish every queued host; returns how many were published."""
+        """Publish every queued host; returns how many were published (0 when another admin
+        instance holds the publisher lease)."""
+        if not await self._leader():
+            return 0
         async with self._lock:
             async with self.engine.connect() as conn:
                 rows = (
@@ -187,8 +207,12 @@ class Publisher:
             )
         self.published += 1
 
-    async def resync(self) -> dict[str, Any]:
-        """Full republish from SQL under a new epoch; reports counts."""
+    async def resync(self, *, force: bool = False) -> dict[str, Any]:
+        """Full republish from SQL under a new epoch; reports counts. Raises
+        :class:`LeaseHeld` when another admin instance holds the publisher lease, unless
+        ``force`` (the operator's ``turnout admin resync``: an explicit repair)."""
+        if not force and not await self._leader():
+            raise LeaseHeld("another admin instance holds the publisher lease; it publishes")
         started = time.perf_counter()
         async with self._lock:
             records: list[RouteRecord] = []

@@ -9,8 +9,9 @@ from pydantic import BaseModel
 
 from admin.api.models import Strict
 from admin.db import audit_log
-from admin.errors import Forbidden
+from admin.errors import Forbidden, Unavailable
 from admin.framework import Ctx, endpoint, paged
+from admin.publisher import LeaseHeld
 
 
 class ResyncResult(Strict):
@@ -67,7 +68,10 @@ def _audit_row(row: Any) -> dict[str, Any]:
 async def resync(ctx: Ctx) -> dict[str, Any]:
     _require_system(ctx)
     ctx.resource = "system:routes"
-    return await ctx.state.publisher.resync()
+    try:
+        return await ctx.state.publisher.resync()
+    except LeaseHeld as exc:
+        raise Unavailable(f"{exc}; retry the resync there or in a few seconds") from None
 
 
 @endpoint(

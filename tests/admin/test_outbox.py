@@ -11,9 +11,10 @@ from starlette.testclient import TestClient
 
 from admin import publisher as publisher_module
 from admin.db import publish_queue
-from admin.publisher import _next_version
+from admin.publisher import LeaseHeld, Publisher, _next_version
 from admin.routes import compute_record
 from routing.models import RouteRecord
+from routing.redis_store import RedisRouteStore
 from tests.admin.conftest import auth, bootstrap, call, create_space, rows, state_of
 from tests.admin.publishing import pause_publisher, store_log
 from tests.admin.test_deployments import BASE, manifest, published, targets_of
@@ -97,3 +98,33 @@ def test_one_failing_host_does_not_hold_back_the_others(
     assert {r.host for r in rows(client, sa.select(publish_queue))} == {"bad.example.com"}
     assert store_log(client, "good.example.com")  # its tombstone went out
     assert st.publisher.failures >= 1 and "bad.example.com" in (st.publisher.last_error or "")
+
+
+def test_only_the_lease_holder_publishes(client: TestClient, redis_url: str) -> None:
+    """Two admin instances on one Redis: only the publisher-lease holder drains and resyncs,
+    so a resync can never swap in records older than the other instance's publish."""
+    st = state_of(client)
+    pause_publisher(client)
+
+    async def scenario() -> None:
+        s1 = RedisRouteStore(redis_url, prefix="lease")
+        s2 = RedisRouteStore(redis_url, prefix="lease")
+        p1, p2 = Publisher(st.engine, s1), Publisher(st.engine, s2)
+
+        async def enqueue(host: str, at: int) -> None:
+            async with st.engine.begin() as conn:
+                await conn.execute(sa.insert(publish_queue).values(host=host, enqueued_at=at))
+
+        try:
+            await enqueue("x.example.com", 10)
+            assert await p1.drain() == 1  # p1 takes the lease
+            await enqueue("y.example.com", 11)
+            assert await p2.drain() == 0  # p2 leaves the row to the lease holder
+            with pytest.raises(LeaseHeld):
+                await p2.resync()
+            assert await p1.drain() == 1
+        finally:
+            await s1.close()
+            await s2.close()
+
+    call(client, scenario)
