@@ -105,7 +105,6 @@ class Plan:
         "request_id",
         "route",
         "target",
-        "tried",
         "upgrade",
     )
 
@@ -125,7 +124,6 @@ class Plan:
 
     def __init__(self) -> None:
         self.replica: Replica | None = None
-        self.tried: Replica | None = None
         self.attempts = 0
 
     def request_head(self, replica: Replica) -> bytes:

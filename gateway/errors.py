@@ -106,4 +106,3 @@ CL_AND_TE: Final = Answer(
 )
 BAD_LENGTH: Final = Answer(400, "bad_request", "invalid Content-Length", close=True)
 BAD_TE: Final = Answer(501, "not_implemented", "unsupported Transfer-Encoding", close=True)
-SHUTTING_DOWN: Final = Answer(503, "unavailable", "the gateway is shutting down", close=True)

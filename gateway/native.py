@@ -873,7 +873,3 @@ def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
         if name.lower() == b"expect" and value.lower() == b"100-continue":
             return True
     return False
-
-
-def status_line(status: int) -> bytes:
-    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status

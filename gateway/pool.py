@@ -336,10 +336,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = None
         self._drop()
 
-    def write_eof(self) -> None:
-        if self.transport is not None and self.transport.can_write_eof():
-            self.transport.write_eof()
-
     @property
     def reused(self) -> bool:
         return self.requests > 1
