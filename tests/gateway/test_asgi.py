@@ -1084,6 +1084,20 @@ async def test_real_asgi_server(
         await store.close()
 
 
+def _consecutive_free_ports(attempts: int = 50) -> int:
+    """A port P with P and P + 1 both free a moment ago (worker N listens on P + N)."""
+    for _ in range(attempts):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            first = int(a.getsockname()[1])
+            try:
+                b.bind(("127.0.0.1", first + 1))
+            except OSError:
+                continue  # taken (or TIME_WAIT): try another pair
+            return first
+    raise AssertionError(f"no two consecutive free loopback ports in {attempts} attempts")
+
+
 @pytest.mark.e2e
 def test_run_asgi_server_workers_have_their_own_internal_port(
     server_kind: str, tmp_path: Path
@@ -1091,13 +1105,7 @@ def test_run_asgi_server_workers_have_their_own_internal_port(
     """``turnout gateway --server uvicorn|granian --workers 2``: each worker claims a slot, so
     worker N serves the internal listener on port + N."""
     port = free_port()
-    with socket.socket() as a, socket.socket() as b:
-        a.bind(("127.0.0.1", 0))
-        internal = a.getsockname()[1]
-        try:
-            b.bind(("127.0.0.1", internal + 1))
-        except OSError:
-            pytest.fail(f"port {internal + 1} is busy; rerun")
+    internal = _consecutive_free_ports()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
     cmd = [
         sys.executable,
