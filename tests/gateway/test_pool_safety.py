@@ -50,36 +50,8 @@ async def _get(port: int, path: str) -> bytes:
 
 async def test_trailing_upstream_bytes_are_not_handed_to_the_next_request() -> None:
     upstream, uport, seen = await _upstream()
-    table = RouteTable(MemoryRouteStore())
-    record = decode_record(
-        {
-            "host": "app.test",
-            "version": 1,
-            "space_id": "sp",
-            "service_id": "svc",
-            "endpoints": [
-                {
-                    "path_prefix": "/",
-                    "targets": [
-                        {
-                            "deployment_id": "d",
-                            "weight": 10000,
-                            "status": "active",
-                            "upstreams": [f"http://127.0.0.1:{uport}"],
-                        }
-                    ],
-                }
-            ],
-        }
-    )
-    table.routes[b"app.test"] = CompiledRoute(record, table.registry)
-    config = GatewayConfig(pool_max_per_origin=1)  # both requests must share one connection
-    loop = asyncio.get_running_loop()
-    pool = UpstreamPool(config, loop)
-    server = NativeServer(config, table, pool, Counters(), loop=loop)
-    sock = bind_socket("127.0.0.1", 0, reuse_port=False)
-    await server.listen(sock)
-    port = sock.getsockname()[1]
+    # pool_max_per_origin=1: both requests must share one upstream connection.
+    server, pool, port = await _server(GatewayConfig(pool_max_per_origin=1), uport)
     try:
         first, second = await asyncio.gather(_get(port, "/first"), _get(port, "/second"))
         assert first.endswith(b"answer /first"), first
