@@ -301,7 +301,8 @@ class Dispatcher:
         if length > route.policy.max_body_bytes:
             return PAYLOAD_TOO_LARGE, rid
 
-        client_ip = self.client_ip(peer, xff)
+        peer_b = peer.encode()  # once: the sticky key and X-Forwarded-For both use it
+        client_ip = self.client_ip(peer, peer_b, xff)
         target = self._select(route, endpoint, client_ip, kept, headers, cookie, override)
         replica = target.next_replica(now)
         if replica is None:
@@ -314,7 +315,6 @@ class Dispatcher:
         if upgrade is not None and (conn_tokens is None or b"upgrade" not in conn_tokens):
             upgrade = None  # "Upgrade" without "Connection: upgrade" is not an upgrade
 
-        peer_b = peer.encode()
         xff_out = peer_b if xff is None else xff + b", " + peer_b
         proto = xfproto if (xfproto is not None and self._trusted(peer)) else self.proto
         block = kept
@@ -396,11 +396,11 @@ class Dispatcher:
             return False
         return any(addr in net for net in self.trusted)
 
-    def client_ip(self, peer: str, xff: bytes | None) -> bytes:
+    def client_ip(self, peer: str, peer_b: bytes, xff: bytes | None) -> bytes:
         """The client address: the peer, or — only behind configured trusted proxies — the
         right-most address in ``X-Forwarded-For`` that is not itself a trusted proxy."""
         if xff is None or not self.trusted or not self._trusted(peer):
-            return peer.encode()
+            return peer_b
         for part in reversed(xff.split(b",")):
             candidate = part.strip().decode("latin-1")
             if not self._trusted(candidate):
@@ -409,7 +409,7 @@ class Dispatcher:
                 except ValueError:
                     break
                 return candidate.encode()
-        return peer.encode()
+        return peer_b
 
 
 def _drop_nominated(kept: list[bytes], nominated: set[bytes]) -> list[bytes]:
