@@ -30,7 +30,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from types import TracebackType
 from typing import IO, Any, Self
 
 from admin.crypto import KeyRing
-from tests.support.net import free_port, kill, terminate
+from tests.support.net import free_port, kill, terminate, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 _LAUNCH = "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -262,24 +261,15 @@ class AdminProcess:
         )
 
     def _wait_ready(self, path: str) -> tuple[bool, str]:
-        deadline = time.monotonic() + self.READY_TIMEOUT
-        last = "no answer"
-        while time.monotonic() < deadline:
-            proc = self._proc
-            assert proc is not None
-            code = proc.poll()
-            if code is not None:
-                return False, f"process exited with code {code}"
-            try:
-                resp = self.call("GET", path, auth=False, timeout=1.0)
-            except (OSError, http.client.HTTPException) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status == 200:
-                    return True, ""
-                last = f"{path} answered {resp.status}: {resp.body[:200]!r}"
-            time.sleep(0.05)
-        return False, last
+        assert self._proc is not None
+
+        def probe() -> tuple[int, bytes]:
+            resp = self.call("GET", path, auth=False, timeout=1.0)
+            return resp.status, resp.body
+
+        return wait_ready(
+            self._proc, probe, self.READY_TIMEOUT, path, (OSError, http.client.HTTPException)
+        )
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, wait (SIGKILL after ``timeout``); returns the exit code."""

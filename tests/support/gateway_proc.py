@@ -23,7 +23,7 @@ from typing import IO, Any, Self
 
 from routing.models import decode_record
 from routing.redis_store import RedisRouteStore
-from tests.support.net import free_port, kill, terminate
+from tests.support.net import free_port, kill, terminate, wait_ready
 from tests.support.rawhttp import RawConnection, request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,26 +152,14 @@ class GatewayProcess:
         )
 
     def _wait_ready(self) -> tuple[bool, str]:
-        deadline = time.monotonic() + self.READY_TIMEOUT
-        last = "no answer"
-        while time.monotonic() < deadline:
-            proc = self._proc
-            assert proc is not None
-            code = proc.poll()
-            if code is not None:
-                return False, f"process exited with code {code}"
-            try:
-                resp = request(self.internal_port, "GET", "/readyz", "localhost", timeout=1.0)
-            except OSError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # a half-written answer while starting: try again
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status == 200:
-                    return True, ""
-                last = f"/readyz answered {resp.status}: {resp.body[:200]!r}"
-            time.sleep(0.05)
-        return False, last
+        assert self._proc is not None
+
+        def probe() -> tuple[int, bytes]:
+            resp = request(self.internal_port, "GET", "/readyz", "localhost", timeout=1.0)
+            return resp.status, resp.body
+
+        # Any exception is "not yet": a half-written answer while the gateway starts.
+        return wait_ready(self._proc, probe, self.READY_TIMEOUT, "/readyz", (Exception,))
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, wait for exit (SIGKILL after ``timeout``); returns the exit code."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -37,3 +39,31 @@ def kill(proc: subprocess.Popen[Any]) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+def wait_ready(
+    proc: subprocess.Popen[Any],
+    probe: Callable[[], tuple[int, bytes]],
+    timeout: float,
+    what: str,
+    errors: tuple[type[BaseException], ...] = (OSError,),
+) -> tuple[bool, str]:
+    """Poll ``probe`` (→ status, body) until it answers 200, the process exits, or ``timeout``.
+
+    Returns ``(ready, why_not)``; ``errors`` are the probe failures that mean "not yet"."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            return False, f"process exited with code {code}"
+        try:
+            status, body = probe()
+        except errors as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if status == 200:
+                return True, ""
+            last = f"{what} answered {status}: {body[:200]!r}"
+        time.sleep(0.05)
+    return False, last
