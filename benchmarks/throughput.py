@@ -9,7 +9,13 @@ Every target forwards to the same upstream. Targets run one after another in alt
 round per target. Usage::
 
     .venv/bin/python benchmarks/throughput.py                  # full run
-    .venv/bin/python benchmarks/throughput.py --duration 5 --rounds 1 --only native,nginx
+    .venv/bin/python benchmarks/throughput.py --duration 5 --rounds 1 --only turnout-native,nginx
+    .venv/bin/python benchmarks/throughput.py --workers 1,2 --only turnout-native,nginx
+
+``turnout-*`` rows run the mypyc-compiled hot path, as ``pip install .`` installs it (built out of
+tree by ``scripts/build_compiled.py``); ``turnout-native-pure`` is the same front-end on the
+pure-Python sources (what an editable install runs). ``--workers 1,2`` adds rows with two
+workers for nginx and the native front-end (``…-2w``).
 """
 
 from __future__ import annotations
@@ -96,7 +102,7 @@ http {{ access_log off; keepalive_requests 1000000;
 """
 
 NGINX_PROXY = """
-worker_processes 1; daemon off; pid {dir}/px.pid; error_log {dir}/px.err warn;
+worker_processes {workers}; daemon off; pid {dir}/px.pid; error_log {dir}/px.err warn;
 events {{ worker_connections 4096; }}
 http {{ access_log off; keepalive_requests 1000000;
   upstream up {{ server 127.0.0.1:{up}; keepalive 128; }}
@@ -104,7 +110,8 @@ http {{ access_log off; keepalive_requests 1000000;
     location / {{ proxy_pass http://up; proxy_http_version 1.1;
       proxy_set_header Connection ""; proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Request-Id $request_id; proxy_buffering on; }} }} }}
+      proxy_set_header X-Request-Id $request_id; proxy_buffering on;
+      proxy_buffer_size 16k; proxy_buffers 8 16k; }} }} }}
 """
 
 
@@ -215,7 +222,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default="", help="comma list of target names")
     ap.add_argument("--paths", default="/small,/64k")
+    ap.add_argument(
+        "--workers", default="1", help="comma list of worker counts for nginx and turnout-native"
+    )
     args = ap.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",") if w]
     if not shutil.which("wrk"):
         print("wrk is required: apt-get install wrk", file=sys.stderr)
         return 2
@@ -272,14 +283,18 @@ def main() -> int:
             if not only or name in only:
                 targets.append((name, cmd, env or {}))
 
+        def suffix(workers: int) -> str:
+            return "" if workers == 1 else f"-{workers}w"
+
+        compiled_env = compiled_build()
         add("direct", [], {})
         if have_nginx:
-            add("nginx", ["nginx"], {})
+            for w in worker_counts:
+                add(f"nginx{suffix(w)}", ["nginx", str(w)], {})
         gw = [
             PY,
             "-c",
             "import sys; from gateway.launcher import main; sys.exit(main(sys.argv[1:]))",
-            "gateway",
             "--redis",
             redis_url,
             "--internal",
@@ -287,13 +302,19 @@ def main() -> int:
             "--log-level",
             "WARNING",
         ]
-        add("turnout-native", [*gw[:3], *gw[4:], "--server", "native"])
+        for w in worker_counts:
+            add(
+                f"turnout-native{suffix(w)}",
+                [*gw, "--server", "native", "--workers", str(w)],
+                compiled_env,
+            )
+        add("turnout-native-pure", [*gw, "--server", "native", "--workers", "1"], {})
         try:
             import gateway.asgi  # noqa: F401
 
-            add("turnout-uvicorn", [*gw[:3], *gw[4:], "--server", "uvicorn"])
+            add("turnout-uvicorn", [*gw, "--server", "uvicorn", "--workers", "1"], compiled_env)
             if shutil.which("granian") or _importable("granian"):
-                add("turnout-granian", [*gw[:3], *gw[4:], "--server", "granian"])
+                add("turnout-granian", [*gw, "--server", "granian", "--workers", "1"], compiled_env)
         except ImportError as exc:
             print(f"note: ASGI front-end not available ({exc}); skipping its rows", file=sys.stderr)
         add(
@@ -326,11 +347,13 @@ def main() -> int:
                 with contextlib.ExitStack() as run:
                     if name == "direct":
                         port = up_port
-                    elif name == "nginx":
+                    elif name.startswith("nginx"):
                         port = free_port()
                         conf = os.path.join(tmp, "px.conf")
                         with open(conf, "w") as fh:
-                            fh.write(NGINX_PROXY.format(dir=tmp, port=port, up=up_port))
+                            fh.write(
+                                NGINX_PROXY.format(dir=tmp, port=port, up=up_port, workers=cmd[1])
+                            )
                         run.enter_context(spawned(["nginx", "-c", conf, "-p", tmp], port))
                     else:
                         port = free_port()
@@ -362,7 +385,8 @@ def main() -> int:
     print(f"- machine: {machine()}")
     print(
         f"- load: wrk {args.threads} thread(s), {args.connections} connections, {args.duration}s per run, "
-        f"{args.rounds} alternating rounds, median round reported; every proxy 1 worker; upstream: {upstream_desc}"
+        f"{args.rounds} alternating rounds, median round reported; every proxy 1 worker unless its name ends in -Nw; "
+        f"upstream: {upstream_desc}; turnout rows: {'mypyc-compiled hot path' if compiled_env else 'pure Python (mypyc build failed)'} except turnout-native-pure"
     )
     print()
     for path in args.paths.split(","):
@@ -384,6 +408,21 @@ def main() -> int:
             )
         print()
     return 0
+
+
+def compiled_build() -> dict[str, str]:
+    """Environment that makes a child import the mypyc-compiled hot path (empty if unavailable)."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        import build_compiled
+
+        src = build_compiled.build()
+    except (SystemExit, ImportError, OSError) as exc:
+        print(f"note: mypyc build failed ({exc}); turnout rows run pure Python", file=sys.stderr)
+        return {}
+    finally:
+        sys.path.pop(0)
+    return {"PYTHONSAFEPATH": "1", "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
 
 
 def _importable(name: str) -> bool:

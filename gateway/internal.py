@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from gateway import build
+
 if TYPE_CHECKING:
     from gateway.counters import Counters
     from gateway.flusher import CounterFlusher
@@ -102,6 +104,12 @@ def render_metrics(
 ) -> bytes:
     """Prometheus text exposition (format 0.0.4) of one worker's state. Pure: no I/O."""
     out = _Exposition(worker)
+    out.family(
+        "turnout_build_info",
+        "gauge",
+        "Build of the hot path: compiled is true when the mypyc-compiled modules are loaded.",
+        [({"compiled": "true" if build.compiled() else "false"}, 1)],
+    )
     by_class = counters.by_class
     out.family(
         "turnout_requests_total",
@@ -376,7 +384,11 @@ class InternalServer:
         if path == b"/readyz":
             ready = self.table.ready
             body = orjson.dumps(
-                {"status": "ready" if ready else "not_ready", "table": self.table.stats()}
+                {
+                    "status": "ready" if ready else "not_ready",
+                    "compiled": build.compiled(),
+                    "table": self.table.stats(),
+                }
             )
             return _response(200 if ready else 503, CONTENT_TYPE_JSON, body, head_only)
         if path == b"/metrics":

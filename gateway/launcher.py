@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 
+from gateway import build
 from gateway.config import GatewayConfig, parse_networks
 from routing.upstreams import EjectionPolicy
 
@@ -142,7 +143,13 @@ async def _worker_main(config: GatewayConfig, index: int) -> int:
     sock = bind_socket(config.listen_host, config.listen_port, reuse_port=config.workers > 1)
     worker = GatewayWorker(config, index=index)
     await worker.start([sock])
-    log.info("worker %d serving on %s:%d", index, config.listen_host, config.listen_port)
+    log.info(
+        "worker %d serving on %s:%d (%s hot path)",
+        index,
+        config.listen_host,
+        config.listen_port,
+        build.describe(),
+    )
     print(
         f"turnout gateway: worker {index} listening on {config.listen_host}:"
         f"{sock.getsockname()[1]}",

@@ -13,6 +13,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Final
 
+from mypy_extensions import mypyc_attr
+
 from routing.models import Upstream
 
 
@@ -25,6 +27,7 @@ class EjectionPolicy:
 DEFAULT_EJECTION: Final = EjectionPolicy()
 
 
+@mypyc_attr(native_class=False)  # weak references (UpstreamRegistry); mypyc natives have none
 class Replica:
     """One replica of one deployment, as the gateway dials it."""
 

@@ -24,6 +24,7 @@ from typing import Any, Self
 import psutil
 import pytest
 
+from tests.support.build import EXPECT_COMPILED
 from tests.support.gateway_proc import GatewayProcess, Publisher, gateway_error
 from tests.support.net import free_port
 from tests.support.rawhttp import (
@@ -901,3 +902,5 @@ def test_gateway_still_healthy(env: Env) -> None:
     resp = request(env.gw.internal_port, "GET", "/readyz", "localhost")
     assert resp.status == 200, resp
     assert "Traceback" not in env.gw.stderr_text(), env.gw.stderr_text()[-4000:]
+    # The process runs the build this test run is about (scripts/test runs this file twice).
+    assert resp.json()["compiled"] is EXPECT_COMPILED, resp.json()
