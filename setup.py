@@ -1,11 +1,14 @@
 """Build hook: compile the gateway's hot path with mypyc for regular installs.
 
 ``pip install .`` (or building a wheel) compiles the modules listed under ``[tool.turnout]
-compiled-modules`` in ``pyproject.toml`` into C extensions — the same code, about 1.9× less
+compiled-modules`` in ``pyproject.toml`` into C extensions — the same code, about half the
 Python time per request (benchmarks/RESULTS.md). An editable install (``pip install -e .``,
 development) stays pure Python: extensions next to the sources would shadow every later edit.
-``TURNOUT_COMPILE=0`` builds a pure-Python wheel; ``TURNOUT_COMPILE=1`` insists on compiling
-(the build fails instead of silently falling back). Everything else lives in pyproject.toml.
+
+``TURNOUT_COMPILE`` unset: compile, and fall back to pure Python with a warning when that is not
+possible (no C compiler, no Python headers) — as markupsafe and simplejson treat their
+speedups. ``TURNOUT_COMPILE=1``: compile or fail the build. ``TURNOUT_COMPILE=0``: pure Python.
+Everything else lives in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -14,21 +17,60 @@ import os
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
+FLAG = os.environ.get("TURNOUT_COMPILE", "").strip().lower()
+REQUIRED = FLAG in ("1", "true", "yes")
+DISABLED = FLAG in ("0", "false", "no")
 
 
-def _ext_modules() -> list[object]:
-    flag = os.environ.get("TURNOUT_COMPILE", "").strip().lower()
-    if flag in ("0", "false", "no") or "editable_wheel" in sys.argv or "sdist" in sys.argv:
+def _warn(exc: BaseException) -> None:
+    sys.stderr.write(
+        f"WARNING: turnout: compiling the hot path with mypyc failed ({exc}); installing the "
+        "pure-Python modules instead (about 2x more CPU per request). Install a C compiler and "
+        "the Python headers (Debian: build-essential python3-dev) or set TURNOUT_COMPILE=1 to "
+        "make this an error.\n"
+    )
+
+
+class OptionalBuildExt(build_ext):
+    """``build_ext`` that degrades to pure Python unless compiling was required.
+
+    All or nothing: mypyc puts the code of every module in one shared library and each module's
+    extension only imports it, so after any failure every built extension is removed (a partial
+    set would fail at import)."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:
+            if REQUIRED:
+                raise
+            for ext in self.extensions:
+                Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
+            self.extensions = []
+            self.distribution.ext_modules = []
+            _warn(exc)
+
+
+def _ext_modules() -> list[Any]:
+    if DISABLED or "editable_wheel" in sys.argv or "sdist" in sys.argv:
         return []
     with (HERE / "pyproject.toml").open("rb") as fh:
         modules = tomllib.load(fh)["tool"]["turnout"]["compiled-modules"]
-    from mypyc.build import mypycify
+    try:
+        from mypyc.build import mypycify
 
-    return list(mypycify(modules, opt_level="3"))
+        return list(mypycify(modules, opt_level="3"))
+    except Exception as exc:
+        if REQUIRED:
+            raise
+        _warn(exc)
+        return []
 
 
-setup(ext_modules=_ext_modules())
+setup(ext_modules=_ext_modules(), cmdclass={"build_ext": OptionalBuildExt})

@@ -345,6 +345,7 @@ def main() -> int:
         for rnd in range(args.rounds):
             for name, cmd, env in targets:
                 with contextlib.ExitStack() as run:
+                    proc: subprocess.Popen[bytes] | None = None
                     if name == "direct":
                         port = up_port
                     elif name.startswith("nginx"):
@@ -354,7 +355,7 @@ def main() -> int:
                             fh.write(
                                 NGINX_PROXY.format(dir=tmp, port=port, up=up_port, workers=cmd[1])
                             )
-                        run.enter_context(spawned(["nginx", "-c", conf, "-p", tmp], port))
+                        proc = run.enter_context(spawned(["nginx", "-c", conf, "-p", tmp], port))
                     else:
                         port = free_port()
                         full = (
@@ -362,14 +363,20 @@ def main() -> int:
                             if name.startswith("turnout")
                             else ([*cmd, "--port", str(port)])
                         )
-                        run.enter_context(spawned(full, port, env))
+                        proc = run.enter_context(spawned(full, port, env))
                     for path in paths:
                         run_wrk(port, path, 1, args.connections, args.threads)  # warm-up
+                        cpu0 = cpu_seconds(proc)
                         res = run_wrk(port, path, args.duration, args.connections, args.threads)
+                        cpu1 = cpu_seconds(proc)
+                        total = res["rps"] * args.duration
+                        res["user_us"] = (cpu1[0] - cpu0[0]) / total * 1e6 if proc else 0.0
+                        res["sys_us"] = (cpu1[1] - cpu0[1]) / total * 1e6 if proc else 0.0
                         results.setdefault((name, path), []).append(res)
                         print(
                             f"round {rnd + 1} {name:22s} {path:6s} {res['rps']:10.0f} req/s "
-                            f"p50 {res['p50']:.2f} ms p99 {res['p99']:.2f} ms errors {res['errors']:.0f}",
+                            f"p50 {res['p50']:.2f} ms p99 {res['p99']:.2f} ms errors {res['errors']:.0f} "
+                            f"cpu/request {res['user_us']:.1f} us user + {res['sys_us']:.1f} us sys",
                             file=sys.stderr,
                             flush=True,
                         )
@@ -394,8 +401,11 @@ def main() -> int:
         ref_rps = statistics.median(r["rps"] for r in ref) if ref else None
         ref_p99 = statistics.median(r["p99"] for r in ref) if ref else None
         print(f"### {path} ({'13 B' if path == '/small' else '64 KiB'} response)\n")
-        print("| target | req/s | p50 ms | p99 ms | × nginx req/s | p99 / nginx p99 | errors |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print(
+            "| target | req/s | p50 ms | p99 ms | × nginx req/s | p99 / nginx p99 "
+            "| CPU µs/request (user + sys) | errors |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name, _cmd, _env in targets:
             runs = results.get((name, path))
             if not runs:
@@ -403,11 +413,36 @@ def main() -> int:
             med = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
             ratio = f"{med['rps'] / ref_rps:.2f}" if ref_rps else "n/a"
             pr = f"{med['p99'] / ref_p99:.2f}" if ref_p99 else "n/a"
+            cpu = (
+                f"{med['user_us']:.1f} + {med['sys_us']:.1f}"
+                if med["user_us"] or med["sys_us"]
+                else "n/a"
+            )
             print(
-                f"| {name} | {med['rps']:.0f} | {med['p50']:.2f} | {med['p99']:.2f} | {ratio} | {pr} | {sum(r['errors'] for r in runs):.0f} |"
+                f"| {name} | {med['rps']:.0f} | {med['p50']:.2f} | {med['p99']:.2f} | {ratio} | {pr} "
+                f"| {cpu} | {sum(r['errors'] for r in runs):.0f} |"
             )
         print()
     return 0
+
+
+def cpu_seconds(proc: subprocess.Popen[bytes] | None) -> tuple[float, float]:
+    """User and system CPU seconds of a process and all its descendants (workers)."""
+    if proc is None:
+        return (0.0, 0.0)
+    import psutil
+
+    user = system = 0.0
+    try:
+        root = psutil.Process(proc.pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                user += t.user
+                system += t.system
+    except psutil.Error:
+        pass
+    return (user, system)
 
 
 def compiled_build() -> dict[str, str]:

@@ -24,7 +24,14 @@ from routing.upstreams import EjectionPolicy
 log = logging.getLogger("turnout.gateway")
 
 
-def _hostport(value: str, default_host: str) -> tuple[str, int]:
+def _hostport(value: str, default_host: str, flag: str) -> tuple[str, int]:
+    try:
+        return _parse_hostport(value, default_host)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{flag}: {exc}") from None
+
+
+def _parse_hostport(value: str, default_host: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep:
         host, port = default_host, value
@@ -38,10 +45,34 @@ def _hostport(value: str, default_host: str) -> tuple[str, int]:
     return host, number
 
 
+# Chosen from benchmarks/RESULTS.md ("Worker count"): see there for the measurement.
+DEFAULT_WORKERS = "1"
+
+
+def _workers(value: str) -> int:
+    """``N`` or ``auto`` (one per CPU this process may run on, as nginx's ``worker_processes``)."""
+    if value == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--workers: expected a positive integer or 'auto', got {value!r}"
+        ) from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"--workers: must be at least 1, got {number}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="turnout gateway", description="Run the dispatch gateway.")
     p.add_argument("--listen", default="0.0.0.0:8080", help="address:port (default 0.0.0.0:8080)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=DEFAULT_WORKERS,
+        help=f"worker processes: N or 'auto' = one per CPU (default {DEFAULT_WORKERS})",
+    )
     p.add_argument("--server", choices=("native", "uvicorn", "granian"), default="native")
     p.add_argument(
         "--redis",
@@ -78,11 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
-    host, port = _hostport(args.listen, "0.0.0.0")
+    host, port = _hostport(args.listen, "0.0.0.0", "--listen")
     if args.internal == "off":
         ihost, iport = "127.0.0.1", 0
     else:
-        ihost, iport = _hostport(args.internal, "127.0.0.1")
+        ihost, iport = _hostport(args.internal, "127.0.0.1", "--internal")
     return GatewayConfig(
         listen_host=host,
         listen_port=port,

@@ -115,6 +115,9 @@ class GatewayProcess:
             self.prefix,
             "--snapshot",
             str(self.snapshot),
+            # One worker unless a test asks for more: its internal port is known, its counters
+            # and connections are all in one process. (The launcher's default may be more.)
+            *([] if "--workers" in self.extra_args else ["--workers", "1"]),
             *self.extra_args,
         ]
 
