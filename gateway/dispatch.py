@@ -67,6 +67,61 @@ _DROP_REQUEST: Final = frozenset(
         b"x-request-id",
     }
 )
+
+# What a request header is to :meth:`Dispatcher.prepare`, decided once per distinct spelling of
+# its name (see :func:`request_header_class`): an int compare per header on the hot path
+# instead of lower() + a set probe + a chain of bytes compares.
+H_FORWARD: Final = 0  # forwarded unchanged
+H_DROP: Final = 1  # dropped: hop-by-hop, proxy-*, x-turnout-*, x-forwarded-host
+H_CONTENT_LENGTH: Final = 2
+H_TRANSFER_ENCODING: Final = 3
+H_CONNECTION: Final = 4
+H_X_FORWARDED_FOR: Final = 5
+H_X_REQUEST_ID: Final = 6
+H_EXPECT: Final = 7
+H_UPGRADE: Final = 8
+H_HOST: Final = 9
+H_X_FORWARDED_PROTO: Final = 10
+H_OVERRIDE: Final = 11  # x-turnout-deployment: read, not forwarded
+H_COOKIE: Final = 12  # read (sticky cookie) and forwarded
+
+_REQUEST_CLASSES: Final[dict[bytes, int]] = {
+    b"content-length": H_CONTENT_LENGTH,
+    b"transfer-encoding": H_TRANSFER_ENCODING,
+    b"connection": H_CONNECTION,
+    b"x-forwarded-for": H_X_FORWARDED_FOR,
+    b"x-request-id": H_X_REQUEST_ID,
+    b"expect": H_EXPECT,
+    b"upgrade": H_UPGRADE,
+    b"host": H_HOST,
+    b"x-forwarded-proto": H_X_FORWARDED_PROTO,
+    b"x-turnout-deployment": H_OVERRIDE,
+    b"cookie": H_COOKIE,
+}
+_CLASS_CACHE_MAX: Final = 2048
+# Keyed by the name as received (any case). Bounded: a client inventing names only costs a
+# clear now and then.
+_request_class_cache: Final[dict[bytes, int]] = {}
+
+
+def request_header_class(name: bytes) -> int:
+    """The ``H_*`` class of a request header name, in any letter case."""
+    code = _request_class_cache.get(name)
+    if code is not None:
+        return code
+    lname = name.lower()
+    code = _REQUEST_CLASSES.get(lname, -1)
+    if code < 0:
+        if lname in _DROP_REQUEST or lname.startswith((b"x-turnout-", b"proxy-")):
+            code = H_DROP
+        else:
+            code = H_FORWARD
+    if len(_request_class_cache) >= _CLASS_CACHE_MAX:
+        _request_class_cache.clear()
+    _request_class_cache[name] = code
+    return code
+
+
 # Lower-case names dropped on the way back to the client (framing re-emitted too).
 DROP_RESPONSE: Final = frozenset(
     {
@@ -81,8 +136,38 @@ DROP_RESPONSE: Final = frozenset(
         b"x-request-id",
     }
 )
+# Response header classes for the upstream pool, cached like the request ones.
+R_FORWARD: Final = 0
+R_DROP: Final = 1
+R_CONTENT_LENGTH: Final = 2
+R_TRANSFER_ENCODING: Final = 3
+R_CONNECTION: Final = 4
+R_UPGRADE: Final = 5
+_RESPONSE_CLASSES: Final[dict[bytes, int]] = {
+    b"content-length": R_CONTENT_LENGTH,
+    b"transfer-encoding": R_TRANSFER_ENCODING,
+    b"connection": R_CONNECTION,
+    b"upgrade": R_UPGRADE,
+}
+_response_class_cache: Final[dict[bytes, int]] = {}
+
+
+def response_header_class(name: bytes) -> int:
+    """The ``R_*`` class of a response header name, in any letter case."""
+    code = _response_class_cache.get(name)
+    if code is not None:
+        return code
+    lname = name.lower()
+    code = _RESPONSE_CLASSES.get(lname, -1)
+    if code < 0:
+        code = R_DROP if lname in DROP_RESPONSE else R_FORWARD
+    if len(_response_class_cache) >= _CLASS_CACHE_MAX:
+        _response_class_cache.clear()
+    _response_class_cache[name] = code
+    return code
+
+
 _REQUEST_ID_OK: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
-_OVERRIDE: Final = b"x-turnout-deployment"
 # Connection tokens that are options, not header names, or that name headers we must keep.
 _NOT_NOMINABLE: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"host"})
 
@@ -203,8 +288,10 @@ class Dispatcher:
         now: float,
         *,
         strict_framing: bool = True,
+        peer_b: bytes | None = None,
     ) -> Plan | tuple[Answer, bytes]:
         """Resolve one request. ``path`` is the request target (path and query, origin-form).
+        ``peer_b`` is ``peer`` encoded, when the caller keeps it per connection.
 
         Returns a plan, or an answer with the request id to send it with."""
         # One pass: everything the decision needs, and the headers that go upstream.
@@ -221,44 +308,39 @@ class Dispatcher:
         cookie: bytes | None = None
         header_host: bytes | None = None
         for name, value in headers:
-            lname = name.lower()
-            if lname in _DROP_REQUEST:
-                if lname == b"content-length":
-                    if content_length is not None and content_length != value:
-                        return BAD_LENGTH, self.request_id(req_id)
-                    content_length = value
-                elif lname == b"transfer-encoding":
-                    te = value if te is None else te + b", " + value
-                elif lname == b"connection":
-                    conn_tokens = (conn_tokens or []) + [
-                        t.strip().lower() for t in value.split(b",")
-                    ]
-                elif lname == b"x-forwarded-for":
-                    xff = value if xff is None else xff + b", " + value
-                elif lname == b"x-request-id":
-                    req_id = value
-                elif lname == b"expect":
-                    expect = value.lower() == b"100-continue"
-                elif lname == b"upgrade":
-                    upgrade = value
-                elif lname == b"host":
-                    if header_host is not None:
-                        return BAD_HOST, self.request_id(req_id)  # RFC 9112 §3.2
-                    header_host = value
-                    kept += (b"Host", b": ", value, b"\r\n")
-                elif lname == b"x-forwarded-proto":
-                    xfproto = value
-                continue
-            first = lname[:1]
-            if first == b"x" and lname.startswith(b"x-turnout-"):
-                if lname == _OVERRIDE:
-                    override = value.strip()
-                continue
-            if first == b"p" and lname.startswith(b"proxy-"):
-                continue
-            if first == b"c" and lname == b"cookie":
+            code = request_header_class(name)
+            if code == H_FORWARD:
+                kept += (name, b": ", value, b"\r\n")  # joined once, below
+            elif code == H_DROP:
+                pass
+            elif code == H_CONTENT_LENGTH:
+                if content_length is not None and content_length != value:
+                    return BAD_LENGTH, self.request_id(req_id)
+                content_length = value
+            elif code == H_TRANSFER_ENCODING:
+                te = value if te is None else te + b", " + value
+            elif code == H_CONNECTION:
+                conn_tokens = (conn_tokens or []) + [t.strip().lower() for t in value.split(b",")]
+            elif code == H_X_FORWARDED_FOR:
+                xff = value if xff is None else xff + b", " + value
+            elif code == H_X_REQUEST_ID:
+                req_id = value
+            elif code == H_EXPECT:
+                expect = value.lower() == b"100-continue"
+            elif code == H_UPGRADE:
+                upgrade = value
+            elif code == H_HOST:
+                if header_host is not None:
+                    return BAD_HOST, self.request_id(req_id)  # RFC 9112 §3.2
+                header_host = value
+                kept += (b"Host", b": ", value, b"\r\n")
+            elif code == H_X_FORWARDED_PROTO:
+                xfproto = value
+            elif code == H_OVERRIDE:
+                override = value.strip()
+            else:  # H_COOKIE
                 cookie = value if cookie is None else cookie + b"; " + value
-            kept += (name, b": ", value, b"\r\n")  # joined once, below
+                kept += (name, b": ", value, b"\r\n")
 
         rid = self.request_id(req_id)
         if host is None:
@@ -294,14 +376,16 @@ class Dispatcher:
             return NOT_FOUND, rid
         if route.blocked is not None:
             return (PAYMENT_REQUIRED if route.blocked == "payment_required" else SUSPENDED), rid
-        qpos = path.find(b"?")
+        qpos = path.find(b"?")  # not `b"?" in path`: bytes.__contains__ tries int() first and
+        # pays for a formatted TypeError each time
         endpoint = route.match(method, path if qpos < 0 else path[:qpos])
         if endpoint is None:
             return NO_ROUTE, rid
         if length > route.policy.max_body_bytes:
             return PAYLOAD_TOO_LARGE, rid
 
-        peer_b = peer.encode()  # once: the sticky key and X-Forwarded-For both use it
+        if peer_b is None:
+            peer_b = peer.encode()  # once: the sticky key and X-Forwarded-For both use it
         client_ip = self.client_ip(peer, peer_b, xff)
         target = self._select(route, endpoint, client_ip, kept, headers, cookie, override)
         replica = target.next_replica(now)
@@ -318,22 +402,11 @@ class Dispatcher:
         xff_out = peer_b if xff is None else xff + b", " + peer_b
         proto = xfproto if (xfproto is not None and self._trusted(peer)) else self.proto
         block = kept
-        block += (
-            b"X-Forwarded-For: ",
-            xff_out,
-            b"\r\nX-Forwarded-Proto: ",
-            proto,
-            b"\r\nX-Forwarded-Host: ",
-            host,
-            b"\r\nX-Request-Id: ",
-            rid,
-            b"\r\nX-Turnout-Space: ",
-            route.space_b,
-            b"\r\nX-Turnout-Service: ",
-            route.service_b,
-            b"\r\nX-Turnout-Deployment: ",
-            target.deployment_b,
-            b"\r\n",
+        block.append(
+            b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
+            b"X-Request-Id: %b\r\nX-Turnout-Space: %b\r\nX-Turnout-Service: %b\r\n"
+            b"X-Turnout-Deployment: %b\r\n"
+            % (xff_out, proto, host, rid, route.space_b, route.service_b, target.deployment_b)
         )
         if upgrade is not None:
             block.append(b"Connection: upgrade\r\nUpgrade: " + upgrade + b"\r\n")

@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
-from gateway.dispatch import DROP_RESPONSE
+from gateway.dispatch import (
+    R_CONNECTION,
+    R_CONTENT_LENGTH,
+    R_FORWARD,
+    R_TRANSFER_ENCODING,
+    R_UPGRADE,
+    response_header_class,
+)
 from gateway.errors import UpstreamError
 
 if TYPE_CHECKING:
@@ -239,19 +246,18 @@ class UpstreamConnection(asyncio.Protocol):
         conn_tokens: list[bytes] | None = None
         upgrade: bytes | None = None
         for name, value in headers:
-            lname = name.lower()
-            if lname in DROP_RESPONSE:
-                if lname == b"transfer-encoding":
-                    chunked = True
-                elif lname == b"connection":
-                    conn_tokens = [t.strip().lower() for t in value.split(b",")]
-                elif lname == b"upgrade":
-                    upgrade = value
-                continue
-            if lname == b"content-length":
+            code = response_header_class(name)
+            if code == R_FORWARD:
+                kept.append((name, value))
+            elif code == R_CONTENT_LENGTH:
                 length = value
-                continue
-            kept.append((name, value))
+            elif code == R_TRANSFER_ENCODING:
+                chunked = True
+            elif code == R_CONNECTION:
+                conn_tokens = [t.strip().lower() for t in value.split(b",")]
+            elif code == R_UPGRADE:
+                upgrade = value
+            # R_DROP: other hop-by-hop headers and X-Request-Id (the gateway sets its own)
         if conn_tokens:
             nominated = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
             if nominated:

@@ -63,3 +63,48 @@ def test_connection_cannot_nominate_host_away() -> None:
     assert isinstance(plan, Plan)
     assert _hosts(plan) == [b"a.test"]
     assert b"x-drop" not in plan.header_block.lower()
+
+
+def test_header_rules_hold_in_any_letter_case() -> None:
+    """The per-name class cache is keyed by the name as received: every spelling is classified."""
+    headers = [
+        (b"HOST", b"a.test"),
+        (b"x-TURNOUT-space", b"forged"),
+        (b"Proxy-Authorization", b"secret"),
+        (b"KEEP-ALIVE", b"timeout=5"),
+        (b"X-Forwarded-HOST", b"forged.example"),
+        (b"x-forwarded-for", b"198.51.100.7"),
+        (b"X-REQUEST-ID", b"abc-123"),
+        (b"Cookie", b"a=1"),
+        (b"X-Custom", b"kept"),
+        (b"x-custom-2", b"kept too"),
+    ]
+    plan = _dispatcher().prepare(b"GET", b"/p?q=1", None, headers, "10.0.0.1", 0.0)
+    assert isinstance(plan, Plan)
+    block = plan.header_block
+    lines = block.split(b"\r\n")
+    assert b"X-Custom: kept" in lines and b"x-custom-2: kept too" in lines
+    assert b"Cookie: a=1" in lines
+    assert b"forged" not in block and b"secret" not in block and b"timeout=5" not in block
+    assert b"X-Forwarded-For: 198.51.100.7, 10.0.0.1" in lines
+    assert b"X-Forwarded-Host: a.test" in lines
+    assert b"X-Request-Id: abc-123" in lines
+    assert b"X-Turnout-Space: sp" in lines
+    assert block.endswith(b"\r\n\r\n")
+
+
+def test_header_class_cache_stays_bounded_and_correct() -> None:
+    from gateway import dispatch
+
+    for i in range(3 * dispatch._CLASS_CACHE_MAX):
+        assert dispatch.request_header_class(b"X-Made-Up-%d" % i) == dispatch.H_FORWARD
+        assert dispatch.response_header_class(b"X-Made-Up-%d" % i) == dispatch.R_FORWARD
+    assert len(dispatch._request_class_cache) <= dispatch._CLASS_CACHE_MAX
+    assert len(dispatch._response_class_cache) <= dispatch._CLASS_CACHE_MAX
+    assert dispatch.request_header_class(b"Content-LENGTH") == dispatch.H_CONTENT_LENGTH
+    assert dispatch.request_header_class(b"X-Turnout-Deployment") == dispatch.H_OVERRIDE
+    assert dispatch.request_header_class(b"x-turnout-anything") == dispatch.H_DROP
+    assert dispatch.request_header_class(b"proxy-connection") == dispatch.H_DROP
+    assert dispatch.response_header_class(b"Transfer-Encoding") == dispatch.R_TRANSFER_ENCODING
+    assert dispatch.response_header_class(b"X-Request-ID") == dispatch.R_DROP
+    assert dispatch.response_header_class(b"Proxy-Authenticate") == dispatch.R_DROP

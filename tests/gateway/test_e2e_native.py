@@ -767,6 +767,46 @@ def test_http10_client_gets_response_then_close(env: Env) -> None:
         assert resp.framing == "close" or conn.closed_by_peer()
 
 
+@pytest.mark.parametrize("spelling", ["Connection", "CONNECTION", "connection"])
+def test_http10_keep_alive_client(env: Env, spelling: str) -> None:
+    """HTTP/1.0 + Connection: keep-alive (any case): kept alive, told so, never sent chunked."""
+    host = env.route([env.ups.main.url])
+    with env.conn() as conn:
+        for _ in range(2):
+            conn.send(
+                build_request("GET", "/echo", host, [(spelling, "Keep-Alive")], version="HTTP/1.0")
+            )
+            resp = conn.read_response()
+            assert resp.status == 200, resp
+            assert resp.framing == "content-length", resp
+            assert resp.header("Connection") == "keep-alive", resp
+            assert echoed(resp)["target"] == "/echo"
+        # a chunked upstream answer cannot be re-framed for HTTP/1.0 but by closing
+        conn.send(
+            build_request(
+                "GET", "/stream/2/0", host, [(spelling, "keep-alive")], version="HTTP/1.0"
+            )
+        )
+        resp = conn.read_response()
+        assert resp.status == 200, resp
+        assert not resp.has_header("Transfer-Encoding"), resp
+        assert resp.body == b"data: 0\n\ndata: 1\n\n"
+        assert resp.framing == "close" or conn.closed_by_peer()
+
+
+def test_http11_connection_header_does_not_make_it_http10(env: Env) -> None:
+    host = env.route([env.ups.main.url])
+    with env.conn() as conn:
+        conn.send(build_request("GET", "/stream/2/0", host, [("Connection", "keep-alive")]))
+        resp = conn.read_response()
+        assert resp.status == 200, resp
+        assert resp.framing == "chunked", resp  # an HTTP/1.1 client may get chunked
+        conn.send(build_request("GET", "/echo", host, [("Connection", "close")]))
+        resp = conn.read_response()
+        assert resp.status == 200, resp
+        assert resp.header("Connection") == "close", resp
+
+
 def test_expect_100_continue(env: Env) -> None:
     host = env.route([env.ups.main.url], policy={"max_body_bytes": 1000})
     with env.conn() as conn:
