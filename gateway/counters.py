@@ -9,11 +9,57 @@ from __future__ import annotations
 import time
 from typing import Final
 
-# (space, service, deployment) -> [requests, 2xx, 4xx, 5xx, other, timeouts, bytes, latency_ms]
+# (space, service, deployment) -> Row: requests, 2xx, 4xx, 5xx, other, timeouts, bytes, latency_ms
 N_FIELDS: Final = 8
 REQ, C2, C4, C5, COTHER, TIMEOUTS, BYTES, LAT = range(N_FIELDS)
 
 Key = tuple[bytes, bytes, bytes]
+
+
+class Row:
+    """One key's counts. Attributes, not a list: compiled, the ints and the float are stored
+    unboxed, so counting a request allocates nothing. ``row[i]`` reads field ``i`` (REQ …)."""
+
+    __slots__ = ("bytes", "c2", "c4", "c5", "cother", "latency_ms", "requests", "timeouts")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.c2 = 0
+        self.c4 = 0
+        self.c5 = 0
+        self.cother = 0
+        self.timeouts = 0
+        self.bytes = 0
+        self.latency_ms = 0.0
+
+    def values(self) -> list[float]:
+        """The fields in index order (REQ, C2, C4, C5, COTHER, TIMEOUTS, BYTES, LAT)."""
+        return [
+            float(self.requests),
+            float(self.c2),
+            float(self.c4),
+            float(self.c5),
+            float(self.cother),
+            float(self.timeouts),
+            float(self.bytes),
+            self.latency_ms,
+        ]
+
+    def __getitem__(self, index: int) -> float:
+        return self.values()[index]
+
+    def add(self, other: Row) -> None:
+        self.requests += other.requests
+        self.c2 += other.c2
+        self.c4 += other.c4
+        self.c5 += other.c5
+        self.cother += other.cother
+        self.timeouts += other.timeouts
+        self.bytes += other.bytes
+        self.latency_ms += other.latency_ms
+
+    def __repr__(self) -> str:
+        return f"Row({self.values()})"
 
 
 class Counters:
@@ -30,7 +76,7 @@ class Counters:
     )
 
     def __init__(self, max_keys: int = 100_000) -> None:
-        self.pending: dict[Key, list[float]] = {}
+        self.pending: dict[Key, Row] = {}
         self.max_keys = max_keys
         self.by_class = [0, 0, 0, 0, 0, 0]  # index = status // 100 (0 = no response)
         self.requests_total = 0
@@ -52,21 +98,21 @@ class Counters:
         key = (space, service, deployment)
         row = self.pending.get(key)
         if row is None:
-            row = self.pending[key] = [0.0] * N_FIELDS
-        row[REQ] += 1
+            row = self.pending[key] = Row()
+        row.requests += 1
         cls = status // 100
         if cls == 2:
-            row[C2] += 1
+            row.c2 += 1
         elif cls == 5:
-            row[C5] += 1
+            row.c5 += 1
         elif cls == 4:
-            row[C4] += 1
+            row.c4 += 1
         else:
-            row[COTHER] += 1
+            row.cother += 1
         if timeout:
-            row[TIMEOUTS] += 1
-        row[BYTES] += nbytes
-        row[LAT] += latency_ms
+            row.timeouts += 1
+        row.bytes += nbytes
+        row.latency_ms += latency_ms
 
     def answered(self, status: int, timeout: bool = False) -> None:
         """Every answer the gateway sends (forwarded or its own), for /metrics."""
@@ -75,11 +121,11 @@ class Counters:
         if timeout:
             self.timeouts_total += 1
 
-    def take(self) -> dict[Key, list[float]]:
+    def take(self) -> dict[Key, Row]:
         batch, self.pending = self.pending, {}
         return batch
 
-    def give_back(self, batch: dict[Key, list[float]]) -> None:
+    def give_back(self, batch: dict[Key, Row]) -> None:
         """A flush failed: merge the batch back, bounded so memory cannot grow without end."""
         pending = self.pending
         for key, row in batch.items():
@@ -90,8 +136,7 @@ class Counters:
                     continue
                 pending[key] = row
             else:
-                for i in range(N_FIELDS):
-                    cur[i] += row[i]
+                cur.add(row)
 
     def __repr__(self) -> str:
         return f"Counters(pending={len(self.pending)}, total={self.requests_total})"

@@ -40,12 +40,12 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.counters import C2, C4, C5, LAT, REQ, TIMEOUTS, Counters, Key, epoch_minute
+from gateway.counters import C2, C4, C5, LAT, REQ, TIMEOUTS, Counters, Key, Row, epoch_minute
 from routing.keys import Keys
 
 log = logging.getLogger("turnout.gateway.flusher")
 
-Batch = dict[Key, list[float]]
+Batch = dict[Key, Row]
 
 USAGE_METER: Final = "wfp_requests"
 HEALTH_TTL: Final = 30 * 60  # seconds; spec: health keys expire after 30 min
@@ -111,21 +111,21 @@ def plan_writes(batch: Batch, now: float, keys: Keys) -> list[HashIncrements]:
     health: dict[bytes, list[float]] = {}
     for (space, _service, deployment), row in batch.items():
         if space:  # a row without an owner cannot be billed to anyone
-            usage[space] = usage.get(space, 0.0) + row[REQ]
+            usage[space] = usage.get(space, 0.0) + row.requests
         if deployment:
             acc = health.get(deployment)
             if acc is None:
-                health[deployment] = list(row)
+                health[deployment] = row.values()
             else:
-                for i, value in enumerate(row):
+                for i, value in enumerate(row.values()):
                     acc[i] += value
     plan: list[HashIncrements] = []
     for space, requests in usage.items():
         n = round(requests)
         if n:
             plan.append(HashIncrements(keys.usage(_decode(space), month), {USAGE_METER: n}))
-    for deployment, row in health.items():
-        fields = {name: round(row[i]) for name, i in _HEALTH_FIELDS}
+    for deployment, sums in health.items():
+        fields = {name: round(sums[i]) for name, i in _HEALTH_FIELDS}
         # Zero increments are skipped (absent means 0); "total" is kept so the key exists.
         fields = {k: v for k, v in fields.items() if v or k == "total"}
         plan.append(
