@@ -44,6 +44,7 @@ from routing.compiled import (
     CompiledEndpoint,
     CompiledRoute,
     CompiledTarget,
+    find_route,
 )
 from routing.hostnames import normalize_request_host
 from routing.table import RouteTable
@@ -168,6 +169,8 @@ def response_header_class(name: bytes) -> int:
 
 
 _REQUEST_ID_OK: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
+# Connection header values that nominate no header and request no upgrade: nothing to parse.
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 # Connection tokens that are options, not header names, or that name headers we must keep.
 _NOT_NOMINABLE: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"host"})
 
@@ -320,7 +323,10 @@ class Dispatcher:
             elif code == H_TRANSFER_ENCODING:
                 te = value if te is None else te + b", " + value
             elif code == H_CONNECTION:
-                conn_tokens = (conn_tokens or []) + [t.strip().lower() for t in value.split(b",")]
+                if value not in _PLAIN_CONNECTION:  # keep-alive/close nominate nothing
+                    conn_tokens = (conn_tokens or []) + [
+                        t.strip().lower() for t in value.split(b",")
+                    ]
             elif code == H_X_FORWARDED_FOR:
                 xff = value if xff is None else xff + b", " + value
             elif code == H_X_REQUEST_ID:
@@ -371,7 +377,7 @@ class Dispatcher:
                 return BAD_LENGTH, rid
             length = int(content_length)
 
-        route = self.table.lookup(hostkey)
+        route = find_route(self.table.routes, hostkey)
         if route is None:
             return NOT_FOUND, rid
         if route.blocked is not None:

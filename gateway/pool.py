@@ -30,7 +30,7 @@ import asyncio
 import enum
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
 
@@ -49,6 +49,10 @@ if TYPE_CHECKING:
     from routing.upstreams import Replica
 
 Key = tuple[str, int]
+
+
+# Connection header values that nominate no header (by far the most common ones): no parsing.
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 
 
 class _Trailing(Exception):
@@ -254,7 +258,8 @@ class UpstreamConnection(asyncio.Protocol):
             elif code == R_TRANSFER_ENCODING:
                 chunked = True
             elif code == R_CONNECTION:
-                conn_tokens = [t.strip().lower() for t in value.split(b",")]
+                if value not in _PLAIN_CONNECTION:  # the usual values nominate nothing
+                    conn_tokens = [t.strip().lower() for t in value.split(b",")]
             elif code == R_UPGRADE:
                 upgrade = value
             # R_DROP: other hop-by-hop headers and X-Request-Id (the gateway sets its own)

@@ -36,9 +36,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from routing.compiled import CompiledRoute
+from routing.compiled import CompiledRoute, find_route
 from routing.errors import RecordError, RoutingError, StoreError
-from routing.hostnames import wildcard_parent
 from routing.models import decode_record
 from routing.snapshot import read_snapshot, write_snapshot
 from routing.store import ZERO_ID, LogEntry, RouteStore, SyncPoint, parse_id
@@ -112,13 +111,7 @@ class RouteTable:
 
     def lookup(self, host: bytes) -> CompiledRoute | None:
         """Exact host first, then the wildcard of its parent domain; nothing further."""
-        routes = self.routes
-        route = routes.get(host)
-        if route is None:
-            parent = wildcard_parent(host)
-            if parent is not None:
-                route = routes.get(parent)
-        return route
+        return find_route(self.routes, host)
 
     # ------------------------------------------------------------------ lifecycle
 
