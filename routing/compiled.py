@@ -52,6 +52,14 @@ _BLOCKED: Final[dict[str, str]] = {b: b for b in BLOCK_REASONS}
 INTERN_LIMIT: Final = 1 << 16
 
 
+def _inverse(positions: list[int]) -> tuple[int, ...]:
+    """``where[i]`` = the sorted position of the i-th item in record order."""
+    where = [0] * len(positions)
+    for pos, i in enumerate(positions):
+        where[i] = pos
+    return tuple(where)
+
+
 def bucket_of(space_id: str, key: bytes) -> int:
     """The spec's sticky bucket: ``crc32(space_id + ":" + key) mod 10000``."""
     return zlib.crc32(space_id.encode() + b":" + key) % TOTAL_WEIGHT
@@ -298,17 +306,18 @@ class CompiledEndpoint:
                     interner.replicas(t.upstreams),
                 )
             )
-        # Stable sorts keep the record's order within one status.
-        positions = sorted(
-            range(len(compiled)),
-            key=lambda i: (compiled[i].weight == 0, _LAYOUT_ORDER[compiled[i].status]),
-        )
-        ordered = tuple(compiled[i] for i in positions)
-        where = [0] * len(positions)
-        for pos, i in enumerate(positions):
-            where[i] = pos
+        if len(compiled) == 1:
+            ordered: tuple[CompiledTarget, ...] = (compiled[0],)
+            self.order: tuple[int, ...] | None = None
+        else:
+            # Stable sorts keep the record's order within one status.
+            positions = sorted(
+                range(len(compiled)),
+                key=lambda i: (compiled[i].weight == 0, _LAYOUT_ORDER[compiled[i].status]),
+            )
+            ordered = tuple(compiled[i] for i in positions)
+            self.order = interner.order(_inverse(positions))
         self.targets: tuple[CompiledTarget, ...] = ordered
-        self.order: tuple[int, ...] | None = interner.order(tuple(where))
         bounds: list[int] = []
         acc = 0
         for ct in ordered:
@@ -396,13 +405,14 @@ class CompiledRoute:
         self.service_b = record.service_id.encode("ascii")
         deployments: dict[str, bytes] = {}
         eps = [CompiledEndpoint(e, registry, interner, deployments) for e in record.endpoints]
-        # Longest prefix first; Python's sort is stable so equal prefixes keep record order.
-        positions = sorted(range(len(eps)), key=lambda i: len(eps[i].prefix), reverse=True)
-        self.endpoints: tuple[CompiledEndpoint, ...] = tuple(eps[i] for i in positions)
-        where = [0] * len(positions)
-        for pos, i in enumerate(positions):
-            where[i] = pos
-        self.order: tuple[int, ...] | None = interner.order(tuple(where))
+        if len(eps) == 1:
+            self.endpoints: tuple[CompiledEndpoint, ...] = (eps[0],)
+            self.order: tuple[int, ...] | None = None
+        else:
+            # Longest prefix first; the sort is stable so equal prefixes keep record order.
+            positions = sorted(range(len(eps)), key=lambda i: len(eps[i].prefix), reverse=True)
+            self.endpoints = tuple(eps[i] for i in positions)
+            self.order = interner.order(_inverse(positions))
 
     @property
     def host(self) -> str:
