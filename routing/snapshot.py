@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -81,8 +81,12 @@ def write_snapshot(
     return count
 
 
-def read_snapshot(path: str) -> Snapshot:
-    """Load a snapshot; raises :class:`RoutingError` when the file is missing or unusable."""
+def read_snapshot(path: str, each: Callable[[RouteRecord], None] | None = None) -> Snapshot:
+    """Load a snapshot; raises :class:`RoutingError` when the file is missing or unusable.
+
+    With ``each``, every decoded record is handed to it as it is read instead of being kept in
+    ``records`` (a million decoded records would otherwise be held at once).
+    """
     try:
         with open(path, "rb") as fh:
             header_line = fh.readline()
@@ -102,15 +106,18 @@ def read_snapshot(path: str) -> Snapshot:
             ):
                 raise RoutingError(f"{path}: bad snapshot header values")
             snap = Snapshot(epoch=epoch, last_id=last_id, written_at=float(written_at))
+            keep = snap.records.append if each is None else each
             for lineno, line in enumerate(fh, start=2):
                 line = line.strip()
                 if not line:
                     continue
                 try:
-                    snap.records.append(decode_record(line))
+                    record = decode_record(line)
                 except RecordError as exc:
                     snap.bad_lines += 1
                     log.warning("snapshot %s line %d skipped: %s", path, lineno, exc)
+                    continue
+                keep(record)
             return snap
     except OSError as exc:
         raise RoutingError(f"{path}: cannot read snapshot: {exc.strerror}") from None

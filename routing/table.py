@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 from routing.compiled import CompiledRoute, Interner
 from routing.errors import RecordError, RoutingError, StoreError
 from routing.hostnames import wildcard_parent
-from routing.models import decode_record
+from routing.models import RouteRecord, decode_record
 from routing.snapshot import read_snapshot, write_snapshot
 from routing.store import ZERO_ID, LogEntry, RouteStore, SyncPoint, parse_id
 from routing.upstreams import UpstreamRegistry
@@ -401,16 +401,18 @@ class RouteTable:
 
     def _load_snapshot(self) -> None:
         assert self.snapshot_path is not None
+        interner = Interner(self.registry)
+        routes: dict[bytes, CompiledRoute] = {}
+
+        def keep(record: RouteRecord) -> None:
+            route = CompiledRoute(record, self.registry, interner)
+            routes[route.host_b] = route
+
         try:
-            snap = read_snapshot(self.snapshot_path)
+            snap = read_snapshot(self.snapshot_path, keep)
         except RoutingError as exc:
             log.info("no usable route snapshot: %s", exc)
             return
-        interner = Interner(self.registry)
-        routes: dict[bytes, CompiledRoute] = {}
-        for record in snap.records:
-            route = CompiledRoute(record, self.registry, interner)
-            routes[route.host_b] = route
         self.routes = routes
         self.interner = interner
         self.epoch = snap.epoch
