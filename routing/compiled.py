@@ -26,7 +26,9 @@ from __future__ import annotations
 import random
 import zlib
 from bisect import bisect_right
-from typing import Final
+from typing import Any, Final
+
+import orjson
 
 from routing.models import (
     BLOCK_REASONS,
@@ -245,6 +247,14 @@ class CompiledTarget:
             upstreams=upstreams,
         )
 
+    def to_obj(self) -> dict[str, Any]:
+        return {
+            "deployment_id": self.deployment_id,
+            "weight": self.weight,
+            "status": self.status,
+            "upstreams": [r.url for r in self.replicas],
+        }
+
     def __repr__(self) -> str:
         return f"CompiledTarget({self.deployment_id!r}, {self.status}, weight={self.weight})"
 
@@ -360,6 +370,16 @@ class CompiledEndpoint:
             targets=tuple(t.to_target() for t in targets),
         )
 
+    def to_obj(self) -> dict[str, Any]:
+        ordered = self.targets
+        order = self.order
+        targets = ordered if order is None else tuple(ordered[i] for i in order)
+        return {
+            "path_prefix": self.prefix.decode("utf-8"),
+            "methods": list(self.method_names),
+            "targets": [t.to_obj() for t in targets],
+        }
+
     def __repr__(self) -> str:
         return f"CompiledEndpoint({self.prefix!r}, targets={list(self.layout)})"
 
@@ -446,6 +466,35 @@ class CompiledRoute:
             blocked=self.blocked,
             updated_at=self.updated_at,
         )
+
+    def to_obj(self) -> dict[str, Any]:
+        """:func:`routing.models.record_to_obj` of :meth:`to_record`, without building it."""
+        eps = self.endpoints
+        order = self.order
+        if order is not None:
+            eps = tuple(eps[i] for i in order)
+        p = self.policy
+        return {
+            "host": self.host,
+            "version": self.version,
+            "space_id": self.space_id,
+            "service_id": self.service_id,
+            "blocked": self.blocked,
+            "updated_at": self.updated_at,
+            "policy": {
+                "connect_timeout_ms": p.connect_timeout_ms,
+                "read_timeout_ms": p.read_timeout_ms,
+                "max_body_bytes": p.max_body_bytes,
+                "retries": p.retries,
+                "sticky": p.sticky,
+                "allow_override": p.allow_override,
+            },
+            "endpoints": [e.to_obj() for e in eps],
+        }
+
+    def encode(self) -> bytes:
+        """The record's canonical bytes, as :func:`routing.models.encode_record` writes them."""
+        return orjson.dumps(self.to_obj(), option=orjson.OPT_SORT_KEYS)
 
     def match(self, method: bytes, path: bytes) -> CompiledEndpoint | None:
         """Longest segment-safe prefix whose method filter admits ``method``."""

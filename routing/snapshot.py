@@ -38,9 +38,13 @@ class Snapshot:
 
 
 def write_snapshot(
-    path: str, epoch: str | None, last_id: str | None, records: Iterable[RouteRecord]
+    path: str, epoch: str | None, last_id: str | None, records: Iterable[RouteRecord | bytes]
 ) -> int:
-    """Atomically replace ``path`` with a snapshot of ``records``; returns the record count."""
+    """Atomically replace ``path`` with a snapshot of ``records``; returns the record count.
+
+    An item may also be a record already in canonical bytes (:func:`encode_record`'s output,
+    or :meth:`~routing.compiled.CompiledRoute.encode`), written as it is.
+    """
     directory = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".routes-", suffix=".tmp", dir=directory)
@@ -49,7 +53,7 @@ def write_snapshot(
         with os.fdopen(fd, "wb") as fh:
             body = []
             for record in records:
-                body.append(encode_record(record))
+                body.append(record if isinstance(record, bytes) else encode_record(record))
                 count += 1
             header = {
                 "format": FORMAT,

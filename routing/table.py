@@ -464,7 +464,7 @@ class RouteTable:
         # here would lose a change applied on the loop while this write was running.)
         assert self.snapshot_path is not None
         started = time.perf_counter()
-        write_snapshot(self.snapshot_path, epoch, last_id, (r.to_record() for r in routes))
+        write_snapshot(self.snapshot_path, epoch, last_id, (r.encode() for r in routes))
         self._snap_cost = time.perf_counter() - started
         self.snapshots_written += 1
 

@@ -786,6 +786,7 @@ def test_to_record_rebuilds_the_record_exactly(
     rebuilt = route.to_record()
     assert rebuilt == rec
     assert encode_record(rebuilt) == encode_record(rec)
+    assert route.encode() == encode_record(rec)  # what the table writes to its snapshot
 
 
 async def test_updating_one_host_leaves_a_host_sharing_its_parts_alone() -> None:
