@@ -136,7 +136,9 @@ class Interner:
         hit = self._weights.get(value)
         if hit is not None:
             return hit
-        self._weights[value] = value  # 0..10000: bounded by the record format
+        if len(self._weights) >= self.limit:
+            self._weights.clear()
+        self._weights[value] = value  # 0..10000 in a valid record
         return value
 
     def methods(self, names: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[bytes]]:
@@ -415,7 +417,7 @@ class CompiledRoute:
         self.version = record.version
         self.updated_at = record.updated_at
         blocked = record.blocked
-        self.blocked: str | None = None if blocked is None else _BLOCKED[blocked]
+        self.blocked: str | None = None if blocked is None else _BLOCKED.get(blocked, blocked)
         policy, kind, name = interner.policy(record.policy)
         self.policy: Policy = policy
         self.sticky_kind = kind

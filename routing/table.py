@@ -21,6 +21,10 @@ triggers the same decision. Connection errors reconnect with capped exponential 
 jitter. Records apply only when their version is newer than the one held. A snapshot of the
 table is written (atomically, off the event loop) at most once per ``snapshot_interval`` when
 something changed, and less often for very large tables (at least 20× the last write's cost).
+
+Memory: routes are kept only in compiled form (the snapshot re-encodes them), and equal
+immutable parts are shared through an :class:`~routing.compiled.Interner` that every full load
+renews, so values of a replaced table generation are not pinned by it for long.
 """
 
 from __future__ import annotations
