@@ -47,7 +47,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from routing.compiled import CompiledRoute
+from routing.compiled import CompiledRoute, Interner
 from routing.models import (
     Endpoint,
     RouteRecord,
@@ -236,7 +236,8 @@ def bench_lookup(n_hosts: int, n_requests: int, repeats: int, seed: int) -> Look
     started = time.perf_counter()
     table = RouteTable(MemoryRouteStore())
     for record in make_records(n_hosts):
-        table.routes[record.host.encode("ascii")] = CompiledRoute(record, table.registry)
+        route = CompiledRoute(record, table.registry, table.interner)
+        table.routes[route.host_b] = route
     build_s = time.perf_counter() - started
 
     hosts: list[bytes] = []
@@ -422,11 +423,12 @@ async def _scan_only(url: str) -> tuple[float, int]:
 
 def _decode_compile(datas: list[bytes]) -> float:
     registry = UpstreamRegistry()
+    interner = Interner(registry)
     fresh: dict[bytes, CompiledRoute] = {}
     t0 = time.perf_counter()
     for data in datas:
-        record = decode_record(data)
-        fresh[record.host.encode("ascii")] = CompiledRoute(record, registry)
+        route = CompiledRoute(decode_record(data), registry, interner)
+        fresh[route.host_b] = route
     return time.perf_counter() - t0
 
 
@@ -443,7 +445,8 @@ def cost_breakdown(n: int) -> CostBreakdown:
     decode_s = time.perf_counter() - t0
     registry = UpstreamRegistry()
     t0 = time.perf_counter()
-    routes = [CompiledRoute(r, registry) for r in records]
+    interner = Interner(registry)
+    routes = [CompiledRoute(r, registry, interner) for r in records]
     compile_s = time.perf_counter() - t0
     del records, routes, registry
     gc.collect()

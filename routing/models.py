@@ -161,7 +161,32 @@ def record_from_obj(obj: Any) -> RouteRecord:
     )
 
 
+_POLICY_CACHE: dict[tuple[tuple[str, type, Any], ...], Policy] = {}
+_POLICY_CACHE_MAX = 4096
+
+
 def policy_from_obj(obj: Any, path: str = "policy") -> Policy:
+    """Validate a policy object. Valid results are memoised by their exact keys, value types and
+    values (``True`` and ``1`` are different keys), since nearly every record carries one of a
+    handful of policies and a full sync decodes each of them again."""
+    key: tuple[tuple[str, type, Any], ...] | None = None
+    if type(obj) is dict:
+        try:
+            key = tuple([(k, type(v), v) for k, v in obj.items()])
+            hit = _POLICY_CACHE.get(key)
+        except TypeError:  # an unhashable value (array or object): not valid anyway
+            key = hit = None
+        if hit is not None:
+            return hit
+    policy = _policy_from_obj(obj, path)
+    if key is not None:
+        if len(_POLICY_CACHE) >= _POLICY_CACHE_MAX:
+            _POLICY_CACHE.clear()
+        _POLICY_CACHE[key] = policy
+    return policy
+
+
+def _policy_from_obj(obj: Any, path: str) -> Policy:
     pol = _object(obj, path)
     _keys(pol, path, required=(), optional=(*_POLICY_INTS, "sticky", "allow_override"))
     values: dict[str, Any] = {}
@@ -345,9 +370,22 @@ def _list(value: Any, path: str) -> list[Any]:
     return value
 
 
+# (required, optional) -> (allowed keys, required keys), for the fast check in _keys
+_ALLOWED: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[frozenset[str], frozenset[str]]] = {}
+
+
 def _keys(
     obj: dict[str, Any], path: str, *, required: tuple[str, ...], optional: tuple[str, ...]
 ) -> None:
+    sets = _ALLOWED.get((required, optional))
+    if sets is None:
+        sets = _ALLOWED[(required, optional)] = (
+            frozenset(required + optional),
+            frozenset(required),
+        )
+    keys = obj.keys()
+    if keys <= sets[0] and keys >= sets[1]:
+        return  # the common, valid case; the loops below name what is wrong otherwise
     prefix = "" if path == "$" else f"{path}."
     for key in obj:
         if key not in required and key not in optional:

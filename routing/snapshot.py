@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -38,9 +38,13 @@ class Snapshot:
 
 
 def write_snapshot(
-    path: str, epoch: str | None, last_id: str | None, records: Iterable[RouteRecord]
+    path: str, epoch: str | None, last_id: str | None, records: Iterable[RouteRecord | bytes]
 ) -> int:
-    """Atomically replace ``path`` with a snapshot of ``records``; returns the record count."""
+    """Atomically replace ``path`` with a snapshot of ``records``; returns the record count.
+
+    An item may also be a record already in canonical bytes (:func:`encode_record`'s output,
+    or :meth:`~routing.compiled.CompiledRoute.encode`), written as it is.
+    """
     directory = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".routes-", suffix=".tmp", dir=directory)
@@ -49,7 +53,7 @@ def write_snapshot(
         with os.fdopen(fd, "wb") as fh:
             body = []
             for record in records:
-                body.append(encode_record(record))
+                body.append(record if isinstance(record, bytes) else encode_record(record))
                 count += 1
             header = {
                 "format": FORMAT,
@@ -81,8 +85,12 @@ def write_snapshot(
     return count
 
 
-def read_snapshot(path: str) -> Snapshot:
-    """Load a snapshot; raises :class:`RoutingError` when the file is missing or unusable."""
+def read_snapshot(path: str, each: Callable[[RouteRecord], None] | None = None) -> Snapshot:
+    """Load a snapshot; raises :class:`RoutingError` when the file is missing or unusable.
+
+    With ``each``, every decoded record is handed to it as it is read instead of being kept in
+    ``records`` (a million decoded records would otherwise be held at once).
+    """
     try:
         with open(path, "rb") as fh:
             header_line = fh.readline()
@@ -102,15 +110,18 @@ def read_snapshot(path: str) -> Snapshot:
             ):
                 raise RoutingError(f"{path}: bad snapshot header values")
             snap = Snapshot(epoch=epoch, last_id=last_id, written_at=float(written_at))
+            keep = snap.records.append if each is None else each
             for lineno, line in enumerate(fh, start=2):
                 line = line.strip()
                 if not line:
                     continue
                 try:
-                    snap.records.append(decode_record(line))
+                    record = decode_record(line)
                 except RecordError as exc:
                     snap.bad_lines += 1
                     log.warning("snapshot %s line %d skipped: %s", path, lineno, exc)
+                    continue
+                keep(record)
             return snap
     except OSError as exc:
         raise RoutingError(f"{path}: cannot read snapshot: {exc.strerror}") from None

@@ -21,6 +21,10 @@ triggers the same decision. Connection errors reconnect with capped exponential 
 jitter. Records apply only when their version is newer than the one held. A snapshot of the
 table is written (atomically, off the event loop) at most once per ``snapshot_interval`` when
 something changed, and less often for very large tables (at least 20× the last write's cost).
+
+Memory: routes are kept only in compiled form (the snapshot re-encodes them), and equal
+immutable parts are shared through an :class:`~routing.compiled.Interner` that every full load
+renews, so values of a replaced table generation are not pinned by it for long.
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from routing.compiled import CompiledRoute, find_route
+from routing.compiled import CompiledRoute, Interner, find_route
 from routing.errors import RecordError, RoutingError, StoreError
-from routing.models import decode_record
+from routing.models import RouteRecord, decode_record
 from routing.snapshot import read_snapshot, write_snapshot
 from routing.store import ZERO_ID, LogEntry, RouteStore, SyncPoint, parse_id
 from routing.upstreams import UpstreamRegistry
@@ -71,6 +75,8 @@ class RouteTable:
         # load (gc.freeze): full collections would otherwise rescan millions of them.
         self.freeze_gc = freeze_gc
         self.registry = registry or UpstreamRegistry()
+        # Shares equal immutable parts between compiled routes; renewed with every full load.
+        self.interner = Interner(self.registry)
         self.routes: dict[bytes, CompiledRoute] = {}
         self.snapshot_path = snapshot_path
         self.snapshot_interval = snapshot_interval
@@ -276,6 +282,7 @@ class RouteTable:
     async def _full_sync(self, point: SyncPoint) -> None:
         started = time.perf_counter()
         fresh: dict[bytes, CompiledRoute] = {}
+        interner = Interner(self.registry)
         async for items in self.store.scan(self.batch):
             # Building many long-lived objects makes the cyclic GC rescan the whole heap over
             # and over (~40 % of a 1M-record sync); these objects form no cycles.
@@ -283,14 +290,15 @@ class RouteTable:
             gc.disable()
             try:
                 for host, data in items:
-                    route = self._compile(host, data)
+                    route = self._compile(host, data, interner)
                     if route is not None:
-                        fresh[host.encode("ascii")] = route
+                        fresh[route.host_b] = route
             finally:
                 if gc_was_enabled:
                     gc.enable()
         # One assignment: lookups see the old table or the new one, never a mix.
         self.routes = fresh
+        self.interner = interner
         if self.freeze_gc:
             gc.collect()  # what is garbage now must not be frozen with the table
             gc.freeze()
@@ -310,7 +318,9 @@ class RouteTable:
         )
         self._mark_current()
 
-    def _compile(self, host: str, data: bytes) -> CompiledRoute | None:
+    def _compile(
+        self, host: str, data: bytes, interner: Interner | None = None
+    ) -> CompiledRoute | None:
         try:
             record = decode_record(data)
         except RecordError as exc:
@@ -321,7 +331,7 @@ class RouteTable:
             self.invalid += 1
             log.error("ignoring route record filed under %s but naming %s", host, record.host)
             return None
-        return CompiledRoute(record, self.registry)
+        return CompiledRoute(record, self.registry, interner or self.interner)
 
     async def _tail(self) -> None:
         next_check = self.clock() + self.check_interval
@@ -379,7 +389,7 @@ class RouteTable:
             if current is not None and route.version <= current.version:
                 self.ignored += 1
                 return
-        self.routes[key] = route
+        self.routes[route.host_b] = route
         self.applied += 1
         self.last_version = route.version
         self._dirty = True
@@ -388,14 +398,20 @@ class RouteTable:
 
     def _load_snapshot(self) -> None:
         assert self.snapshot_path is not None
+        interner = Interner(self.registry)
+        routes: dict[bytes, CompiledRoute] = {}
+
+        def keep(record: RouteRecord) -> None:
+            route = CompiledRoute(record, self.registry, interner)
+            routes[route.host_b] = route
+
         try:
-            snap = read_snapshot(self.snapshot_path)
+            snap = read_snapshot(self.snapshot_path, keep)
         except RoutingError as exc:
             log.info("no usable route snapshot: %s", exc)
             return
-        self.routes = {
-            r.host.encode("ascii"): CompiledRoute(r, self.registry) for r in snap.records
-        }
+        self.routes = routes
+        self.interner = interner
         self.epoch = snap.epoch
         self.last_id = snap.last_id
         self.from_snapshot = True
@@ -445,7 +461,7 @@ class RouteTable:
         # here would lose a change applied on the loop while this write was running.)
         assert self.snapshot_path is not None
         started = time.perf_counter()
-        write_snapshot(self.snapshot_path, epoch, last_id, (r.record for r in routes))
+        write_snapshot(self.snapshot_path, epoch, last_id, (r.encode() for r in routes))
         self._snap_cost = time.perf_counter() - started
         self.snapshots_written += 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -23,10 +24,12 @@ from routing.compiled import (
     STICKY_NONE,
     CompiledEndpoint,
     CompiledRoute,
+    Interner,
     bucket_of,
     compile_record,
 )
-from routing.models import RouteRecord, decode_record
+from routing.errors import RecordError
+from routing.models import RouteRecord, decode_record, encode_record, parse_upstream
 from routing.store import MemoryRouteStore
 from routing.table import RouteTable
 from routing.upstreams import UpstreamRegistry
@@ -379,7 +382,7 @@ def test_canary_laid_out_first_then_rollback_then_active() -> None:
     )
     (ep,) = route.endpoints
     assert [t.deployment_id for t in ep.layout] == ["canary", "old", "stable"]
-    assert ep.bounds == [2000, 3000, 10000]
+    assert ep.bounds == (2000, 3000, 10000)
     assert ep.pick(0).deployment_id == "canary"
     assert ep.pick(1999).deployment_id == "canary"
     assert ep.pick(2000).deployment_id == "old"
@@ -442,7 +445,7 @@ def test_weight_zero_in_the_middle_of_the_layout_is_skipped() -> None:
     )
     (ep,) = route.endpoints
     assert [t.deployment_id for t in ep.layout] == ["canary", "stable"]
-    assert ep.bounds == [4000, 10000]
+    assert ep.bounds == (4000, 10000)
     assert "old" not in {route.select(ep, k).deployment_id for k in random_keys(5000)}
 
 
@@ -599,7 +602,7 @@ def test_compiled_route_carries_record_fields() -> None:
         policy={"retries": 2},
     )
     route = compile_record(rec, UpstreamRegistry())
-    assert route.record is rec
+    assert route.record == rec  # rebuilt from the compiled form, not kept
     assert route.host == "*.example.com"
     assert route.version == 7
     assert route.blocked is None
@@ -633,3 +636,189 @@ def test_endpoint_methods_compiled_to_bytes() -> None:
     assert ep.methods == frozenset({b"GET", b"POST"})
     assert ep.prefix == b"/api"
     assert ep.prefix_slash == b"/api/"
+
+
+# ------------------------------------------------------------------------- compact form, sharing
+
+
+def _shared_record(host: str, version: int = 1, **kwargs: Any) -> RouteRecord:
+    """Two hosts built from this carry equal targets, bounds, policy and replicas."""
+    return record(
+        [
+            endpoint(
+                "/",
+                [
+                    target("stable", 9000, "active", port=9001),
+                    target("canary", 1000, "canary", port=9001),
+                ],
+            ),
+            endpoint("/api", [target("stable", 10000, port=9002)], methods=["POST", "GET"]),
+        ],
+        host=host,
+        version=version,
+        policy={"retries": 2, "allow_override": True},
+        **kwargs,
+    )
+
+
+def test_interner_shares_immutable_parts_between_routes() -> None:
+    registry = UpstreamRegistry()
+    interner = Interner(registry)
+    a = compile_record(_shared_record("a.example.com"), registry, interner)
+    b = compile_record(_shared_record("b.example.com"), registry, interner)
+    assert a.policy is b.policy and a.space_b is b.space_b  # (ints may be unboxed: no `is`)
+    for ea, eb in zip(a.endpoints, b.endpoints, strict=True):
+        assert ea is not eb
+        assert ea.prefix is eb.prefix and ea.bounds is eb.bounds and ea.methods is eb.methods
+        for ta, tb in zip(ea.targets, eb.targets, strict=True):
+            assert ta is not tb  # mutable round-robin state is never shared
+            assert ta.replicas is tb.replicas
+    # One bytes object per deployment id within a record, shared across its endpoints.
+    stable_root = a.endpoints[1].target(b"stable")
+    stable_api = a.endpoints[0].target(b"stable")
+    assert stable_root is not None and stable_api is not None
+    assert stable_root.deployment_b is stable_api.deployment_b
+
+
+def test_routes_sharing_parts_round_robin_independently() -> None:
+    registry = UpstreamRegistry()
+    interner = Interner(registry)
+    objs = []
+    for host in ("a.example.com", "b.example.com"):
+        t = target("dep", 10000)
+        t["upstreams"] = ["http://10.0.0.1:1", "http://10.0.0.2:2", "http://10.0.0.3:3"]
+        objs.append(record([endpoint("/", [t])], host=host))
+    a, b = (compile_record(r, registry, interner) for r in objs)
+    ta, tb = a.endpoints[0].single, b.endpoints[0].single
+    assert ta is not None and tb is not None and ta.replicas is tb.replicas
+    seq_a = [ta.next_replica(0.0) for _ in range(4)]
+    first_b = tb.next_replica(0.0)
+    assert [r.url for r in seq_a if r is not None] == [
+        "http://10.0.0.1:1",
+        "http://10.0.0.2:2",
+        "http://10.0.0.3:3",
+        "http://10.0.0.1:1",
+    ]
+    assert first_b is not None and first_b.url == "http://10.0.0.1:1"  # b's own position
+
+
+def test_interner_of_another_registry_is_not_used() -> None:
+    mine, other = UpstreamRegistry(), UpstreamRegistry()
+    foreign = Interner(other)
+    route = compile_record(_shared_record("a.example.com"), mine, foreign)
+    replica = route.endpoints[0].targets[0].replicas[0]
+    assert replica is mine.get(parse_upstream(replica.url, "u"))
+    assert len(other) == 0
+
+
+def test_full_interner_starts_over_and_stays_correct() -> None:
+    registry = UpstreamRegistry()
+    interner = Interner(registry, limit=2)
+    routes = [
+        compile_record(
+            record(
+                [endpoint(f"/p{i}", [target(f"d{i}", 10000, port=9000 + i)])],
+                host=f"h{i}.example.com",
+                space=f"space-{i}",
+            ),
+            registry,
+            interner,
+        )
+        for i in range(7)
+    ]
+    for i, route in enumerate(routes):
+        assert route.space_b == f"space-{i}".encode()
+        (ep,) = route.endpoints
+        assert ep.prefix == f"/p{i}".encode()
+        assert ep.single is not None and ep.single.replicas[0].port == 9000 + i
+    assert "spaces=" in repr(interner)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prefixes=st.lists(
+        st.sampled_from(["/", "/a", "/api", "/api/v1", "/b/c"]), min_size=1, max_size=4
+    ),
+    methods=st.lists(st.sampled_from(["GET", "POST", "PUT", "DELETE"]), unique=True),
+    statuses=st.lists(st.sampled_from(["active", "canary", "rollback"]), min_size=1, max_size=4),
+    zero=st.integers(min_value=0, max_value=3),
+    policy=st.sampled_from([None, {"sticky": "header:X-U"}, {"sticky": "cookie:sid"}]),
+    blocked=st.sampled_from([None, "payment_required", "suspended"]),
+    updated_at=st.integers(min_value=0, max_value=1 << 62),
+)
+def test_to_record_rebuilds_the_record_exactly(
+    prefixes: list[str],
+    methods: list[str],
+    statuses: list[str],
+    zero: int,
+    policy: dict[str, Any] | None,
+    blocked: str | None,
+    updated_at: int,
+) -> None:
+    """Snapshots are written from compiled routes: record order, zero weights, all of it."""
+    eps = []
+    for i, prefix in enumerate(prefixes):
+        n = len(statuses)
+        weights = [0 if j < min(zero, n - 1) else 10000 // n for j in range(n)]
+        weights[-1] += 10000 - sum(weights)
+        targets = [
+            target(f"d{i}-{j}", w, s, port=7000 + j)
+            for j, (w, s) in enumerate(zip(weights, statuses, strict=True))
+        ]
+        # The same prefix twice needs different method filters.
+        eps.append(endpoint(prefix, targets, methods=methods[: i + 1] if i else methods))
+    obj: dict[str, Any] = {
+        "host": "app.example.com",
+        "version": 3,
+        "space_id": SPACE,
+        "service_id": "svc-1",
+        "endpoints": eps,
+        "blocked": blocked,
+        "updated_at": updated_at,
+    }
+    if policy is not None:
+        obj["policy"] = policy
+    try:
+        rec = decode_record(obj)
+    except RecordError:
+        return  # a duplicate (prefix, methods) pair: not a record
+    route = compile_record(rec, UpstreamRegistry())
+    rebuilt = route.to_record()
+    assert rebuilt == rec
+    assert encode_record(rebuilt) == encode_record(rec)
+    assert route.encode() == encode_record(rec)  # what the table writes to its snapshot
+
+
+async def test_updating_one_host_leaves_a_host_sharing_its_parts_alone() -> None:
+    store = MemoryRouteStore()
+    await store.replace_all([_shared_record("a.example.com"), _shared_record("b.example.com")])
+    table = RouteTable(store, block_ms=20, check_interval=0.05)
+    assert await table.start()
+    try:
+        b_before = table.lookup(b"b.example.com")
+        assert b_before is not None
+        b_targets = [t for ep in b_before.endpoints for t in ep.targets]
+        b_target = b_before.endpoints[1].target(b"stable")
+        assert b_target is not None
+        b_target.next_replica(0.0)
+        rr = b_target.rr
+        new_a = record(
+            [endpoint("/", [target("other", 10000, port=9100)])],
+            host="a.example.com",
+            version=2,
+        )
+        await store.publish(new_a)
+        for _ in range(200):
+            route = table.lookup(b"a.example.com")
+            if route is not None and route.version == 2:
+                break
+            await asyncio.sleep(0.01)
+        a_now = table.lookup(b"a.example.com")
+        assert a_now is not None and a_now.record == new_a
+        b_now = table.lookup(b"b.example.com")
+        assert b_now is b_before
+        assert [t for ep in b_now.endpoints for t in ep.targets] == b_targets
+        assert b_now.record == _shared_record("b.example.com")
+        assert b_target.rr == rr
+    finally:
+        await table.stop()

@@ -19,6 +19,7 @@ from routing.models import (
     decode_record,
     encode_record,
     parse_upstream,
+    policy_from_obj,
     record_to_obj,
 )
 
@@ -1154,3 +1155,16 @@ def test_record_error_is_a_value_error_and_routing_error() -> None:
         decode_record(b"[]")
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, RoutingError)
+
+
+@pytest.mark.parametrize("bad", [True, 1.0, "1"])
+def test_policy_memo_tells_equal_values_of_other_types_apart(bad: Any) -> None:
+    """Valid policies are memoised; ``True == 1 == 1.0`` must not let a bad one through."""
+    assert policy_from_obj({"retries": 1, "sticky": "ip"}).retries == 1
+    assert policy_from_obj({"retries": 1, "sticky": "ip"}) is policy_from_obj(
+        {"retries": 1, "sticky": "ip"}
+    )
+    with pytest.raises(RecordError, match=r"policy\.retries"):
+        policy_from_obj({"retries": bad, "sticky": "ip"})
+    with pytest.raises(RecordError, match=r"policy\.sticky"):
+        policy_from_obj({"retries": 1, "sticky": ["ip"]})

@@ -150,3 +150,26 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path: Path)
 
     assert path.read_bytes() == old
     assert tmp_files(tmp_path) == []
+
+
+def test_records_can_be_streamed_to_a_callback(tmp_path: Path) -> None:
+    path = tmp_path / "routes.snap"
+    records = [make_record(h, i + 1) for i, h in enumerate(hosts(5))]
+    write_snapshot(str(path), "e1", "1-1", records)
+    with path.open("ab") as fh:
+        fh.write(b"{not json}\n")
+    seen: list[RouteRecord] = []
+    snap = read_snapshot(str(path), seen.append)
+    assert seen == records
+    assert snap.records == []  # handed over, not kept
+    assert (snap.epoch, snap.bad_lines) == ("e1", 1)
+
+
+def test_records_may_be_given_as_canonical_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "routes.snap"
+    records = [make_record(h, i + 1) for i, h in enumerate(hosts(4))]
+    items: list[RouteRecord | bytes] = [
+        encode_record(r) if i % 2 else r for i, r in enumerate(records)
+    ]
+    assert write_snapshot(str(path), "e1", "1-1", items) == 4
+    assert read_snapshot(str(path)).records == records

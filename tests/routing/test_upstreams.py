@@ -46,7 +46,9 @@ def compile_obj(obj: dict[str, Any], registry: UpstreamRegistry) -> CompiledRout
 
 def target_of(route: CompiledRoute, dep: str = "dep-1") -> CompiledTarget:
     (ep,) = route.endpoints
-    return ep.by_id[dep.encode()]
+    target = ep.target(dep.encode())
+    assert target is not None
+    return target
 
 
 def make_target(
