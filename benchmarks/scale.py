@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from throughput import free_port, machine, spawned, wait_port  # noqa: E402
+from throughput import compiled_build, free_port, machine, spawned, wait_port  # noqa: E402
 
 LUA = """
 local hosts = {}
@@ -95,8 +95,11 @@ def main() -> int:
     ap.add_argument(
         "--ready-timeout", type=float, default=900, help="seconds to wait for the table"
     )
+    ap.add_argument("--pure", action="store_true", help="pure-Python gateway, not the mypyc build")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    gw_env = {} if args.pure else compiled_build()
+    build_desc = "mypyc-compiled hot path" if gw_env else "pure Python"
     rows = []
     with contextlib.ExitStack() as stack:
         up_port = free_port()
@@ -142,8 +145,11 @@ def main() -> int:
                             f"127.0.0.1:{iport}",
                             "--log-level",
                             "WARNING",
+                            "--workers",
+                            "1",
                         ],
                         port,
+                        gw_env,
                     )
                 )
                 wait_port(iport, proc, 60)
@@ -208,8 +214,8 @@ def main() -> int:
     print(f"- command: `.venv/bin/python benchmarks/scale.py {' '.join(sys.argv[1:])}`")
     print(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}")
     print(
-        "- native gateway, 1 worker; wrk 1 thread × 64 connections, requests spread over 1 000 "
-        f"hostnames of the table; best of {args.rounds} × {args.duration}s\n"
+        f"- native gateway ({build_desc}), 1 worker; wrk 1 thread × 64 connections, requests "
+        f"spread over 1 000 hostnames of the table; best of {args.rounds} × {args.duration}s\n"
     )
     print(
         "| records | publish (replace_all) s | gateway ready s | gateway RSS MiB "
