@@ -94,6 +94,7 @@ from gateway.errors import (
     Answer,
     UpstreamError,
 )
+from gateway.pool import Sink
 from routing.upstreams import EjectionPolicy
 
 if TYPE_CHECKING:
@@ -652,7 +653,7 @@ class _Waiting:
             waiter.set_result(None)
 
 
-class _HttpExchange(_Waiting):
+class _HttpExchange(_Waiting, Sink):
     """One proxied HTTP request: the pool's sink, plus the two coroutines that drive it."""
 
     __slots__ = (

@@ -45,6 +45,7 @@ from gateway.errors import (
     Answer,
     UpstreamError,
 )
+from gateway.pool import Sink
 
 if TYPE_CHECKING:
     from gateway.accesslog import AccessLog
@@ -75,7 +76,7 @@ _DISCARD_LIMIT: Final = 64 * 1024  # body bytes we read and drop to keep a conne
 _MAX_PIPELINE: Final = 16  # queued requests per connection before reading pauses
 
 
-class Exchange:
+class Exchange(Sink):
     """One request/response cycle; the upstream pool's sink for that request."""
 
     __slots__ = (
