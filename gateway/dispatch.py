@@ -240,17 +240,29 @@ _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", 
 
 
 class RequestIds:
-    """Cheap unique request ids: a random per-process prefix and a counter."""
+    """Cheap unique request ids: a random per-process prefix and a hex counter.
 
-    __slots__ = ("_n", "_prefix")
+    ``<12 hex>-<counter in hex, at least 3 digits>``. The counter's low 12 bits come from a
+    precomputed table and the rest is re-encoded once per 4 096 ids, so an id is one
+    concatenation (a formatted int per id cost ~1k instructions, 2 % of a request)."""
+
+    __slots__ = ("_head", "_n", "_prefix")
 
     def __init__(self) -> None:
         self._prefix = os.urandom(6).hex().encode()
         self._n = 0
+        self._head = self._prefix + b"-"
 
     def next(self) -> bytes:
-        self._n += 1
-        return b"%s-%x" % (self._prefix, self._n)
+        n = self._n + 1
+        self._n = n
+        low = n & 0xFFF
+        if low == 0:
+            self._head = self._prefix + b"-%x" % (n >> 12)
+        return self._head + _LOW_HEX[low]
+
+
+_LOW_HEX: Final = tuple(b"%03x" % i for i in range(0x1000))
 
 
 class Dispatcher:

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
@@ -421,7 +422,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer = peer[0] if isinstance(peer, tuple) else "unix"
         self.peer_b = self.peer.encode()
         self.server.connections.add(self)
-        now = self.server.loop.time()
+        now = self.server.time()
         self.deadline = now + self.server.keepalive_timeout
         self.head_deadline = now + self.server.header_timeout
 
@@ -488,7 +489,7 @@ class ClientConnection(asyncio.Protocol):
         ex = Exchange(self)
         self.parsing = ex
         if self.head_deadline == 0.0:
-            self.head_deadline = self.server.loop.time() + self.server.header_timeout
+            self.head_deadline = self.server.time() + self.server.header_timeout
 
     def on_url(self, url: bytes) -> None:
         ex = self.parsing
@@ -550,7 +551,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _start(self, ex: Exchange) -> None:
         server = self.server
-        ex.t0 = server.loop.time()
+        ex.t0 = server.time()
         url = ex.url
         host: bytes | None = None
         if url[:1] != b"/":
@@ -628,7 +629,7 @@ class ClientConnection(asyncio.Protocol):
         """The response to ``ex`` is complete: count it, then keep-alive, next, or close."""
         server = self.server
         plan = ex.plan
-        latency = (server.loop.time() - ex.t0) * 1000.0 if ex.t0 else 0.0
+        latency = (server.time() - ex.t0) * 1000.0 if ex.t0 else 0.0
         if plan is not None:
             server.counters.record(
                 plan.route.space_b,
@@ -683,7 +684,7 @@ class ClientConnection(asyncio.Protocol):
         if not ex.request_done and not answer.close and not _expects_continue(ex.headers):
             ex.deferred = (answer, request_id)
             # The rest of the body must arrive in time, or the answer goes out with a close.
-            self.deadline = self.server.loop.time() + self.server.header_timeout
+            self.deadline = self.server.time() + self.server.header_timeout
             return
         body = answer.body(request_id)
         ex.status = answer.status
@@ -732,7 +733,7 @@ class ClientConnection(asyncio.Protocol):
                 plan.target.deployment_b,
                 504 if ex.timed_out else 502,
                 ex.out_bytes,
-                (server.loop.time() - ex.t0) * 1000.0,
+                (server.time() - ex.t0) * 1000.0,
                 ex.timed_out,
             )
         server.counters.answered(ex.status, ex.timed_out)
@@ -835,6 +836,9 @@ class NativeServer:
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.loop = loop or asyncio.get_event_loop()
+        # The loop's clock as a bound method: compiled, one call instead of a lookup by name
+        # each time (3-4 times per request).
+        self.time: Callable[[], float] = self.loop.time
         self.config = config
         self.table = table
         self.pool = pool

@@ -108,3 +108,20 @@ def test_header_class_cache_stays_bounded_and_correct() -> None:
     assert dispatch.response_header_class(b"Transfer-Encoding") == dispatch.R_TRANSFER_ENCODING
     assert dispatch.response_header_class(b"X-Request-ID") == dispatch.R_DROP
     assert dispatch.response_header_class(b"Proxy-Authenticate") == dispatch.R_DROP
+
+
+def test_request_ids_are_unique_and_sane_across_the_table_boundaries() -> None:
+    from gateway.dispatch import _REQUEST_ID_OK, RequestIds
+
+    ids = RequestIds()
+    seen = [ids.next() for _ in range(3 * 0x1000 + 5)]
+    assert len(set(seen)) == len(seen)
+    prefix = seen[0].split(b"-")[0]
+    assert len(prefix) == 12
+    for n, rid in enumerate(seen, start=1):
+        head, _, counter = rid.partition(b"-")
+        assert head == prefix and int(counter, 16) == n, (n, rid)
+        assert not rid.translate(None, _REQUEST_ID_OK)  # the gateway would accept it back
+    # seen[i] is id number i + 1
+    assert seen[0].endswith(b"-001") and seen[0xFFE].endswith(b"-fff")
+    assert seen[0xFFF].endswith(b"-1000") and seen[0x2004].endswith(b"-2005")
