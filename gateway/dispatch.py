@@ -105,6 +105,13 @@ _CLASS_CACHE_MAX: Final = 2048
 _request_class_cache: Final[dict[bytes, int]] = {}
 
 
+def _remember(cache: dict[bytes, int], name: bytes, code: int) -> int:
+    if len(cache) >= _CLASS_CACHE_MAX:
+        cache.clear()
+    cache[name] = code
+    return code
+
+
 def request_header_class(name: bytes) -> int:
     """The ``H_*`` class of a request header name, in any letter case."""
     code = _request_class_cache.get(name)
@@ -117,10 +124,7 @@ def request_header_class(name: bytes) -> int:
             code = H_DROP
         else:
             code = H_FORWARD
-    if len(_request_class_cache) >= _CLASS_CACHE_MAX:
-        _request_class_cache.clear()
-    _request_class_cache[name] = code
-    return code
+    return _remember(_request_class_cache, name, code)
 
 
 # Lower-case names dropped on the way back to the client (framing re-emitted too).
@@ -162,10 +166,7 @@ def response_header_class(name: bytes) -> int:
     code = _RESPONSE_CLASSES.get(lname, -1)
     if code < 0:
         code = R_DROP if lname in DROP_RESPONSE else R_FORWARD
-    if len(_response_class_cache) >= _CLASS_CACHE_MAX:
-        _response_class_cache.clear()
-    _response_class_cache[name] = code
-    return code
+    return _remember(_response_class_cache, name, code)
 
 
 _REQUEST_ID_OK: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"

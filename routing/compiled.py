@@ -40,6 +40,7 @@ from routing.models import (
     RouteRecord,
     Target,
     Upstream,
+    policy_to_obj,
 )
 from routing.upstreams import Replica, UpstreamRegistry
 
@@ -476,7 +477,6 @@ class CompiledRoute:
         order = self.order
         if order is not None:
             eps = tuple(eps[i] for i in order)
-        p = self.policy
         return {
             "host": self.host,
             "version": self.version,
@@ -484,14 +484,7 @@ class CompiledRoute:
             "service_id": self.service_id,
             "blocked": self.blocked,
             "updated_at": self.updated_at,
-            "policy": {
-                "connect_timeout_ms": p.connect_timeout_ms,
-                "read_timeout_ms": p.read_timeout_ms,
-                "max_body_bytes": p.max_body_bytes,
-                "retries": p.retries,
-                "sticky": p.sticky,
-                "allow_override": p.allow_override,
-            },
+            "policy": policy_to_obj(self.policy),
             "endpoints": [e.to_obj() for e in eps],
         }
 

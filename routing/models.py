@@ -418,8 +418,18 @@ def _ident(value: Any, path: str) -> str:
 # --------------------------------------------------------------------------------- encoding
 
 
+def policy_to_obj(p: Policy) -> dict[str, Any]:
+    return {
+        "connect_timeout_ms": p.connect_timeout_ms,
+        "read_timeout_ms": p.read_timeout_ms,
+        "max_body_bytes": p.max_body_bytes,
+        "retries": p.retries,
+        "sticky": p.sticky,
+        "allow_override": p.allow_override,
+    }
+
+
 def record_to_obj(record: RouteRecord) -> dict[str, Any]:
-    p = record.policy
     return {
         "host": record.host,
         "version": record.version,
@@ -427,14 +437,7 @@ def record_to_obj(record: RouteRecord) -> dict[str, Any]:
         "service_id": record.service_id,
         "blocked": record.blocked,
         "updated_at": record.updated_at,
-        "policy": {
-            "connect_timeout_ms": p.connect_timeout_ms,
-            "read_timeout_ms": p.read_timeout_ms,
-            "max_body_bytes": p.max_body_bytes,
-            "retries": p.retries,
-            "sticky": p.sticky,
-            "allow_override": p.allow_override,
-        },
+        "policy": policy_to_obj(record.policy),
         "endpoints": [
             {
                 "path_prefix": e.path_prefix,
