@@ -57,8 +57,14 @@ class OptionalBuildExt(build_ext):
             _warn(exc)
 
 
+# Commands that build extensions. Metadata-only runs (egg_info, dist_info: pip's "getting
+# requirements" and "preparing metadata" steps), sdists and editable installs (editable_wheel,
+# develop) get no ext_modules, so they never run mypyc.
+BUILDS: frozenset[str] = frozenset({"bdist_wheel", "build", "build_ext", "install"})
+
+
 def _ext_modules() -> list[Any]:
-    if DISABLED or "editable_wheel" in sys.argv or "sdist" in sys.argv:
+    if DISABLED or not BUILDS.intersection(sys.argv) or "editable_wheel" in sys.argv:
         return []
     with (HERE / "pyproject.toml").open("rb") as fh:
         modules = tomllib.load(fh)["tool"]["turnout"]["compiled-modules"]
@@ -66,7 +72,7 @@ def _ext_modules() -> list[Any]:
         from mypyc.build import mypycify
 
         return list(mypycify(modules, opt_level="3"))
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # mypy reports type errors with sys.exit()
         if REQUIRED:
             raise
         _warn(exc)
