@@ -26,7 +26,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from throughput import free_port, machine, spawned  # noqa: E402
+from throughput import compiled_build, free_port, machine, spawned  # noqa: E402
 
 CLI = [
     sys.executable,
@@ -55,7 +55,9 @@ def main() -> int:
     ap.add_argument("--apps", type=int, default=200)
     ap.add_argument("--users", type=int, default=40)
     ap.add_argument("--time", type=int, default=60, help="seconds of load")
+    ap.add_argument("--pure", action="store_true", help="pure-Python gateway, not the mypyc build")
     args = ap.parse_args()
+    gw_env = {} if args.pure else compiled_build()
     tmp = tempfile.mkdtemp(prefix="turnout-scenario-")
     env = {
         **os.environ,
@@ -141,8 +143,11 @@ def main() -> int:
                     f"127.0.0.1:{iport}",
                     "--log-level",
                     "WARNING",
+                    "--workers",
+                    "1",
                 ],
                 gport,
+                gw_env,
             )
         )
         admin = f"http://127.0.0.1:{aport}"
@@ -226,7 +231,8 @@ def main() -> int:
     print(
         f"- {args.apps} apps/hostnames deployed through the admin API in {setup:.1f}s; "
         f"{args.users} locust users (one of them the admin flipping a random app between v1 "
-        f"and v2 every 2–4 s) for {args.time}s against one native gateway worker\n"
+        f"and v2 every 2–4 s) for {args.time}s against one native gateway worker "
+        f"({'mypyc-compiled hot path' if gw_env else 'pure Python'})\n"
     )
     print("| request | count | failures | median ms | p99 ms | max ms | req/s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
