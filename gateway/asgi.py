@@ -84,7 +84,7 @@ import httptools
 
 from gateway import wsframes
 from gateway.config import GatewayConfig, parse_networks
-from gateway.dispatch import DROP_RESPONSE, Dispatcher, Plan
+from gateway.dispatch import DROP_RESPONSE, R_FORWARD, Dispatcher, Plan, response_header_class
 from gateway.errors import (
     BAD_GATEWAY,
     BAD_GATEWAY_RESPONSE,
@@ -1329,7 +1329,7 @@ class _WsProxy(_Waiting):
             headers = [
                 (name.lower(), value)
                 for name, value in upstream.headers
-                if name.lower() not in DROP_RESPONSE and name.lower() != b"content-length"
+                if response_header_class(name) == R_FORWARD
             ]
             body = bytes(upstream.body)
             headers.append((b"content-length", b"%d" % len(body)))

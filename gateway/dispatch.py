@@ -87,6 +87,7 @@ H_OVERRIDE: Final = 11  # x-turnout-deployment: read, not forwarded
 H_COOKIE: Final = 12  # read (sticky cookie) and forwarded
 
 _REQUEST_CLASSES: Final[dict[bytes, int]] = {
+    **dict.fromkeys(_DROP_REQUEST, H_DROP),  # then the ones read before dropping:
     b"content-length": H_CONTENT_LENGTH,
     b"transfer-encoding": H_TRANSFER_ENCODING,
     b"connection": H_CONNECTION,
@@ -118,12 +119,9 @@ def request_header_class(name: bytes) -> int:
     if code is not None:
         return code
     lname = name.lower()
-    code = _REQUEST_CLASSES.get(lname, -1)
-    if code < 0:
-        if lname in _DROP_REQUEST or lname.startswith((b"x-turnout-", b"proxy-")):
-            code = H_DROP
-        else:
-            code = H_FORWARD
+    code = _REQUEST_CLASSES.get(lname)
+    if code is None:
+        code = H_DROP if lname.startswith((b"x-turnout-", b"proxy-")) else H_FORWARD
     return _remember(_request_class_cache, name, code)
 
 
@@ -149,6 +147,7 @@ R_TRANSFER_ENCODING: Final = 3
 R_CONNECTION: Final = 4
 R_UPGRADE: Final = 5
 _RESPONSE_CLASSES: Final[dict[bytes, int]] = {
+    **dict.fromkeys(DROP_RESPONSE, R_DROP),  # then the ones read before dropping:
     b"content-length": R_CONTENT_LENGTH,
     b"transfer-encoding": R_TRANSFER_ENCODING,
     b"connection": R_CONNECTION,
@@ -162,16 +161,14 @@ def response_header_class(name: bytes) -> int:
     code = _response_class_cache.get(name)
     if code is not None:
         return code
-    lname = name.lower()
-    code = _RESPONSE_CLASSES.get(lname, -1)
-    if code < 0:
-        code = R_DROP if lname in DROP_RESPONSE else R_FORWARD
+    code = _RESPONSE_CLASSES.get(name.lower(), R_FORWARD)
     return _remember(_response_class_cache, name, code)
 
 
 _REQUEST_ID_OK: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
-# Connection header values that nominate no header and request no upgrade: nothing to parse.
-_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
+# Connection header values that nominate no header and request no upgrade: nothing to parse
+# (either direction; the pool uses it too).
+PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 # Connection tokens that are options, not header names, or that name headers we must keep.
 _NOT_NOMINABLE: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"host"})
 
@@ -336,7 +333,7 @@ class Dispatcher:
             elif code == H_TRANSFER_ENCODING:
                 te = value if te is None else te + b", " + value
             elif code == H_CONNECTION:
-                if value not in _PLAIN_CONNECTION:  # keep-alive/close nominate nothing
+                if value not in PLAIN_CONNECTION:  # keep-alive/close nominate nothing
                     conn_tokens = (conn_tokens or []) + [
                         t.strip().lower() for t in value.split(b",")
                     ]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from gateway.dispatch import Dispatcher, Plan
+from gateway.dispatch import H_CONNECTION, Dispatcher, Plan, request_header_class
 from gateway.errors import (
     BAD_GATEWAY,
     BAD_GATEWAY_RESPONSE,
@@ -504,7 +504,8 @@ class ClientConnection(asyncio.Protocol):
         assert ex is not None
         ex.headers.append((name, value))
         ex.head_bytes += len(name) + len(value) + 4
-        if len(name) == 10 and name[0] | 0x20 == 0x63 and name.lower() == b"connection":
+        # len(): a free guard before the (cached, shared) classification prepare() also uses
+        if len(name) == 10 and request_header_class(name) == H_CONNECTION:
             ex.connection_header = True
         if ex.head_bytes > self.server.max_header_bytes or (
             len(ex.headers) > self.server.max_headers

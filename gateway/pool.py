@@ -29,13 +29,15 @@ from __future__ import annotations
 import asyncio
 import enum
 import socket
+from abc import abstractmethod
 from collections import deque
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 from mypy_extensions import trait
 
 from gateway.dispatch import (
+    PLAIN_CONNECTION,
     R_CONNECTION,
     R_CONTENT_LENGTH,
     R_FORWARD,
@@ -50,10 +52,6 @@ if TYPE_CHECKING:
     from routing.upstreams import Replica
 
 Key = tuple[str, int]
-
-
-# Connection header values that nominate no header (by far the most common ones): no parsing.
-_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 
 
 class _Trailing(Exception):
@@ -73,16 +71,20 @@ class Sink:
     """What the pool and its connections call back. The front-ends' exchanges inherit it.
 
     A base class (a mypyc trait), not a ``typing.Protocol``: compiled, the pool's calls into the
-    sink — four or five per request — are vtable calls instead of method lookups by name."""
+    sink — four or five per request — are vtable calls instead of method lookups by name.
+    Every method is abstract: mypy rejects an exchange class that leaves one out."""
 
     __slots__ = ()
 
+    @abstractmethod
     def upstream_ready(self, conn: UpstreamConnection) -> None:
-        raise NotImplementedError
+        """A connection is ready for this request: write the request through ``conn``."""
 
+    @abstractmethod
     def upstream_failed(self, error: UpstreamError) -> None:
-        raise NotImplementedError
+        """No connection could be had (connect error, timeout, pool full, shutdown)."""
 
+    @abstractmethod
     def response_head(
         self,
         status: int,
@@ -91,28 +93,35 @@ class Sink:
         content_length: bytes | None,
         body_expected: bool,
     ) -> None:
-        raise NotImplementedError
+        """The response head, hop-by-hop headers removed; framing passed separately."""
 
+    @abstractmethod
     def response_body(self, data: bytes) -> None:
-        raise NotImplementedError
+        """One chunk of the response body, as it arrived."""
 
+    @abstractmethod
     def response_flush(self) -> None:
-        raise NotImplementedError
+        """The end of one read from the upstream: send what is held back."""
 
+    @abstractmethod
     def response_end(self) -> None:
-        raise NotImplementedError
+        """The response is complete."""
 
+    @abstractmethod
     def response_aborted(self, error: UpstreamError) -> None:
-        raise NotImplementedError
+        """The response broke off (reset, timeout, invalid bytes)."""
 
+    @abstractmethod
     def upstream_pause_writing(self) -> None:
-        raise NotImplementedError
+        """The upstream is not reading: stop sending it request body."""
 
+    @abstractmethod
     def upstream_resume_writing(self) -> None:
-        raise NotImplementedError
+        """The upstream reads again."""
 
+    @abstractmethod
     def tunnel_data(self, data: bytes) -> None:
-        raise NotImplementedError
+        """Bytes from the upstream after a 101: pass them on untouched."""
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -284,7 +293,7 @@ class UpstreamConnection(asyncio.Protocol):
             elif code == R_TRANSFER_ENCODING:
                 chunked = True
             elif code == R_CONNECTION:
-                if value not in _PLAIN_CONNECTION:  # the usual values nominate nothing
+                if value not in PLAIN_CONNECTION:  # the usual values nominate nothing
                     conn_tokens = [t.strip().lower() for t in value.split(b",")]
             elif code == R_UPGRADE:
                 upgrade = value
