@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from throughput import compiled_build, free_port, machine, spawned, wait_port  # noqa: E402
+from throughput import compiled_build, free_port, machine, redis_server, spawned, wait_port  # noqa: E402
 
 LUA = """
 local hosts = {}
@@ -110,24 +110,7 @@ def main() -> int:
         )
         for n in sizes:
             with contextlib.ExitStack() as run:
-                rport = free_port()
-                run.enter_context(
-                    spawned(
-                        [
-                            "redis-server",
-                            "--port",
-                            str(rport),
-                            "--save",
-                            "",
-                            "--appendonly",
-                            "no",
-                            "--bind",
-                            "127.0.0.1",
-                        ],
-                        rport,
-                    )
-                )
-                url = f"redis://127.0.0.1:{rport}/0"
+                url = run.enter_context(redis_server())
                 pub = publish(url, n, up_port)
                 port, iport = free_port(), free_port()
                 t0 = time.perf_counter()

@@ -26,7 +26,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from throughput import compiled_build, free_port, machine, spawned  # noqa: E402
+from throughput import compiled_build, free_port, machine, redis_server, spawned  # noqa: E402
 
 CLI = [
     sys.executable,
@@ -67,24 +67,7 @@ def main() -> int:
     }
     env.pop("TURNOUT_DB", None)
     with contextlib.ExitStack() as stack:
-        rport = free_port()
-        stack.enter_context(
-            spawned(
-                [
-                    "redis-server",
-                    "--port",
-                    str(rport),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--bind",
-                    "127.0.0.1",
-                ],
-                rport,
-            )
-        )
-        redis_url = f"redis://127.0.0.1:{rport}/0"
+        redis_url = stack.enter_context(redis_server())
         ups = {}
         for name in ("v1", "v2"):
             port = free_port()

@@ -245,24 +245,7 @@ def main() -> int:
     stack = contextlib.ExitStack()
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     try:
-        rport = free_port()
-        stack.enter_context(
-            spawned(
-                [
-                    "redis-server",
-                    "--port",
-                    str(rport),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--bind",
-                    "127.0.0.1",
-                ],
-                rport,
-            )
-        )
-        redis_url = f"redis://127.0.0.1:{rport}/0"
+        redis_url = stack.enter_context(redis_server())
         up_port = free_port()
         if have_nginx:
             conf = os.path.join(tmp, "up.conf")
@@ -424,6 +407,15 @@ def main() -> int:
             )
         print()
     return 0
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port, persistence off; yields its URL."""
+    port = free_port()
+    cmd = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
+    with spawned([*cmd, "--bind", "127.0.0.1"], port):
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 def cpu_seconds(proc: subprocess.Popen[bytes] | None) -> tuple[float, float]:
