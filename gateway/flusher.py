@@ -108,23 +108,22 @@ def plan_writes(batch: Batch, now: float, keys: Keys) -> list[HashIncrements]:
     month = usage_month(now)
     minute = epoch_minute(now)
     usage: dict[bytes, float] = {}
-    health: dict[bytes, list[float]] = {}
+    health: dict[bytes, Row] = {}
     for (space, _service, deployment), row in batch.items():
         if space:  # a row without an owner cannot be billed to anyone
             usage[space] = usage.get(space, 0.0) + row.requests
         if deployment:
             acc = health.get(deployment)
             if acc is None:
-                health[deployment] = row.values()
-            else:
-                for i, value in enumerate(row.values()):
-                    acc[i] += value
+                acc = health[deployment] = Row()
+            acc.add(row)
     plan: list[HashIncrements] = []
     for space, requests in usage.items():
         n = round(requests)
         if n:
             plan.append(HashIncrements(keys.usage(_decode(space), month), {USAGE_METER: n}))
-    for deployment, sums in health.items():
+    for deployment, acc in health.items():
+        sums = acc.values()
         fields = {name: round(sums[i]) for name, i in _HEALTH_FIELDS}
         # Zero increments are skipped (absent means 0); "total" is kept so the key exists.
         fields = {k: v for k, v in fields.items() if v or k == "total"}

@@ -519,12 +519,9 @@ class CompiledRoute:
             if pinned is not None:
                 return pinned
         if endpoint.single is not None:
-            return endpoint.single
-        if key is None:
-            bucket = (rng or random).randrange(TOTAL_WEIGHT)
-        else:
-            bucket = zlib.crc32(key, self.space_seed) % TOTAL_WEIGHT
-        return endpoint.layout[bisect_right(endpoint.bounds, bucket)]
+            return endpoint.single  # no bucket needed
+        bucket = (rng or random).randrange(TOTAL_WEIGHT) if key is None else self.bucket(key)
+        return endpoint.pick(bucket)
 
     def __repr__(self) -> str:
         return f"CompiledRoute({self.host!r}, v{self.version}, endpoints={len(self.endpoints)})"
