@@ -32,7 +32,7 @@ from tests.support.admin_proc import AdminProcess, ApiResponse
 from tests.support.gateway_proc import GatewayProcess
 from tests.support.rawhttp import ConnectionClosed, RawConnection, RawResponse, request
 from tests.support.redis_server import RedisServer
-from tests.support.upstream import UpstreamProcess
+from tests.support.upstream import UpstreamProcess, started_upstreams
 
 pytestmark = pytest.mark.e2e
 
@@ -67,15 +67,8 @@ class Stack:
 @pytest.fixture(scope="module")
 def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
     workdir = tmp_path_factory.mktemp("upstreams")
-    v1 = UpstreamProcess("v1", workdir=workdir).start()
-    try:
-        v2 = UpstreamProcess("v2", workdir=workdir).start()
-        try:
-            yield Upstreams(v1, v2)
-        finally:
-            v2.stop()
-    finally:
-        v1.stop()
+    with started_upstreams(workdir, "v1", "v2") as (v1, v2):
+        yield Upstreams(v1, v2)
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,13 @@ from tests.support.rawhttp import (
     request,
 )
 from tests.support.redis_server import RedisServer
-from tests.support.upstream import UpstreamProcess, expected_bytes_sha256, fetch_json, ws_frame
+from tests.support.upstream import (
+    UpstreamProcess,
+    expected_bytes_sha256,
+    fetch_json,
+    started_upstreams,
+    ws_frame,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -88,20 +94,14 @@ class Env:
 @pytest.fixture(scope="module")
 def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
     workdir = tmp_path_factory.mktemp("upstreams")
-    started: list[UpstreamProcess] = []
-    try:
-        specs: list[tuple[str, dict[str, Any]]] = [
-            ("main", {}),
-            ("idle", {"idle_close_ms": 200}),
-            ("stale", {"mode": "stale"}),
-            ("drop", {"mode": "drop"}),
-        ]
-        for name, kw in specs:
-            started.append(UpstreamProcess(name, workdir=workdir, **kw).start())
+    with started_upstreams(
+        workdir,
+        "main",
+        ("idle", {"idle_close_ms": 200}),
+        ("stale", {"mode": "stale"}),
+        ("drop", {"mode": "drop"}),
+    ) as started:
         yield Upstreams(*started)
-    finally:
-        for proc in started:
-            proc.stop()
 
 
 @pytest.fixture(scope="module")

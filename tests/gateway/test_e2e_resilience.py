@@ -45,7 +45,7 @@ from tests.support.gateway_proc import GatewayProcess, Publisher, gateway_error,
 from tests.support.loadgen import LoadStats, LoadThread, Reply, run_load
 from tests.support.rawhttp import RawConnection, RawResponse, build_request, request
 from tests.support.redis_server import RedisServer
-from tests.support.upstream import UpstreamProcess, fetch_json, ws_frame
+from tests.support.upstream import UpstreamProcess, fetch_json, started_upstreams, ws_frame
 
 pytestmark = pytest.mark.e2e
 
@@ -91,15 +91,8 @@ class Front:
 @pytest.fixture(scope="module")
 def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
     workdir = tmp_path_factory.mktemp("upstreams")
-    a = UpstreamProcess("a", workdir=workdir).start()
-    try:
-        b = UpstreamProcess("b", workdir=workdir).start()
-        try:
-            yield Upstreams(a, b)
-        finally:
-            b.stop()
-    finally:
-        a.stop()
+    with started_upstreams(workdir, "a", "b") as (a, b):
+        yield Upstreams(a, b)
 
 
 @pytest.fixture(scope="module", params=SERVERS)

@@ -52,6 +52,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -652,3 +653,20 @@ def fetch_json(port: int, path: str, timeout: float = 5.0) -> Any:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@contextlib.contextmanager
+def started_upstreams(
+    workdir: Path, *specs: str | tuple[str, dict[str, Any]]
+) -> Iterator[list[UpstreamProcess]]:
+    """Start one :class:`UpstreamProcess` per spec (a name, or ``(name, kwargs)``), in order;
+    stop every one that started, whatever happens."""
+    started: list[UpstreamProcess] = []
+    try:
+        for spec in specs:
+            name, kw = (spec, {}) if isinstance(spec, str) else spec
+            started.append(UpstreamProcess(name, workdir=workdir, **kw).start())
+        yield started
+    finally:
+        for proc in started:
+            proc.stop()
