@@ -23,10 +23,12 @@ from admin.db import make_engine
 from admin.dns import TxtResolver, make_resolver
 from admin.errors import ApiError, NotFound
 from admin.framework import REGISTRY, Endpoint, error_response, make_route_handler, openapi
+from admin.leader import LeaderLoops, Lease
 from admin.migrate import upgrade
 from admin.publisher import Publisher
 from admin.settings import Settings
 from routing.redis_store import RedisRouteStore
+from routing.runtime_state import RuntimeState, runtime_for
 from routing.store import MemoryRouteStore, RouteStore
 
 log = logging.getLogger("turnout.admin")
@@ -55,6 +57,8 @@ class AdminState:
     publisher: Publisher
     last_used: LastUsed
     resolver: TxtResolver
+    runtime: RuntimeState  # leases, mirrors, counter hashes (Redis, or in-process)
+    loops: LeaderLoops  # background jobs that run on the leader lease's holder only
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,7 +67,11 @@ def build_state(
     *,
     store: RouteStore | None = None,
     resolver: TxtResolver | None = None,
+    runtime: RuntimeState | None = None,
 ) -> AdminState:
+    """Everything the admin runs on. ``runtime`` defaults to the route store's Redis (or, for an
+    in-process store, a new in-process state; ``turnout dev`` passes the one its gateway
+    shares)."""
     keys = settings.require_keys()
     engine = make_engine(settings.db_url)
     if store is None:
@@ -72,6 +80,8 @@ def build_state(
             if settings.redis_url
             else MemoryRouteStore()
         )
+    runtime = runtime or runtime_for(store)
+    lease = Lease(runtime, "publisher", settings.lease_ms)
     return AdminState(
         settings=settings,
         keys=keys,
@@ -80,11 +90,14 @@ def build_state(
         publisher=Publisher(
             engine,
             store,
+            lease,
             retry_seconds=settings.publish_retry_seconds,
             reconcile_seconds=settings.reconcile_interval,
         ),
         last_used=LastUsed(engine),
         resolver=resolver or make_resolver(settings.dns_fixture),
+        runtime=runtime,
+        loops=LeaderLoops(lease),
     )
 
 
@@ -93,11 +106,12 @@ def create_app(
     *,
     store: RouteStore | None = None,
     resolver: TxtResolver | None = None,
+    runtime: RuntimeState | None = None,
     on_ready: Callable[[AdminState], None] | None = None,
 ) -> Starlette:
     """The admin ASGI app. Refuses to build without an encryption key ring."""
     load_resources()
-    state = build_state(settings, store=store, resolver=resolver)
+    state = build_state(settings, store=store, resolver=resolver, runtime=runtime)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -106,14 +120,18 @@ def create_app(
         state.last_used.start()
         state.publisher.start()
         state.publisher.kick()  # anything left in the outbox by a crash goes out now
+        state.loops.start()
         if on_ready is not None:
             on_ready(state)
         try:
             yield
         finally:
+            await state.loops.stop()
             await state.publisher.stop()
+            await state.loops.lease.release()
             await state.last_used.stop()
             await state.engine.dispose()
+            await state.runtime.close()
             await state.store.close()
 
     routes: list[Route] = []
@@ -148,6 +166,7 @@ def create_app(
             f"turnout_admin_publish_failures_total {p.failures}",
             "# TYPE turnout_admin_resyncs_total counter",
             f"turnout_admin_resyncs_total {p.resyncs}",
+            *state.loops.metrics(),
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 

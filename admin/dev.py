@@ -30,6 +30,7 @@ from admin.settings import Settings
 from gateway.config import GatewayConfig
 from gateway.flusher import MemoryCounterSink
 from gateway.worker import GatewayWorker, bind_socket
+from routing.runtime_state import MemoryRuntimeState
 from routing.store import MemoryRouteStore
 
 BASE_DOMAIN = "turnout.localhost"
@@ -142,6 +143,9 @@ async def _http(
 
 async def run(args: argparse.Namespace, directory: str, keys: KeyRing) -> int:
     store = MemoryRouteStore()
+    # One in-process runtime state for both planes: the gateway's counters land where the
+    # admin's background loops read them (Redis plays this part in production).
+    runtime = MemoryRuntimeState()
     settings = Settings(
         db_url=os.path.join(directory, "admin.db"),
         keys=keys,
@@ -150,7 +154,7 @@ async def run(args: argparse.Namespace, directory: str, keys: KeyRing) -> int:
         publish_retry_seconds=0.5,
     )
     ready: asyncio.Future[AdminState] = asyncio.get_running_loop().create_future()
-    app = create_app(settings, store=store, on_ready=ready.set_result)
+    app = create_app(settings, store=store, runtime=runtime, on_ready=ready.set_result)
     ahost, aport = _split(args.admin)
     ghost, gport = _split(args.gateway)
     server = uvicorn.Server(
@@ -165,7 +169,7 @@ async def run(args: argparse.Namespace, directory: str, keys: KeyRing) -> int:
         flush_interval=1.0,
         trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),),
     )
-    gateway = GatewayWorker(gw_config, store=store, counter_sink=MemoryCounterSink())
+    gateway = GatewayWorker(gw_config, store=store, counter_sink=MemoryCounterSink(state=runtime))
     admin_task = asyncio.create_task(server.serve(), name="admin")
     state = await asyncio.wait_for(ready, 30)
     await gateway.start([bind_socket(ghost, gport, reuse_port=False)])

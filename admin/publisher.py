@@ -11,9 +11,10 @@ next run (retry timer, restart) publishes it. Publishing twice is harmless (vers
 
 The reconciler notices a store that lost its data (no epoch: Redis restarted empty or was
 flushed) and republishes everything with :meth:`Publisher.resync`, which replaces the store's
-whole table atomically under a new epoch. With several admin instances, a Redis lease
-(``{turnout}:leader:publisher``) lets exactly one instance publish and resync, so a resync can
-never swap in records older than a publish another instance made meanwhile.
+whole table atomically under a new epoch. With several admin instances, the leader lease
+(``{turnout}:leader:publisher``, :mod:`admin.leader`) lets exactly one instance publish and
+resync, so a resync can never swap in records older than a publish another instance made
+meanwhile.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from typing import Any
 
@@ -29,15 +29,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from admin.db import hostnames, publish_queue, route_versions
+from admin.leader import Lease
 from admin.routes import compute_record
 from routing.errors import StaleVersionError
 from routing.models import RouteRecord
-from routing.redis_store import RedisRouteStore
+from routing.runtime_state import runtime_for
 from routing.store import RouteStore
 
 log = logging.getLogger("turnout.admin.publisher")
-
-LEASE_MS = 30_000
 
 
 class LeaseHeld(RuntimeError):
@@ -63,12 +62,16 @@ class Publisher:
         self,
         engine: AsyncEngine,
         store: RouteStore,
+        lease: Lease | None = None,
         *,
         retry_seconds: float = 1.0,
         reconcile_seconds: float = 5.0,
     ) -> None:
         self.engine = engine
         self.store = store
+        # Without a lease of the caller's: one over the store's own Redis (or, in-process, one
+        # this instance always holds).
+        self.lease = lease or Lease(runtime_for(store))
         self.retry_seconds = retry_seconds
         self.reconcile_seconds = reconcile_seconds
         self._kick = asyncio.Event()
@@ -78,7 +81,6 @@ class Publisher:
         self.failures = 0
         self.resyncs = 0
         self.last_error: str | None = None
-        self._owner = secrets.token_hex(8)
 
     def kick(self) -> None:
         self._kick.set()
@@ -131,28 +133,13 @@ class Publisher:
         return True
 
     async def _leader(self) -> bool:
-        """Hold (or take) the publisher lease: with several admins, exactly one publishes.
+        """Hold (or take) the leader lease: with several admins, exactly one publishes.
 
         Publishing and full resyncs must not interleave across instances (a resync swaps in
         records computed earlier and would undo another instance's newer publish), so both
         run only on the lease holder; other instances leave their outbox rows to it (picked up
-        within ``retry_seconds``). The lease is renewed on every check and expires after
-        ``LEASE_MS`` if its holder dies."""
-        if not isinstance(self.store, RedisRouteStore):
-            return True
-        key = self.store.keys.leader("publisher")
-        r = self.store.redis
-        lease = max(LEASE_MS, int(self.reconcile_seconds * 3000))
-        if await r.set(key, self._owner, nx=True, px=lease):
-            return True
-        current = await r.get(key)
-        mine = (
-            current is not None
-            and (current.decode() if isinstance(current, bytes) else current) == self._owner
-        )
-        if mine:
-            await r.pexpire(key, lease)
-        return bool(mine)
+        within ``retry_seconds``). See :mod:`admin.leader`."""
+        return await self.lease.held()
 
     async def drain(self) -> int:
         """Publish every queued host; returns how many were published (0 when another admin

@@ -19,6 +19,8 @@ class Settings:
     max_hostnames_per_service: int = 20
     publish_retry_seconds: float = 1.0
     reconcile_interval: float = 5.0
+    # TTL of the leader lease (admin/leader.py); 0: derived from reconcile_interval (>= 30 s).
+    lease_seconds: float = 0.0
     max_body_bytes: int = 1024 * 1024
     migrate_on_start: bool = True
 
@@ -37,6 +39,7 @@ class Settings:
         for var, key in (
             ("TURNOUT_RECONCILE_INTERVAL", "reconcile_interval"),
             ("TURNOUT_PUBLISH_RETRY", "publish_retry_seconds"),
+            ("TURNOUT_LEASE_SECONDS", "lease_seconds"),
         ):
             raw = env.get(var)
             if raw:
@@ -52,6 +55,14 @@ class Settings:
             values["keys"] = KeyRing.parse(keys_spec) if keys_spec else None
         settings = cls(**values)  # type: ignore[arg-type]
         return settings
+
+    @property
+    def lease_ms(self) -> int:
+        """The leader lease's TTL: ``lease_seconds``, or by default 3 reconcile intervals and
+        at least 30 s (every leader check renews it)."""
+        if self.lease_seconds > 0:
+            return int(self.lease_seconds * 1000)
+        return max(30_000, int(self.reconcile_interval * 3000))
 
     def require_keys(self) -> KeyRing:
         if self.keys is None:

@@ -42,6 +42,7 @@ from redis.exceptions import RedisError
 
 from gateway.counters import C2, C4, C5, LAT, REQ, TIMEOUTS, Counters, Key, Row, epoch_minute
 from routing.keys import Keys
+from routing.runtime_state import MemoryRuntimeState
 
 log = logging.getLogger("turnout.gateway.flusher")
 
@@ -199,48 +200,47 @@ class RedisCounterSink:
 
 
 class MemoryCounterSink:
-    """Keeps the same hashes as Redis would, in dicts (embedded dev mode and tests).
+    """Keeps the same hashes as Redis would, in a :class:`MemoryRuntimeState` (embedded dev
+    mode and tests). Pass the admin's state to share the hashes with it (``turnout dev``).
 
     Health hashes expire like their Redis keys (checked on every write and read), so a
     long-running dev gateway does not grow without end.
     """
 
-    __slots__ = ("clock", "expires", "hashes", "keys", "writes")
+    __slots__ = ("clock", "keys", "state", "writes")
 
-    def __init__(self, keys: Keys | None = None, *, clock: Callable[[], float] = time.time):
-        self.keys = keys or Keys()
+    def __init__(
+        self,
+        keys: Keys | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        state: MemoryRuntimeState | None = None,
+    ):
+        self.state = state or MemoryRuntimeState(keys, clock=clock)
+        self.keys = keys or self.state.keys
         self.clock = clock
-        self.hashes: dict[str, dict[str, int]] = {}
-        self.expires: dict[str, float] = {}  # key -> absolute expiry (epoch seconds)
         self.writes = 0
 
+    @property
+    def hashes(self) -> dict[str, dict[str, int]]:
+        return self.state.hashes
+
     async def write(self, batch: Batch, now: float) -> None:
-        self._expire(now)
         for item in plan_writes(batch, now, self.keys):
-            h = self.hashes.setdefault(item.key, {})
-            for field, n in item.fields.items():
-                h[field] = h.get(field, 0) + n
-            if item.ttl is not None:
-                self.expires[item.key] = now + item.ttl
+            self.state.incr_now(item.key, item.fields, item.ttl, now)
         self.writes += 1
 
     def hgetall(self, key: str) -> dict[str, int]:
-        self._expire(self.clock())
-        return dict(self.hashes.get(key, {}))
+        self.state.expire_due(self.clock())
+        return dict(self.state.hashes.get(key, {}))
 
     def ttl(self, key: str) -> float | None:
         """Seconds left before ``key`` expires; None when it never does (or does not exist)."""
-        at = self.expires.get(key)
+        at = self.state.expires.get(key)
         return None if at is None else max(0.0, at - self.clock())
 
-    def _expire(self, now: float) -> None:
-        gone = [k for k, at in self.expires.items() if at <= now]
-        for key in gone:
-            del self.expires[key]
-            self.hashes.pop(key, None)
-
     def __repr__(self) -> str:
-        return f"MemoryCounterSink(keys={len(self.hashes)}, writes={self.writes})"
+        return f"MemoryCounterSink(keys={len(self.state.hashes)}, writes={self.writes})"
 
 
 class CounterFlusher:
