@@ -281,6 +281,13 @@ class MemoryRuntimeState(RuntimeState):
         if ttl_s is not None:
             self.expires[key] = now + ttl_s
 
+    def hset_now(self, key: str, fields: dict[str, int], ttl_s: int | None, now: float) -> None:
+        """Synchronous ``HSET`` (then ``EXPIRE`` when ``ttl_s``) at ``now``."""
+        self.expire_due(now)
+        self.hashes.setdefault(key, {}).update(fields)
+        if ttl_s is not None:
+            self.expires[key] = now + ttl_s
+
     def __repr__(self) -> str:
         return f"MemoryRuntimeState(strings={len(self.strings)}, hashes={len(self.hashes)})"
 
