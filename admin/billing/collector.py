@@ -87,6 +87,12 @@ CheckpointKey = tuple[str, str, str, str]  # space, period, meter, writer
 RollupKey = tuple[str, str, str]  # space, period, meter
 
 
+@dataclass(frozen=True, slots=True)
+class FoldPlan:
+    moves: list[tuple[CheckpointKey, int | None, int]]  # checkpoint, value read, new value
+    deltas: dict[RollupKey, int]
+
+
 class Raced(Exception):
     """Another collector moved a checkpoint first: this chunk rolls back."""
 
@@ -133,34 +139,17 @@ class UsageCollector:
         read_at = self.clock()
         period = period_of(read_at)
         readings = await self.read(period)
-        by_space: dict[str, list[Reading]] = {}
-        for r in readings:
-            by_space.setdefault(r.space, []).append(r)
-        names = sorted(by_space)
-        folded, raced = 0, 0
-        for i in range(0, len(names), self.chunk):
-            chunk = [r for name in names[i : i + self.chunk] for r in by_space[name]]
-            try:
-                async with self.engine.begin() as conn:
-                    done = await self._fold(conn, chunk, period)
-            except (Raced, sa.exc.IntegrityError, sa.exc.NoResultFound) as exc:
-                self.races += 1
-                raced += 1
-                log.info("usage fold lost a race (another collector?), retried next run: %s", exc)
-                continue
-            finally:
-                self.pending_units = 0
-            for meter, n in done.items():
-                self.folded[meter] = self.folded.get(meter, 0) + n
-                folded += n
+        races = self.races
+        done = await self.fold(readings, period)
         blocked, unblocked = await self._decide(period)
         await self._prune(period)
         self.runs += 1
-        if not raced:
+        raced = self.races - races
+        if not raced:  # every count flushed before read_at is in SQL now
             self.last_read_at = read_at
         return {
             "keys": len({(r.space, r.period) for r in readings}),
-            "folded": folded,
+            "folded": sum(done.values()),
             "blocked": blocked,
             "unblocked": unblocked,
             "raced": raced,
@@ -197,9 +186,37 @@ class UsageCollector:
 
     # ------------------------------------------------------------------ 2. fold
 
+    async def fold(self, readings: list[Reading], period: str) -> dict[str, int]:
+        """Fold ``readings`` chunk by chunk, one transaction each; units folded per meter. A
+        chunk that lost a race to another collector rolls back (counted in ``races``)."""
+        by_space: dict[str, list[Reading]] = {}
+        for r in readings:
+            by_space.setdefault(r.space, []).append(r)
+        names = sorted(by_space)
+        total: dict[str, int] = {}
+        for i in range(0, len(names), self.chunk):
+            chunk = [r for name in names[i : i + self.chunk] for r in by_space[name]]
+            try:
+                async with self.engine.begin() as conn:
+                    done = await self._fold(conn, chunk, period)
+            except (Raced, sa.exc.IntegrityError, sa.exc.NoResultFound) as exc:
+                self.races += 1
+                log.info("usage fold lost a race (another collector?), retried next run: %s", exc)
+                continue
+            finally:
+                self.pending_units = 0
+            for meter, n in done.items():
+                self.folded[meter] = self.folded.get(meter, 0) + n
+                total[meter] = total.get(meter, 0) + n
+        return total
+
     async def _fold(
         self, conn: AsyncConnection, readings: list[Reading], period: str
     ) -> dict[str, int]:
+        return await self._apply(conn, await self._plan(conn, readings, period))
+
+    async def _plan(self, conn: AsyncConnection, readings: list[Reading], period: str) -> FoldPlan:
+        """Compare ``readings`` with their checkpoints: the moves and deltas to commit."""
         names = sorted({r.space for r in readings})
         live = set(
             (await conn.execute(sa.select(spaces.c.id).where(spaces.c.id.in_(names))))
@@ -228,9 +245,16 @@ class UsageCollector:
             moves.append((key, prev, r.value))
             rk = (r.space, r.period, r.meter)
             deltas[rk] = deltas.get(rk, 0) + r.value - (prev or 0)
+        return FoldPlan(moves, deltas)
+
+    async def _apply(self, conn: AsyncConnection, plan: FoldPlan) -> dict[str, int]:
+        """Move the checkpoints (optimistically: :class:`Raced` when one moved since it was
+        read) and add the deltas to the rollups, in ``conn``'s transaction."""
+        moves, deltas = plan.moves, plan.deltas
         if not deltas:
             return {}
         self.pending_units = sum(deltas.values())
+        cps = usage_checkpoints.c
         at = now_ms()
         for (space, when, meter, writer), prev, value in moves:
             if prev is None:
