@@ -2,7 +2,7 @@
 
 Usage events are what runtimes and agents report for the meters the gateway does not count.
 Each is idempotent by its ``idempotency_key`` (a unique constraint per space, so 50 concurrent
-posts of one key count once: the first claims the key, the others wait for it and replay it),
+posts of one key count once: the first claims the key, the others find it claimed and replay it),
 checked against the quota first (402 with the spec's details; 503 when the check cannot be
 made: fail closed), and rolled up per (space, meter, UTC month) with its cost debited from the
 balance — all in the request's one transaction.
@@ -316,29 +316,31 @@ async def record_usage(ctx: Ctx) -> dict[str, Any]:
     ts, period = _parse_at(body.at, billing.now())
     ctx.resource = f"space:{space}/usage"
     event_id, conn = new_id("use"), ctx.conn
-    # Claim the key first (a unique constraint, not a read-then-write): concurrent posts of
-    # one key wait here for the first one's transaction and then replay what it recorded.
-    claimed = await conn.execute(
-        dialect_insert(conn, usage_events)
-        .values(
-            id=event_id,
-            space_id=space,
-            idempotency_key=body.idempotency_key,
-            meter=body.meter,
-            units=body.units,
-            period=period,
-            at=int(ts * 1000),
-            at_given=body.at is not None,
-            cost_cents=0,
-            principal_id=ctx.principal.id,
-            created_at=now_ms(),
-        )
-        .on_conflict_do_nothing()
-    )
-    if claimed.rowcount != 1:
-        return await _replay(ctx, body, ts)
     try:
+        # The account first (lock order, admin/billing/accounts.py): concurrent events of the
+        # space queue here, so the check below and the write it allows are one step.
         account = await lock_account(conn, space)
+        # Then claim the key (a unique constraint, not a read-then-write): a key posted before
+        # — or by a concurrent post that got the lock first — is replayed, never counted again.
+        claimed = await conn.execute(
+            dialect_insert(conn, usage_events)
+            .values(
+                id=event_id,
+                space_id=space,
+                idempotency_key=body.idempotency_key,
+                meter=body.meter,
+                units=body.units,
+                period=period,
+                at=int(ts * 1000),
+                at_given=body.at is not None,
+                cost_cents=0,
+                principal_id=ctx.principal.id,
+                created_at=now_ms(),
+            )
+            .on_conflict_do_nothing()
+        )
+        if claimed.rowcount != 1:
+            return await _replay(ctx, body, ts)
         quota, rate = await quota_of(conn, account.plan, body.meter)
         so_far = await used(conn, space, period, body.meter)
     except QuotaCheckError as exc:

@@ -2,11 +2,13 @@
 credit, change the plan, and decide whether its request quota blocks its hostnames.
 
 Every function runs inside the caller's transaction. Whoever changes a balance or a rollup
-first takes the account with :func:`lock_account` (``SELECT … FOR UPDATE`` on PostgreSQL; on
-SQLite the admin's single connection serialises writers), so a quota check and the write it
-allows are one atomic step, and concurrent usage of one space cannot overspend its quota.
-Lock order: a usage event claims its idempotency key, then locks its one space; the collector
-locks the spaces of a chunk in id order — no cycle.
+first takes the account with :func:`lock_account` (``SELECT … FOR NO KEY UPDATE`` on
+PostgreSQL; on SQLite the admin's single connection serialises writers), so a quota check and
+the write it allows are one atomic step, and concurrent usage of one space cannot overspend its
+quota. ``NO KEY UPDATE`` because inserting a row that references the space (an event, a rollup)
+takes a ``KEY SHARE`` lock on it, which a plain ``FOR UPDATE`` would conflict with: two
+transactions would each hold one and wait for the other. Lock order: an API write locks its
+one space first; the collector locks the spaces of a chunk in id order — no cycle.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ async def load_account(conn: AsyncConnection, space_id: str, *, lock: bool = Fal
     """The account of ``space_id`` (which exists); ``lock``: held until the transaction ends."""
     query = sa.select(*_ACCOUNT_COLS).where(spaces.c.id == space_id)
     if lock and conn.dialect.name == "postgresql":
-        query = query.with_for_update()
+        query = query.with_for_update(key_share=True)  # FOR NO KEY UPDATE (module docstring)
     return _account((await conn.execute(query)).one())
 
 
