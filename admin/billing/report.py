@@ -44,3 +44,30 @@ async def usage_report(conn: AsyncConnection, space_id: str, period: str) -> dic
             "cost_cents": cost,
         }
     return {"period": period, "plan": plan, "meters": meters}
+
+
+BAR = 24
+
+
+def render_usage(space_id: str, report: dict[str, Any]) -> str:
+    """The report as the ``turnout admin usage`` view: one line with a bar per meter."""
+    from admin.billing.meters import UNITS
+
+    lines = [f"usage of {space_id} on {report['plan']} in {report['period']} (UTC)"]
+    width = max(len(m) for m in report["meters"])
+    for meter, m in report["meters"].items():
+        units, quota, cost = m["units"], m["quota"], m["cost_cents"]
+        unit = UNITS.get(meter, "units")
+        if quota > 0:
+            filled = min(BAR, units * BAR // quota)
+            bar = "█" * filled + "░" * (BAR - filled)
+            text = f"{units:,} / {quota:,} {unit}  {m['percent']:.1f} %"
+        elif quota == 0:
+            bar = " " * BAR
+            text = f"not on this plan ({units:,} {unit})"
+        else:
+            bar = "·" * BAR
+            text = f"{units:,} {unit}, balance-gated"
+        money = f"  {cost:,}¢" if cost else ""
+        lines.append(f"  {meter:<{width}}  {bar}  {text}{money}")
+    return "\n".join(lines)
