@@ -47,7 +47,7 @@ class Account:
         return self.kind == "system"
 
 
-_ACCOUNT_COLS = (
+ACCOUNT_COLUMNS = (
     spaces.c.id,
     spaces.c.kind,
     spaces.c.plan,
@@ -57,7 +57,8 @@ _ACCOUNT_COLS = (
 )
 
 
-def _account(row: Any) -> Account:
+def account_of(row: Any) -> Account:
+    """An :class:`Account` from a row with the ``spaces`` billing columns."""
     return Account(
         space_id=row.id,
         kind=row.kind,
@@ -81,10 +82,10 @@ def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
 
 async def load_account(conn: AsyncConnection, space_id: str, *, lock: bool = False) -> Account:
     """The account of ``space_id`` (which exists); ``lock``: held until the transaction ends."""
-    query = sa.select(*_ACCOUNT_COLS).where(spaces.c.id == space_id)
+    query = sa.select(*ACCOUNT_COLUMNS).where(spaces.c.id == space_id)
     if lock and conn.dialect.name == "postgresql":
         query = query.with_for_update(key_share=True)  # FOR NO KEY UPDATE (module docstring)
-    return _account((await conn.execute(query)).one())
+    return account_of((await conn.execute(query)).one())
 
 
 async def lock_account(conn: AsyncConnection, space_id: str) -> Account:

@@ -50,10 +50,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from admin.billing.accounts import (
+    ACCOUNT_COLUMNS,
     ACTIVE,
     BLOCKED,
     Account,
     QuotaCheckError,
+    account_of,
     add_usage,
     change_balance,
     lock_account,
@@ -315,17 +317,7 @@ class UsageCollector:
         """Block or unblock by the request quota; returns (blocked, unblocked) now."""
         r, q = usage_rollups.c, plan_quotas.c
         query = (
-            sa.select(
-                spaces.c.id,
-                spaces.c.kind,
-                spaces.c.plan,
-                spaces.c.billing_status,
-                spaces.c.balance_cents,
-                spaces.c.billing_version,
-                r.units,
-                q.quota,
-                q.rate_cents,
-            )
+            sa.select(*ACCOUNT_COLUMNS, r.units, q.quota, q.rate_cents)
             .select_from(spaces)
             .outerjoin(
                 usage_rollups,
@@ -346,14 +338,7 @@ class UsageCollector:
         changes: list[tuple[str, int, str]] = []
         blocked_now = 0
         for row in rows:
-            account = Account(
-                space_id=row.id,
-                kind=row.kind,
-                plan=row.plan,
-                status=row.billing_status,
-                balance_cents=int(row.balance_cents),
-                version=int(row.billing_version),
-            )
+            account = account_of(row)
             quota = None if row.quota is None else int(row.quota)
             rate = None if row.rate_cents is None else int(row.rate_cents)
             want = wanted_status(account, quota, rate, int(row.units or 0))
