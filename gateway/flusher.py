@@ -137,9 +137,9 @@ def plan_writes(
     plan: list[HashIncrements] = []
     if usage is not None:
         field = usage.field
-        for w in usage.writes:
+        for space, month, value in usage.writes:
             plan.append(
-                HashIncrements(keys.usage(w.space, w.month), {field: w.value}, USAGE_TTL, set=True)
+                HashIncrements(keys.usage(space, month), {field: value}, USAGE_TTL, set=True)
             )
     for deployment, acc in health.items():
         sums = acc.values()

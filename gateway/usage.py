@@ -69,19 +69,9 @@ def usage_field(writer: str) -> str:
     return f"{USAGE_METER}:{writer}"
 
 
-@dataclass(slots=True)
-class _Entry:
-    value: int
-    changed_at: float  # when ``value`` last grew (re-assertion window)
-
-
-@dataclass(frozen=True, slots=True)
-class UsageWrite:
-    """``HSET usage(space, month) wfp_requests:<writer> value``."""
-
-    space: str
-    month: str  # yyyymm (UTC)
-    value: int  # cumulative count this writer flushed for (space, month)
+# ``HSET usage(space, month) wfp_requests:<writer> value``: (space, yyyymm, cumulative count).
+UsageWrite = tuple[str, str, int]
+Key = tuple[str, str]  # (space, yyyymm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +79,7 @@ class Staged:
     """Values to write for one flush; :meth:`UsageLedger.commit` them once written."""
 
     writer: str
-    writes: tuple[UsageWrite, ...]
+    writes: list[UsageWrite]
     at: float
     full: bool  # every entry is in ``writes`` (clears a pending :meth:`UsageLedger.lost`)
 
@@ -103,7 +93,9 @@ class UsageLedger:
 
     __slots__ = (
         "_lost",
+        "_oldest",
         "_open",
+        "_recent",
         "entries",
         "max_entries",
         "reassert_seconds",
@@ -123,7 +115,11 @@ class UsageLedger:
         self.writer = writer or new_writer_id()
         self.max_entries = max_entries
         self.reassert_seconds = reassert_seconds
-        self.entries: dict[tuple[str, str], _Entry] = {}  # (space, yyyymm) -> committed total
+        self.entries: dict[Key, int] = {}  # committed cumulative totals
+        # Entries by the time they last grew, oldest first (dicts keep insertion order): the
+        # re-assertion window is a walk from the newest end, never a scan of every entry.
+        self._recent: dict[Key, float] = {}
+        self._oldest: str | None = None  # the oldest month held
         self.rotations = 0
         self._lost = False
         self._open = False  # a stage was not committed: its write may or may not have landed
@@ -134,8 +130,7 @@ class UsageLedger:
 
     def total(self, space: str, month: str) -> int:
         """The committed cumulative count of ``space`` in ``month`` (0 when none)."""
-        entry = self.entries.get((space, month))
-        return 0 if entry is None else entry.value
+        return self.entries.get((space, month), 0)
 
     @property
     def is_lost(self) -> bool:
@@ -149,47 +144,65 @@ class UsageLedger:
     def stage(self, sums: Mapping[str, int], month: str, now: float) -> Staged:
         """The writes for a flush at ``now`` (month ``month``) adding ``sums`` (space → count)."""
         keep = previous_month(month)
-        if any(m < keep for _s, m in self.entries):
-            self.entries = {k: e for k, e in self.entries.items() if k[1] >= keep}
-        fresh = sum(1 for s, n in sums.items() if n > 0 and (s, month) not in self.entries)
+        if self._oldest is not None and self._oldest < keep:
+            self._forget_before(keep)
+        entries = self.entries
+        fresh = sum(1 for s, n in sums.items() if n > 0 and (s, month) not in entries)
         # Never rotate right after a write of unknown outcome: its counts come back in this
         # batch, and if that write did land under the old id they would be counted twice.
         # (Entries only grow on commit, so the bound is exceeded by one batch at most.)
-        if fresh and len(self.entries) + fresh > self.max_entries and not self._open:
+        if fresh and len(entries) + fresh > self.max_entries and not self._open:
             self._rotate()
+            entries = self.entries
         self._open = True
-        values: dict[tuple[str, str], int] = {}
+        values: dict[Key, int] = {}
         for space, n in sums.items():
             if n > 0:
-                values[(space, month)] = self.total(space, month) + n
+                key = (space, month)
+                values[key] = entries.get(key, 0) + n
         full = self._lost
-        horizon = now - self.reassert_seconds
-        for key, entry in self.entries.items():
-            if key not in values and (full or entry.changed_at >= horizon):
-                values[key] = entry.value
-        writes = tuple(UsageWrite(s, m, v) for (s, m), v in values.items())
-        return Staged(self.writer, writes, now, full)
+        if full:
+            for key, value in entries.items():
+                values.setdefault(key, value)
+        else:
+            recent, horizon = self._recent, now - self.reassert_seconds
+            while recent:  # drop what left the window (oldest first)
+                first = next(iter(recent))
+                if recent[first] >= horizon:
+                    break
+                del recent[first]
+            for key in recent:
+                values.setdefault(key, entries[key])
+        return Staged(self.writer, [(s, m, v) for (s, m), v in values.items()], now, full)
 
     def commit(self, staged: Staged) -> None:
         """``staged`` reached the store: its values are the new totals."""
         self._open = False
         if staged.writer != self.writer:  # rotated since: those entries are gone on purpose
             return
-        for w in staged.writes:
-            key = (w.space, w.month)
-            entry = self.entries.get(key)
-            if entry is None:
-                self.entries[key] = _Entry(w.value, staged.at)
-            elif w.value > entry.value:
-                entry.value = w.value
-                entry.changed_at = staged.at
+        entries, recent, at = self.entries, self._recent, staged.at
+        for space, month, value in staged.writes:
+            key = (space, month)
+            if value > entries.get(key, -1):
+                entries[key] = value
+                recent.pop(key, None)
+                recent[key] = at
+                if self._oldest is None or month < self._oldest:
+                    self._oldest = month
         if staged.full:
             self._lost = False
+
+    def _forget_before(self, month: str) -> None:
+        self.entries = {k: v for k, v in self.entries.items() if k[1] >= month}
+        self._recent = {k: t for k, t in self._recent.items() if k[1] >= month}
+        self._oldest = min((m for _s, m in self.entries), default=None)
 
     def _rotate(self) -> None:
         old = self.writer
         self.writer = new_writer_id()
         self.entries = {}
+        self._recent = {}
+        self._oldest = None
         self.rotations += 1
         log.warning(
             "usage ledger full (%d space-months); writer %s rotated to %s: the old fields stay "

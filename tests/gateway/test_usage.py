@@ -6,13 +6,13 @@ import logging
 
 import pytest
 
-from gateway.usage import USAGE_METER, UsageLedger, previous_month, usage_field
+from gateway.usage import USAGE_METER, Staged, UsageLedger, previous_month, usage_field
 
 T0 = 1_700_000_000.0
 
 
-def values(staged: object) -> dict[tuple[str, str], int]:
-    return {(w.space, w.month): w.value for w in staged.writes}  # type: ignore[attr-defined]
+def values(staged: Staged) -> dict[tuple[str, str], int]:
+    return {(space, month): value for space, month, value in staged.writes}
 
 
 def test_previous_month_and_field_names() -> None:
