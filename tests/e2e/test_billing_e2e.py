@@ -262,8 +262,9 @@ def test_free_space_gets_402_from_the_gateway_then_plus_lets_traffic_through(
     space, host = deployed_space(stack, "free")
     path = "/echo?free"
     sent = wait_served(stack, host, path)  # the probes that got through count too
-    # Paced like a steady client (not a burst that would all pass before the first flush).
-    rate = 40.0
+    # Paced like a steady client (not a burst that would all pass before the first flush),
+    # slowly enough that the last 50 requests span the whole bound asserted below.
+    rate = 25.0
     answers: list[tuple[float, int, bytes]] = []
     with RawConnection(stack.gw.port, timeout=10) as conn:
         start = time.monotonic()
