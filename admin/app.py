@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from admin.auth import LastUsed
+from admin.billing.service import Billing
 from admin.crypto import KeyRing
 from admin.db import make_engine
 from admin.dns import TxtResolver, make_resolver
@@ -40,6 +41,8 @@ RESOURCE_MODULES = (
     "admin.api.services",
     "admin.api.deployments",
     "admin.api.system",
+    "admin.api.plans",
+    "admin.api.billing",
 )
 
 
@@ -59,6 +62,7 @@ class AdminState:
     resolver: TxtResolver
     runtime: RuntimeState  # leases, mirrors, counter hashes (Redis, or in-process)
     loops: LeaderLoops  # background jobs that run on the leader lease's holder only
+    billing: Billing  # usage collector, quota warnings (admin/billing)
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,22 +86,27 @@ def build_state(
         )
     runtime = runtime or runtime_for(store)
     lease = Lease(runtime, "publisher", settings.lease_ms)
+    publisher = Publisher(
+        engine,
+        store,
+        lease,
+        retry_seconds=settings.publish_retry_seconds,
+        reconcile_seconds=settings.reconcile_interval,
+    )
+    loops = LeaderLoops(lease)
+    billing = Billing(engine, runtime, publisher.kick, interval=settings.usage_interval)
+    loops.add("usage-collector", billing.collector.run, settings.usage_interval)
     return AdminState(
         settings=settings,
         keys=keys,
         engine=engine,
         store=store,
-        publisher=Publisher(
-            engine,
-            store,
-            lease,
-            retry_seconds=settings.publish_retry_seconds,
-            reconcile_seconds=settings.reconcile_interval,
-        ),
+        publisher=publisher,
         last_used=LastUsed(engine),
         resolver=resolver or make_resolver(settings.dns_fixture),
         runtime=runtime,
-        loops=LeaderLoops(lease),
+        loops=loops,
+        billing=billing,
     )
 
 
@@ -167,6 +176,7 @@ def create_app(
             "# TYPE turnout_admin_resyncs_total counter",
             f"turnout_admin_resyncs_total {p.resyncs}",
             *state.loops.metrics(),
+            *state.billing.metrics(),
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 

@@ -8,6 +8,7 @@ Subcommands (``serve`` when none is given)::
     keygen   print a new ``kid:base64key`` entry for TURNOUT_KEYS (``*`` marks it active)
     resync   republish every route record from SQL to Redis; print the counts
     rekey    re-encrypt snapshot secrets under the active key
+    usage    a space's usage per meter in a month, with a bar per meter (or --json)
 
 ``--db`` / ``--redis`` override ``TURNOUT_DB`` / ``TURNOUT_REDIS_URL``. Commands that open the
 admin proper (serve, init, rekey) refuse to run without ``TURNOUT_KEYS`` (exit 2). Secrets never
@@ -33,7 +34,7 @@ from admin.db import make_engine
 from admin.migrate import upgrade
 from admin.settings import Settings
 
-COMMANDS = ("serve", "init", "migrate", "keygen", "resync", "rekey")
+COMMANDS = ("serve", "init", "migrate", "keygen", "resync", "rekey", "usage")
 
 
 class CliError(Exception):
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     db_opts(subs.add_parser("resync", help="republish all route records to Redis"), redis=True)
     db_opts(subs.add_parser("rekey", help="re-encrypt snapshot secrets under the active key"))
+
+    usage = subs.add_parser("usage", help="a space's usage per meter in a month")
+    db_opts(usage)
+    usage.add_argument("--space", required=True, help="space id")
+    usage.add_argument("--period", help="YYYY-MM (UTC month; default the current one)")
+    usage.add_argument("--json", action="store_true", help="the API's JSON instead of bars")
     return parser
 
 
@@ -255,6 +262,47 @@ def cmd_rekey(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_usage(ns: argparse.Namespace) -> int:
+    import time
+
+    from sqlalchemy import exc as sa_exc
+
+    from admin.billing.meters import parse_period, period_of
+    from admin.billing.report import render_usage, usage_report
+
+    settings = _settings(ns, keys=False)
+    current = period_of(time.time())
+    try:
+        period = parse_period(ns.period) if ns.period else current
+    except ValueError as exc:
+        raise CliError(f"--period {exc}") from None
+    if period > current:
+        raise CliError(f"--period {period} is after the current month {current}")
+
+    async def go() -> Any:
+        engine = make_engine(settings.db_url)
+        try:
+            async with engine.connect() as conn:
+                return await usage_report(conn, ns.space, period)
+        finally:
+            await engine.dispose()
+
+    try:
+        report = _run(go)
+    except sa_exc.SQLAlchemyError as exc:
+        raise CliError(
+            f"cannot read usage from {_safe_url(settings.db_url)} ({type(exc).__name__}); "
+            "is it an admin database at the newest schema (turnout admin migrate)?"
+        ) from None
+    if report is None:
+        raise CliError(f"no space {ns.space} in {_safe_url(settings.db_url)}")
+    if ns.json:
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+    else:
+        sys.stdout.write(render_usage(ns.space, report) + "\n")
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "init": cmd_init,
@@ -262,6 +310,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "keygen": cmd_keygen,
     "resync": cmd_resync,
     "rekey": cmd_rekey,
+    "usage": cmd_usage,
 }
 
 

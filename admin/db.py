@@ -64,6 +64,9 @@ spaces = sa.Table(
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("plan", sa.String(32), nullable=False, server_default="plan_free"),
     sa.Column("balance_cents", sa.BigInteger, nullable=False, server_default="0"),
+    # active | blocked (over its request quota: hostnames published blocked; admin/billing)
+    sa.Column("billing_status", sa.String(16), nullable=False, server_default="active"),
+    sa.Column("billing_version", sa.Integer, nullable=False, server_default="1"),  # its ETag
     sa.Column("version", sa.Integer, nullable=False, server_default="1"),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),

@@ -10,6 +10,9 @@ the auth matrix, so a new endpoint is covered the day it is declared.
 Order of checks: token (401) → scope (403) → space exists and the caller is a member (404, so
 ids of other spaces do not leak) → role (403) → body (422) → handler.
 
+Every answer inside a space the caller may see carries ``X-Quota-Warning: <meter>=<percent>, …``
+when the space uses ≥ 80 % of a quota (``admin/billing/warnings.py``; cached per space).
+
 Transactions. By default (``transactional=True``) the handler runs inside one SQL transaction,
 ``ctx.conn``; the audit row, the outbox rows for :meth:`Ctx.enqueue_publish` and the stored
 ``Idempotency-Key`` response are written in that same transaction, so a change and its outbox
@@ -83,6 +86,7 @@ class Endpoint:
     paged: bool
     query: tuple[tuple[str, str, str], ...]  # (name, json type, description)
     transactional: bool = True  # False: no transaction around the handler (module docstring)
+    responses: tuple[tuple[int, str], ...] = ()  # further error answers, for the document
 
     @property
     def mutation(self) -> bool:
@@ -112,6 +116,7 @@ def endpoint(
     paged: bool = False,
     query: tuple[tuple[str, str, str], ...] = (),
     transactional: bool = True,
+    responses: tuple[tuple[int, str], ...] = (),
 ) -> Callable[[Handler], Handler]:
     """Declare an API endpoint (see the module docstring)."""
 
@@ -133,6 +138,7 @@ def endpoint(
                 paged=paged,
                 query=query,
                 transactional=transactional,
+                responses=responses,
             )
         )
         return fn
@@ -162,6 +168,7 @@ class Ctx:
     # What an ``Idempotency-Key`` replay returns instead of the result (None: the result itself);
     # set it when the result holds a secret that must be shown once and never stored.
     replay_result: Any = None
+    quota_warning: str | None = None  # X-Quota-Warning of the path's space (admin/billing)
 
     @property
     def conn(self) -> AsyncConnection:
@@ -288,8 +295,11 @@ def request_id_of(request: Request) -> str:
     return secrets.token_hex(8)
 
 
-def error_response(exc: ApiError, request_id: str) -> Response:
-    return _json(exc.body(), exc.status, {"x-request-id": request_id})
+def error_response(exc: ApiError, request_id: str, warning: str | None = None) -> Response:
+    headers = {"x-request-id": request_id}
+    if warning:
+        headers["x-quota-warning"] = warning
+    return _json(exc.body(), exc.status, headers)
 
 
 def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
@@ -297,6 +307,7 @@ def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], A
         rid = request_id_of(request)
         principal: Principal | None = None
         space_id: str | None = None
+        ctx: Ctx | None = None
         try:
             principal = await authenticate(state.engine, request.headers.get("authorization"))
             state.last_used.mark(principal.token_id)
@@ -342,6 +353,8 @@ def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], A
             if ctx.queued:
                 state.publisher.kick()
             headers = {"x-request-id": rid, **ctx.headers}
+            if ctx.quota_warning:
+                headers["x-quota-warning"] = ctx.quota_warning
             if result is None or status == 204:
                 return Response(status_code=status, headers=headers)
             return Response(
@@ -350,7 +363,7 @@ def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], A
         except ApiError as exc:
             if ep.mutation and principal is not None:
                 await _audit_failure(state, ep, principal, space_id, rid, exc.code)
-            return error_response(exc, rid)
+            return error_response(exc, rid, ctx.quota_warning if ctx is not None else None)
         except sa.exc.IntegrityError as exc:
             log.info("integrity error on %s %s: %s", ep.method, ep.path, exc.orig)
             conflict = ApiError("the change conflicts with existing data", code="conflict")
@@ -368,6 +381,7 @@ async def _admit(
     """Space and role checks, the body, and an ``Idempotency-Key`` replay (if any)."""
     if space_id is not None:
         await _check_space(ctx, ep, space_id)
+        ctx.quota_warning = await ctx.state.billing.quota_warning(conn, space_id)
     # Only now, with the caller authorised for this space, look at the body: an
     # outsider learns nothing from validation errors (401/403/404 come first).
     ctx.body = _parse_body(ep, ctx.raw)
@@ -635,6 +649,8 @@ def openapi(title: str = "Turnout admin API", version: str = "0.1.0") -> dict[st
         }
         if ep.role:
             op["x-turnout-role"] = ep.role
+        for code, description in ep.responses:
+            op["responses"][str(code)] = {"description": description, "content": err}
         if ep.paged:
             op["parameters"] += [
                 {

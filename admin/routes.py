@@ -3,7 +3,8 @@
 One record per hostname: the hostname's service, that service's declared endpoints (path prefix,
 methods), and as targets the deployments currently routed (active / canary / rollback with a
 weight), each with its replicas from its own immutable snapshot. Nothing is published for a
-hostname that is unverified, whose service is stopped, or that has no routed deployment.
+hostname that is unverified, whose service is stopped, or that has no routed deployment; a
+space over its request quota (``admin/billing``) publishes its records ``blocked``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ async def compute_record(conn: AsyncConnection, host: str, version: int) -> Rout
                 services.c.status,
                 services.c.space_id,
                 spaces.c.id.label("space"),
+                spaces.c.billing_status,
             )
             .join(services, services.c.id == hostnames.c.service_id)
             .join(spaces, spaces.c.id == services.c.space_id)
@@ -112,7 +114,8 @@ async def compute_record(conn: AsyncConnection, host: str, version: int) -> Rout
             "version": version,
             "space_id": row.space,
             "service_id": row.service_id,
-            "blocked": None,
+            # Over its request quota (admin/billing): the gateway answers 402 without forwarding.
+            "blocked": "payment_required" if row.billing_status == "blocked" else None,
             "updated_at": now_ms(),
             "policy": policy,
             "endpoints": endpoints,

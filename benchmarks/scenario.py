@@ -136,6 +136,23 @@ def main() -> int:
         admin = f"http://127.0.0.1:{aport}"
         status, space = api("POST", f"{admin}/api/spaces", token, {"name": "scenario"})
         assert status == 201, space
+        # The seeded plans allow 100 / 1 000 gateway requests a month; give the tenant a plan
+        # the scenario's hundreds of thousands of requests cannot exhaust (docs/billing.md).
+        status, free = api("GET", f"{admin}/api/plans/plan_free", token)
+        assert status == 200, free
+        quotas = {m: {"quota": q["quota"]} for m, q in free["quotas"].items()}
+        quotas["wfp_requests"] = {"quota": 10**12}
+        status, out = api(
+            "POST",
+            f"{admin}/api/plans",
+            token,
+            {"id": "plan_bench", "name": "Bench", "quotas": quotas},
+        )
+        assert status == 201, out
+        status, out = api(
+            "PATCH", f"{admin}/api/spaces/{space['id']}/billing", token, {"plan": "plan_bench"}
+        )
+        assert status == 200, out
         hosts = []
         t0 = time.perf_counter()
         for i in range(args.apps):

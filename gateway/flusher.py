@@ -6,7 +6,9 @@ Requests only ever touch the in-memory :class:`Counters` (a few dict operations,
 background task wakes every ``interval`` seconds, swaps the batch out with ``take()`` and hands
 it to a :class:`CounterSink`, which writes everything in one round trip:
 
-* ``{prefix}:usage:<space>:<yyyymm>``: ``HINCRBY wfp_requests`` per space (rows summed first);
+* ``{prefix}:usage:<space>:<yyyymm>``: ``HSET wfp_requests:<writer> <cumulative>`` per space,
+  from the sink's :class:`~gateway.usage.UsageLedger` (idempotent: see :mod:`gateway.usage`),
+  then ``EXPIRE`` (35 days);
 * ``{prefix}:health:<deployment>:<epoch-minute>``: ``HINCRBY`` of ``total``, ``2xx``, ``4xx``,
   ``5xx``, ``timeouts`` and ``latency_ms_sum`` (integer ms), then ``EXPIRE 1800``.
 
@@ -15,11 +17,13 @@ the last second of a minute may land in the next one. Absent hash fields mean ze
 
 When the write fails (Redis down, connection reset, OOM) the batch is merged back into the
 counters with ``give_back()`` — bounded by ``Counters.max_keys`` — and retried with the next
-flush, so a store outage loses nothing until that bound is hit. Delivery is at-least-once: a
-connection that drops after Redis applied the pipeline but before the reply arrived makes the
-next flush count that batch again. When only *some* commands of a pipeline fail (a key of the
-wrong type), the rest were applied, so the batch is not given back: retrying would double-count
-the applied part and fail the same way forever.
+flush, so a store outage loses nothing until that bound is hit. Health delivery is
+at-least-once: a connection that drops after Redis applied the pipeline but before the reply
+arrived makes the next flush count that batch again. Usage is exactly-once: its values are
+cumulative (re-writing one changes nothing), and the ledger only takes them as written once the
+sink succeeded. When only *some* commands of a pipeline fail (a key of the wrong type), the rest
+were applied, so the batch is not given back: retrying would double-count the applied part and
+fail the same way forever.
 
 ``stop()`` cancels the loop, lets an in-flight write finish and does one last flush, all within
 ``timeout`` seconds.
@@ -41,6 +45,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.counters import C2, C4, C5, LAT, REQ, TIMEOUTS, Counters, Key, Row, epoch_minute
+from gateway.usage import USAGE_METER, USAGE_TTL, Staged, UsageLedger
 from routing.keys import Keys
 from routing.runtime_state import MemoryRuntimeState
 
@@ -48,7 +53,6 @@ log = logging.getLogger("turnout.gateway.flusher")
 
 Batch = dict[Key, Row]
 
-USAGE_METER: Final = "wfp_requests"
 HEALTH_TTL: Final = 30 * 60  # seconds; spec: health keys expire after 30 min
 # Health hash field -> row index; "latency_ms_sum" is written as rounded integer milliseconds.
 _HEALTH_FIELDS: Final = (
@@ -72,6 +76,7 @@ __all__ = [
     "RedisCounterSink",
     "plan_writes",
     "usage_month",
+    "usage_sums",
 ]
 
 
@@ -88,11 +93,13 @@ class CounterSink(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class HashIncrements:
-    """``HINCRBY key field n`` for every field, then ``EXPIRE key ttl`` when ``ttl`` is set."""
+    """``HINCRBY key field n`` (``HSET`` when ``set``) for every field, then ``EXPIRE key ttl``
+    when ``ttl`` is set."""
 
     key: str
     fields: dict[str, int]
     ttl: int | None = None
+    set: bool = False
 
 
 def usage_month(now: float) -> str:
@@ -104,25 +111,36 @@ def _decode(ident: bytes) -> str:
     return ident.decode("utf-8", "replace")
 
 
-def plan_writes(batch: Batch, now: float, keys: Keys) -> list[HashIncrements]:
-    """Turn a counter batch into hash increments (shared by every sink, so they agree)."""
-    month = usage_month(now)
+def usage_sums(batch: Batch) -> dict[str, int]:
+    """Forwarded requests per space in ``batch`` (rows without an owner bill no one)."""
+    usage: dict[str, int] = {}
+    for (space, _service, _deployment), row in batch.items():
+        if space and row.requests:
+            name = _decode(space)
+            usage[name] = usage.get(name, 0) + row.requests
+    return usage
+
+
+def plan_writes(
+    batch: Batch, now: float, keys: Keys, usage: Staged | None = None
+) -> list[HashIncrements]:
+    """Turn a counter batch into hash writes (shared by every sink, so they agree): the staged
+    usage values (``HSET``, see :mod:`gateway.usage`) and the health increments."""
     minute = epoch_minute(now)
-    usage: dict[bytes, float] = {}
     health: dict[bytes, Row] = {}
-    for (space, _service, deployment), row in batch.items():
-        if space:  # a row without an owner cannot be billed to anyone
-            usage[space] = usage.get(space, 0.0) + row.requests
+    for (_space, _service, deployment), row in batch.items():
         if deployment:
             acc = health.get(deployment)
             if acc is None:
                 acc = health[deployment] = Row()
             acc.add(row)
     plan: list[HashIncrements] = []
-    for space, requests in usage.items():
-        n = round(requests)
-        if n:
-            plan.append(HashIncrements(keys.usage(_decode(space), month), {USAGE_METER: n}))
+    if usage is not None:
+        field = usage.field
+        for space, month, value in usage.writes:
+            plan.append(
+                HashIncrements(keys.usage(space, month), {field: value}, USAGE_TTL, set=True)
+            )
     for deployment, acc in health.items():
         sums = acc.values()
         fields = {name: round(sums[i]) for name, i in _HEALTH_FIELDS}
@@ -137,15 +155,18 @@ def plan_writes(batch: Batch, now: float, keys: Keys) -> list[HashIncrements]:
 # One script call per flush: packing thousands of HINCRBY commands in redis-py cost tens of
 # milliseconds of the event loop per second once a gateway served ~1 000 deployments
 # (benchmarks/scale.py); a JSON payload decoded by Redis costs one orjson.dumps.
-# ARGV[1] = [[key, ttl (0 = none), [field, n, field, n, ...]], ...]; KEYS = those keys (for
-# Redis Cluster routing; they share one hash tag). Returns {commands, failed, first error}.
+# ARGV[1] = [[key, ttl (0 = none), [field, n, field, n, ...], 1 = HSET else HINCRBY], ...];
+# KEYS = those keys, then the epoch key (for Redis Cluster routing; they share one hash tag).
+# Returns {commands, failed, first error, epoch ('' when absent)}.
 _WRITE_LUA: Final = """
 local items = cjson.decode(ARGV[1])
 local done, failed, first = 0, 0, ''
 for _, it in ipairs(items) do
   local key, ttl, f = it[1], tonumber(it[2]), it[3]
+  local cmd = 'HINCRBY'
+  if it[4] == 1 then cmd = 'HSET' end
   for i = 1, #f, 2 do
-    local r = redis.pcall('HINCRBY', key, f[i], f[i + 1])
+    local r = redis.pcall(cmd, key, f[i], f[i + 1])
     done = done + 1
     if type(r) == 'table' and r.err then
       failed = failed + 1
@@ -154,49 +175,87 @@ for _, it in ipairs(items) do
   end
   if ttl > 0 then redis.pcall('EXPIRE', key, ttl); done = done + 1 end
 end
-return {done, failed, first}
+return {done, failed, first, redis.call('GET', KEYS[#KEYS]) or ''}
 """
+
+_UNSEEN: Final = b"\0unseen"  # no epoch observed yet
 
 
 class RedisCounterSink:
     """Writes a batch with one server-side script call (one round trip, one command).
 
-    The client belongs to the caller, who closes it; its retry policy applies to the call.
+    Owns this worker's :class:`UsageLedger` (``usage``): staged values are committed once the
+    script ran. The script also returns the store's epoch; when it changed or vanished since
+    the previous write (Redis lost or replaced its data), every ledger entry is written again
+    right away. The client belongs to the caller, who closes it; its retry policy applies.
     """
 
-    __slots__ = ("_script", "keys", "redis")
+    __slots__ = ("_epoch", "_script", "keys", "redis", "usage")
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, usage: UsageLedger | None = None):
         self.redis = redis
         self.keys = keys
+        self.usage = usage or UsageLedger()
         self._script = redis.register_script(_WRITE_LUA)
+        self._epoch = _UNSEEN
 
     async def write(self, batch: Batch, now: float) -> None:
-        plan = plan_writes(batch, now, self.keys)
+        month = usage_month(now)
+        staged = self.usage.stage(usage_sums(batch), month, now)
+        plan = plan_writes(batch, now, self.keys, staged)
         if not plan:
+            self.usage.commit(staged)
             return
+        try:
+            epoch = await self._run(plan)
+        except PartialWriteError:
+            self.usage.commit(staged)  # not retried; the values are re-asserted later anyway
+            raise
+        self.usage.commit(staged)
+        if self._epoch is not _UNSEEN and epoch != self._epoch:
+            log.warning("the store's epoch changed: writing every usage total again")
+            self.usage.lost()
+        self._epoch = epoch
+        if staged.full or not self.usage.is_lost:
+            return
+        again = self.usage.stage({}, month, now)
+        # The batch is written: a failure here must not give it back (its health increments
+        # would count twice). The ledger stays "lost", so the next flush tries again.
+        try:
+            await self._run(plan_writes({}, now, self.keys, again))
+        except (*_WRITE_ERRORS, PartialWriteError) as exc:
+            log.warning("re-asserting usage totals failed (retried next flush): %s", exc)
+            return
+        self.usage.commit(again)
+
+    async def _run(self, plan: list[HashIncrements]) -> bytes:
+        """One script call for ``plan``; returns the epoch it saw (b"" when absent)."""
         payload = orjson.dumps(
             [
                 [
                     item.key,
                     item.ttl or 0,
                     [x for kv in item.fields.items() for x in (kv[0], str(kv[1]))],
+                    1 if item.set else 0,
                 ]
                 for item in plan
             ]
         )
         # A connection-level failure or a refused script (e.g. OOM) raises here with nothing
         # applied; per-command errors are counted by the script and come back as a result.
-        res = await self._script(keys=[item.key for item in plan], args=[payload])
+        res = await self._script(
+            keys=[*(item.key for item in plan), self.keys.epoch], args=[payload]
+        )
         done, failed, first = int(res[0]), int(res[1]), res[2]
+        epoch = res[3] if len(res) > 3 and isinstance(res[3], bytes) else b""
         if not failed:
-            return
+            return epoch
         if isinstance(first, bytes):
             first = first.decode("utf-8", "replace")
         raise PartialWriteError(f"{failed} of {done} counter writes failed: {first}")
 
     def __repr__(self) -> str:
-        return f"RedisCounterSink({self.keys!r})"
+        return f"RedisCounterSink({self.keys!r}, {self.usage!r})"
 
 
 class MemoryCounterSink:
@@ -207,7 +266,7 @@ class MemoryCounterSink:
     long-running dev gateway does not grow without end.
     """
 
-    __slots__ = ("clock", "keys", "state", "writes")
+    __slots__ = ("clock", "keys", "state", "usage", "writes")
 
     def __init__(
         self,
@@ -215,10 +274,12 @@ class MemoryCounterSink:
         *,
         clock: Callable[[], float] = time.time,
         state: MemoryRuntimeState | None = None,
+        usage: UsageLedger | None = None,
     ):
         self.state = state or MemoryRuntimeState(keys, clock=clock)
         self.keys = keys or self.state.keys
         self.clock = clock
+        self.usage = usage or UsageLedger()
         self.writes = 0
 
     @property
@@ -226,8 +287,13 @@ class MemoryCounterSink:
         return self.state.hashes
 
     async def write(self, batch: Batch, now: float) -> None:
-        for item in plan_writes(batch, now, self.keys):
-            self.state.incr_now(item.key, item.fields, item.ttl, now)
+        staged = self.usage.stage(usage_sums(batch), usage_month(now), now)
+        for item in plan_writes(batch, now, self.keys, staged):
+            if item.set:
+                self.state.hset_now(item.key, item.fields, item.ttl, now)
+            else:
+                self.state.incr_now(item.key, item.fields, item.ttl, now)
+        self.usage.commit(staged)
         self.writes += 1
 
     def hgetall(self, key: str) -> dict[str, int]:

@@ -158,6 +158,7 @@ class World:
             "snapshot": self.snapshot_id,
             "host": self.host,
             "principal": self.user_id,
+            "plan": "plan_plus",
         }
         for name in names:
             if name == "space" and method == "DELETE" and path == "/api/spaces/{space}":

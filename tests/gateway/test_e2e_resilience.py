@@ -496,13 +496,14 @@ def redis_client(url: str) -> redis.Redis:
 
 
 def usage_total(client: redis.Redis, keys: Keys, space: str) -> tuple[int, set[str]]:
-    """Sum of ``wfp_requests`` over every month key of ``space``, and those keys' months."""
+    """Sum of every worker's ``wfp_requests:<writer>`` total over every month key of
+    ``space``, and those keys' months."""
     total = 0
     months: set[str] = set()
     for key in client.scan_iter(match=f"{keys.tag}:usage:{space}:*", count=1000):
         months.add(str(key).rsplit(":", 1)[1])
-        value: Any = client.hget(key, USAGE_METER)
-        total += int(value or 0)
+        fields: Any = client.hgetall(key)
+        total += sum(int(v) for f, v in fields.items() if f.startswith(f"{USAGE_METER}:"))
     return total, months
 
 

@@ -1,4 +1,7 @@
-"""Counter flushing: exact counts in a real Redis, health/usage layout, failure and recovery."""
+"""Counter flushing: exact counts in a real Redis, health/usage layout, failure and recovery.
+
+Usage is written as each worker's cumulative count under its own field (``gateway/usage.py``),
+so the tests read it with :func:`usage_in`, the sum over ``wfp_requests:<writer>`` fields."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import asyncio
 import calendar
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,12 +17,15 @@ import redis.asyncio as aioredis
 from gateway.counters import C2, C5, REQ, Counters, epoch_minute
 from gateway.flusher import (
     HEALTH_TTL,
+    USAGE_METER,
     CounterFlusher,
     MemoryCounterSink,
     RedisCounterSink,
     plan_writes,
     usage_month,
+    usage_sums,
 )
+from gateway.usage import USAGE_TTL, UsageLedger
 from routing.keys import Keys
 from tests.support.net import free_port
 from tests.support.redis_server import RedisServer
@@ -85,6 +92,12 @@ def health_key(dep: str = "dep-1", now: float = NOW) -> str:
     return KEYS.health(dep, epoch_minute(now))
 
 
+async def usage_in(r: aioredis.Redis, key: str) -> int:
+    """Requests counted in a usage hash: the sum of every writer's cumulative field."""
+    fields = await r.hgetall(key)
+    return sum(int(v) for f, v in fields.items() if f.decode().startswith(f"{USAGE_METER}:"))
+
+
 # ---------------------------------------------------------------------- pure planning
 
 
@@ -99,16 +112,23 @@ def test_plan_aggregates_usage_per_space_and_health_per_deployment() -> None:
     c.record(b"sp-1", b"svc-a", b"dep-1", 200, 10, 1.4, False)
     c.record(b"sp-1", b"svc-b", b"dep-2", 500, 10, 2.4, False)
     c.record(b"sp-2", b"svc-c", b"dep-1", 404, 10, 3.4, True)
-    plan = {p.key: p for p in plan_writes(c.take(), NOW, KEYS)}
+    c.record(b"", b"svc-x", b"dep-2", 200, 10, 0.0, False)  # no owner: health only
+    batch = c.take()
+    ledger = UsageLedger(writer="w1")
+    assert usage_sums(batch) == {"sp-1": 2, "sp-2": 1}
+    staged = ledger.stage(usage_sums(batch), usage_month(NOW), NOW)
+    plan = {p.key: p for p in plan_writes(batch, NOW, KEYS, staged)}
 
-    assert plan[usage_key("sp-1")].fields == {"wfp_requests": 2}
-    assert plan[usage_key("sp-2")].fields == {"wfp_requests": 1}
-    assert plan[usage_key("sp-1")].ttl is None
+    assert plan[usage_key("sp-1")].fields == {"wfp_requests:w1": 2}
+    assert plan[usage_key("sp-2")].fields == {"wfp_requests:w1": 1}
+    assert plan[usage_key("sp-1")].ttl == USAGE_TTL and plan[usage_key("sp-1")].set
     dep1 = plan[health_key("dep-1")]
     assert dep1.fields == {"total": 2, "2xx": 1, "4xx": 1, "timeouts": 1, "latency_ms_sum": 5}
     assert dep1.ttl == HEALTH_TTL == 1800
-    assert plan[health_key("dep-2")].fields == {"total": 1, "5xx": 1, "latency_ms_sum": 2}
+    assert not dep1.set
+    assert plan[health_key("dep-2")].fields == {"total": 2, "2xx": 1, "5xx": 1, "latency_ms_sum": 2}
     assert len(plan) == 4
+    assert [p.key for p in plan_writes(batch, NOW, KEYS)] == [health_key(), health_key("dep-2")]
 
 
 # ---------------------------------------------------------------------- Redis
@@ -119,7 +139,8 @@ async def test_n_recorded_are_exactly_n_in_redis(
 ) -> None:
     r = make_client(redis_url)
     counters = Counters()
-    flusher = CounterFlusher(counters, RedisCounterSink(r, KEYS), clock=fixed_clock())
+    sink = RedisCounterSink(r, KEYS)
+    flusher = CounterFlusher(counters, sink, clock=fixed_clock())
     record_n(counters, 1000)
     record_n(counters, 7, space=b"sp-2", dep=b"dep-2")
 
@@ -128,13 +149,15 @@ async def test_n_recorded_are_exactly_n_in_redis(
     assert counters.pending == {}
     assert flusher.flushes == 1 and flusher.flush_errors == 0
     assert flusher.last_flush_seconds > 0
-    assert await r.hgetall(usage_key("sp-1")) == {b"wfp_requests": b"1000"}
-    assert await r.hgetall(usage_key("sp-2")) == {b"wfp_requests": b"7"}
+    field = sink.usage.field.encode()
+    assert field.startswith(b"wfp_requests:") and len(field) == len(b"wfp_requests:") + 12
+    assert await r.hgetall(usage_key("sp-1")) == {field: b"1000"}
+    assert await r.hgetall(usage_key("sp-2")) == {field: b"7"}
     assert await r.hgetall(health_key("dep-1")) == expected_health(1000)
     assert await r.hgetall(health_key("dep-2")) == expected_health(7)
     for key in (health_key("dep-1"), health_key("dep-2")):
         assert HEALTH_TTL - 10 <= await r.ttl(key) <= HEALTH_TTL
-    assert await r.ttl(usage_key("sp-1")) == -1  # usage is cumulative: never expires
+    assert USAGE_TTL - 10 <= await r.ttl(usage_key("sp-1")) <= USAGE_TTL
     assert usage_key("sp-1") == "{turnout}:usage:sp-1:202402"
     assert health_key("dep-1") == f"{{turnout}}:health:dep-1:{int(NOW // 60)}"
 
@@ -142,10 +165,15 @@ async def test_n_recorded_are_exactly_n_in_redis(
     assert await flusher.flush() is True
     assert flusher.flushes == 1
 
-    # Increments accumulate across flushes.
+    # The field holds the cumulative count; a second worker has a field of its own.
     record_n(counters, 3)
     assert await flusher.flush() is True
-    assert await r.hget(usage_key("sp-1"), "wfp_requests") == b"1003"
+    assert await r.hget(usage_key("sp-1"), field) == b"1003"
+    other = Counters()
+    record_n(other, 5)
+    assert await CounterFlusher(other, RedisCounterSink(r, KEYS), clock=fixed_clock()).flush()
+    assert await usage_in(r, usage_key("sp-1")) == 1008
+    assert len(await r.hgetall(usage_key("sp-1"))) == 2
 
 
 async def test_failed_flush_keeps_counts_until_a_later_flush_writes_them_once(
@@ -171,7 +199,7 @@ async def test_failed_flush_keeps_counts_until_a_later_flush_writes_them_once(
     assert await flusher.flush() is True
     assert await flusher.flush() is True
     assert flusher.flushes == 1 and counters.pending == {}
-    assert await live.hgetall(usage_key()) == {b"wfp_requests": b"42"}
+    assert await usage_in(live, usage_key()) == 42
     assert (await live.hgetall(health_key()))[b"total"] == b"42"
 
 
@@ -190,9 +218,11 @@ async def test_flush_survives_redis_going_away_and_coming_back(
     assert await flusher.flush() is False
     assert counters.pending[(b"sp-1", b"svc-1", b"dep-1")][REQ] == 10
 
-    own_redis.start()  # empty again (no persistence): only what was not yet written arrives
+    own_redis.start()  # empty again (no persistence)
     assert await flusher.flush() is True
-    assert await r.hgetall(usage_key()) == {b"wfp_requests": b"10"}
+    # Usage is the worker's cumulative count, so what Redis lost comes back with it; health
+    # increments are per minute and only what was not yet written arrives.
+    assert await usage_in(r, usage_key()) == 15
     assert await r.hgetall(health_key()) == expected_health(10)
     assert flusher.flush_errors == 2 and flusher.flushes == 2
 
@@ -229,7 +259,7 @@ async def test_background_loop_flushes_every_interval(
         for round_ in range(1, 4):
             record_n(counters, 10)
             for _ in range(200):
-                if await r.hget(usage_key(), "wfp_requests") == str(10 * round_).encode():
+                if await usage_in(r, usage_key()) == 10 * round_:
                     break
                 await asyncio.sleep(0.01)
             else:
@@ -252,9 +282,100 @@ async def test_stop_does_a_final_flush(redis_url: str, make_client: ClientFactor
 
     await flusher.stop()
 
-    assert await r.hgetall(usage_key()) == {b"wfp_requests": b"25"}
+    assert await usage_in(r, usage_key()) == 25
     assert counters.pending == {}
     await flusher.stop()  # idempotent
+
+
+class LostReplySink(RedisCounterSink):
+    """Redis applies the script, then the connection drops before the reply (once)."""
+
+    __slots__ = ("drop",)
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        super().__init__(redis, keys)
+        self.drop = True
+
+    async def _run(self, plan: list[Any]) -> bytes:
+        epoch = await super()._run(plan)
+        if self.drop:
+            self.drop = False
+            raise ConnectionError("connection reset before the reply")
+        return epoch
+
+
+async def test_a_write_whose_reply_was_lost_is_not_counted_twice(
+    redis_url: str, make_client: ClientFactory
+) -> None:
+    r = make_client(redis_url)
+    counters = Counters()
+    sink = LostReplySink(r, KEYS)
+    flusher = CounterFlusher(counters, sink, clock=fixed_clock())
+    record_n(counters, 30)
+    assert await flusher.flush() is False  # applied in Redis, but the flusher cannot know
+    assert await usage_in(r, usage_key()) == 30
+    record_n(counters, 4)
+    assert await flusher.flush() is True  # the 30 again (given back) and 4 more
+    assert await usage_in(r, usage_key()) == 34  # HINCRBY would have made this 64
+    assert (await r.hgetall(health_key()))[b"total"] == b"64"  # health: at-least-once
+
+
+async def test_an_epoch_change_rewrites_every_usage_total(
+    own_redis: RedisServer, make_client: ClientFactory
+) -> None:
+    r = make_client(own_redis.url)
+    await r.set(KEYS.epoch, "e1")
+    counters = Counters()
+    flusher = CounterFlusher(counters, RedisCounterSink(r, KEYS), clock=fixed_clock(NOW - 7200))
+    record_n(counters, 7, space=b"sp-quiet")
+    record_n(counters, 5)
+    assert await flusher.flush() is True
+
+    own_redis.shutdown_nosave()
+    own_redis.start()  # empty, no epoch: Redis lost its data
+    await r.connection_pool.disconnect()  # the old connections died with the server
+    await r.set(usage_key("sp-other"), "unrelated")  # the restart is all the sink can see
+    # Far past the re-assertion window, so only the epoch tells the sink to write sp-quiet.
+    flusher.clock = fixed_clock(NOW)
+    record_n(counters, 1)
+    assert await flusher.flush() is True
+    assert await usage_in(r, usage_key("sp-1")) == 6
+    assert await usage_in(r, usage_key("sp-quiet")) == 7
+    assert not flusher.sink.usage.is_lost  # type: ignore[attr-defined]
+
+    # The admin republishes under a new epoch: written again, still the same totals.
+    await r.set(KEYS.epoch, "e2")
+    record_n(counters, 1)
+    assert await flusher.flush() is True
+    assert await usage_in(r, usage_key("sp-quiet")) == 7
+    assert await usage_in(r, usage_key("sp-1")) == 7
+
+
+async def test_an_expired_usage_key_is_restored_by_the_next_write(
+    redis_url: str, make_client: ClientFactory
+) -> None:
+    r = make_client(redis_url)
+    counters = Counters()
+    sink = RedisCounterSink(r, KEYS)
+    now = [NOW - 3600]  # the same month throughout
+    flusher = CounterFlusher(counters, sink, clock=lambda: now[0])
+    record_n(counters, 9)
+    assert await flusher.flush() is True
+
+    await r.delete(usage_key())  # expired (or evicted) before anyone read it
+    now[0] += 10  # within the re-assertion window: restored without new traffic
+    record_n(counters, 1, space=b"sp-2")
+    assert await flusher.flush() is True
+    assert await usage_in(r, usage_key()) == 9
+
+    await r.delete(usage_key())
+    now[0] += 60  # past the window: restored with the space's next request
+    record_n(counters, 1, space=b"sp-2")
+    assert await flusher.flush() is True
+    assert await r.exists(usage_key()) == 0
+    record_n(counters, 1)
+    assert await flusher.flush() is True
+    assert await usage_in(r, usage_key()) == 10
 
 
 class SlowSink:
@@ -312,13 +433,14 @@ async def test_memory_sink_keeps_the_same_hashes() -> None:
     record_n(counters, 3, space=b"sp-2")
     assert await flusher.flush() is True
 
-    assert sink.hgetall(usage_key("sp-1")) == {"wfp_requests": 100}
-    assert sink.hgetall(usage_key("sp-2")) == {"wfp_requests": 3}
+    field = sink.usage.field
+    assert sink.hgetall(usage_key("sp-1")) == {field: 100}
+    assert sink.hgetall(usage_key("sp-2")) == {field: 3}
     health = sink.hgetall(health_key())
     assert health == {k.decode(): int(v) for k, v in expected_health(103).items()}
     assert health["total"] == 103 and health["2xx"] + health["4xx"] + health["5xx"] == 103
     assert sink.ttl(health_key()) == HEALTH_TTL
-    assert sink.ttl(usage_key()) is None
+    assert sink.ttl(usage_key()) == USAGE_TTL
 
     # Same minute: increments add up. Past the TTL: health keys are gone, usage stays.
     counters.record(b"sp-1", b"svc-1", b"dep-1", 200, 1, 1.0, False)
@@ -326,7 +448,7 @@ async def test_memory_sink_keeps_the_same_hashes() -> None:
     assert sink.hgetall(health_key())["total"] == 104
     now[0] += HEALTH_TTL + 1
     assert sink.hgetall(health_key(now=NOW)) == {}
-    assert sink.hgetall(usage_key("sp-1")) == {"wfp_requests": 101}
+    assert sink.hgetall(usage_key("sp-1")) == {field: 101}
     assert sink.writes == 2 and "writes=2" in repr(sink)
 
 

@@ -75,6 +75,28 @@ async def test_hashes_count_and_skip_non_integers(state: RuntimeState) -> None:
     assert await state.hgetall(state.keys.usage("nobody", "202612")) == {}
 
 
+async def test_many_hashes_in_one_round_trip(state: RuntimeState) -> None:
+    keys = [state.keys.usage(f"sp{i}", "202612") for i in range(3)]
+    await state.hincrby(keys[0], {"wfp_requests:w1": 5})
+    await state.hincrby(keys[2], {"wfp_requests:w1": 1, "wfp_requests:w2": 2})
+    assert await state.hgetall_many(keys) == [
+        {"wfp_requests:w1": 5},
+        {},
+        {"wfp_requests:w1": 1, "wfp_requests:w2": 2},
+    ]
+    assert await state.hgetall_many([]) == []
+
+
+async def test_memory_hset_sets_fields_and_expiry() -> None:
+    clock = Clock()
+    st = MemoryRuntimeState(clock=clock)
+    st.hset_now("h", {"a": 5, "b": 1}, 10, clock.now)
+    st.hset_now("h", {"a": 3}, 10, clock.now)  # set, not add
+    assert await st.hgetall("h") == {"a": 3, "b": 1}
+    clock.now += 11
+    assert await st.hgetall("h") == {}
+
+
 async def test_memory_expiry_follows_the_clock() -> None:
     clock = Clock()
     st = MemoryRuntimeState(clock=clock)

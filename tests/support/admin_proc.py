@@ -6,6 +6,12 @@ against a test Redis, and waits until ``/readyz`` answers 200 (SQL reachable and
 answering). ``kill()`` is SIGKILL (a crash), ``stop()`` SIGTERM, ``restart()`` starts again on
 the same database, keys and token.
 
+Request quotas: the seeded plans allow 100 (Free) and 1 000 (Plus) gateway requests a month, so
+an end-to-end test sending more traffic would see its space blocked (402) by the usage
+collector. ``init()`` therefore raises every plan's ``wfp_requests`` quota to ``request_quota``
+(default 10**9) in the fresh database; tests of billing itself pass ``request_quota=None`` and
+get the seeded quotas.
+
 The environment carries ``TURNOUT_KEYS`` (a fresh key ring per instance unless one is given),
 ``TURNOUT_BASE_DOMAIN`` and ``TURNOUT_REDIS_PREFIX``; inherited ``TURNOUT_DB`` and
 ``TURNOUT_REDIS_URL`` are dropped so flags are the only source of those.
@@ -88,6 +94,7 @@ class AdminProcess:
         extra_env: Mapping[str, str] | None = None,
         name: str = "admin",
         boot: Bootstrap | None = None,
+        request_quota: int | None = 10**9,
     ) -> None:
         self.db_path = Path(db_path)
         self.redis_url = redis_url
@@ -100,6 +107,7 @@ class AdminProcess:
         self.name = name
         self.port = 0
         self.boot = boot  # given: the database was initialised already (e.g. a copied template)
+        self.request_quota = request_quota
         self._proc: subprocess.Popen[bytes] | None = None
         self._out: IO[bytes] | None = None
         self._err: IO[bytes] | None = None
@@ -173,6 +181,8 @@ class AdminProcess:
                 f"turnout admin init exited with {done.returncode}:\n{done.stderr[-4000:]}"
             )
         out = json.loads(done.stdout.strip().splitlines()[-1])
+        if self.request_quota is not None:
+            self._set_request_quota(self.request_quota)
         self.boot = Bootstrap(
             principal_id=out["principal_id"],
             space_id=out["space_id"],
@@ -180,6 +190,17 @@ class AdminProcess:
             token=out["token"],
         )
         return self.boot
+
+    def _set_request_quota(self, quota: int) -> None:
+        conn = sqlite3.connect(self.db_path, timeout=10.0)
+        try:
+            with conn:
+                conn.execute(
+                    "UPDATE plan_quotas SET quota = ? WHERE meter = 'wfp_requests' AND quota > 0",
+                    (quota,),
+                )
+        finally:
+            conn.close()
 
     def clone(self, db_path: Path, workdir: Path, redis_url: str | None = None) -> AdminProcess:
         """A new instance on a copy of this instance's (stopped or never started) database,
@@ -200,6 +221,7 @@ class AdminProcess:
             extra_env=self.extra_env,
             name=self.name,
             boot=self.boot,
+            request_quota=self.request_quota,
         )
 
     def resync_cli(self) -> dict[str, Any]:
