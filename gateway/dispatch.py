@@ -412,8 +412,11 @@ class Dispatcher:
             nominated = {t for t in conn_tokens if t not in _NOT_NOMINABLE}
             if nominated:
                 kept = _drop_nominated(kept, nominated)
-        if upgrade is not None and (conn_tokens is None or b"upgrade" not in conn_tokens):
-            upgrade = None  # "Upgrade" without "Connection: upgrade" is not an upgrade
+        if upgrade is not None:
+            if conn_tokens is None or b"upgrade" not in conn_tokens:
+                upgrade = None  # "Upgrade" without "Connection: upgrade" is not an upgrade
+            else:  # only to protocols the route allows (policy.upgrades): h2c is opt-in
+                upgrade = route.allowed_upgrade(upgrade)
 
         xff_out = peer_b if xff is None else xff + b", " + peer_b
         proto = xfproto if (xfproto is not None and self._trusted(peer)) else self.proto

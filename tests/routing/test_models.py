@@ -231,8 +231,8 @@ def test_minimal_record_encodes_to_exact_canonical_bytes() -> None:
         b'[{"deployment_id":"dep-1","status":"active","upstreams":["http://10.0.0.1:8080"],'
         b'"weight":10000}]}],"host":"app.example.com","policy":{"allow_override":false,'
         b'"connect_timeout_ms":2000,"max_body_bytes":26214400,"read_timeout_ms":30000,'
-        b'"retries":1,"sticky":"ip"},"service_id":"svc-1","space_id":"space-1",'
-        b'"updated_at":0,"version":1}'
+        b'"retries":1,"sticky":"ip","upgrades":["websocket"]},"service_id":"svc-1",'
+        b'"space_id":"space-1","updated_at":0,"version":1}'
     )
 
 
@@ -245,6 +245,7 @@ def test_policy_defaults_are_written_out() -> None:
         "retries": 1,
         "sticky": "ip",
         "allow_override": False,
+        "upgrades": ["websocket"],
     }
     assert obj["blocked"] is None
     assert obj["updated_at"] == 0
