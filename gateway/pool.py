@@ -277,11 +277,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             if self._ended is None:
-                refused = exc.__context__ or exc.__cause__
-                if isinstance(refused, _Refused):
-                    self._refuse(refused.kind, str(refused))
-                else:
-                    self._refuse("protocol", f"invalid response: {exc}")
+                kind, message = _refusal(exc)  # no exception kept in this frame: a cycle
+                self._refuse(kind, message)
                 return
             trailing = True  # bytes after a complete response (see on_message_begin)
         ended = self._ended
@@ -579,6 +576,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __repr__(self) -> str:
         return f"UpstreamConnection({self.key[0]}:{self.key[1]}, {self.state.name}, requests={self.requests})"
+
+
+def _refusal(exc: httptools.HttpParserError) -> tuple[str, str]:
+    """The ``UpstreamError`` kind and message for a parse that failed."""
+    refused = exc.__context__ or exc.__cause__
+    if isinstance(refused, _Refused):
+        return refused.kind, str(refused)
+    return "protocol", f"invalid response: {exc}"
 
 
 def _only_chunked(te: bytes) -> bool:

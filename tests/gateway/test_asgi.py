@@ -842,6 +842,10 @@ def test_config_from_env_and_back() -> None:
         config_from_env({"TURNOUT_ACCESS_LOG": "maybe"})
     with pytest.raises(ValueError, match="TURNOUT_INTERNAL"):
         config_from_env({"TURNOUT_INTERNAL": "host:port"})
+    with pytest.raises(ValueError, match="TURNOUT_MAX_RESPONSE_HEADERS"):
+        config_from_env({"TURNOUT_MAX_RESPONSE_HEADERS": "many"})
+    with pytest.raises(ValueError, match="max_response_header_bytes must be at least 1"):
+        config_from_env({"TURNOUT_MAX_RESPONSE_HEADER_BYTES": "0"})
     # export_config writes exactly what config_from_env reads back
     full = GatewayConfig(
         listen_host="127.0.0.1",
@@ -859,6 +863,9 @@ def test_config_from_env_and_back() -> None:
         pool_max_per_origin=9,
         flush_interval=0.5,
         keepalive_timeout=12.0,
+        max_response_header_bytes=4096,
+        max_response_headers=12,
+        response_header_timeout=1.5,
     )
     out: dict[str, str] = {"TURNOUT_REDIS_URL": "stale"}
     export_config(full, out)

@@ -97,15 +97,13 @@ class _Exchange:
     async def read_body(self) -> None:
         """Read the rest of the request body (Content-Length or chunked), recording it."""
         req = self.request
-        if self._left > 0:
-            try:
-                data = await self.reader.readexactly(self._left)
-            except asyncio.IncompleteReadError as exc:
-                req.body += exc.partial  # what did arrive, for the test to see
-                raise
+        while self._left > 0:  # piece by piece: what did arrive is recorded, even on a reset
+            data = await self.reader.read(min(self._left, 65536))
+            if not data:
+                raise _Closed
             req.body += data
-            self._left = 0
-        elif self._left == -1:
+            self._left -= len(data)
+        if self._left == -1:
             while True:
                 line = await self.reader.readuntil(b"\r\n")
                 size = int(line.split(b";", 1)[0].strip(), 16)
@@ -403,11 +401,13 @@ class HostileUpstream:
             if self._server is not None:
                 self._server.close()
             for writer in list(self._writers):
-                writer.transport.abort()
+                writer.transport.abort()  # every handler then ends on its own
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if tasks:
+                _, stuck = await asyncio.wait(tasks, timeout=2)
+                for task in stuck:  # a behaviour asleep between writes
+                    task.cancel()
+                await asyncio.gather(*stuck, return_exceptions=True)
             asyncio.get_running_loop().stop()
 
         asyncio.run_coroutine_threadsafe(shutdown(), loop)

@@ -170,6 +170,19 @@ class RawConnection:
         so a caller expecting ``100 Continue`` sees it."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         resp = self.read_head(timeout=deadline - time.monotonic())
+        return self.read_body(resp, method=method, timeout=deadline - time.monotonic(), sink=sink)
+
+    def read_body(
+        self,
+        resp: RawResponse,
+        *,
+        method: str = "GET",
+        timeout: float | None = None,
+        sink: Callable[[bytes], None] | None = None,
+    ) -> RawResponse:
+        """Read the body of ``resp`` (a head from :meth:`read_head`) by its framing; raises
+        :class:`ConnectionClosed` if the connection ends before the framing does."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         body = bytearray()
         count = [0]
 
