@@ -193,7 +193,13 @@ class Exchange(Sink):
             return
         conn = self.conn
         plan = self.plan
-        if conn is not None and self.body_buf is None and plan is not None and plan.has_body:
+        if (
+            conn is not None
+            and self.body_buf is None
+            and plan is not None
+            and plan.has_body
+            and plan.upgrade is None  # an upgrade forwards no body (see upstream_ready)
+        ):
             conn.end_request(_LAST_CHUNK if plan.chunked else b"")
 
     # ------------------------------------------------------------ Sink: pool callbacks
