@@ -28,8 +28,8 @@ import psutil
 import pytest
 import redis
 
-from tests.support.gateway_proc import GatewayProcess, Publisher, gateway_error
-from tests.support.hostile_upstream import HostileUpstream
+from tests.support.gateway_proc import GatewayProcess, Publisher, gateway_error, health_totals
+from tests.support.hostile_upstream import HostileUpstream, gateway_args
 from tests.support.rawhttp import RawConnection, RawResponse, request
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import UpstreamProcess
@@ -68,11 +68,7 @@ class Env:
         return request(self.gws[server].port, "GET", target, host, **kw)
 
     def health(self, deployment: str) -> dict[str, int]:
-        total: dict[str, int] = {}
-        for key in self.redis.scan_iter(match=f"{{{self.prefix}}}:health:{deployment}:*"):
-            for name, value in self.redis.hgetall(key).items():
-                total[name.decode()] = total.get(name.decode(), 0) + int(value)
-        return total
+        return health_totals(self.redis, self.prefix, deployment)
 
 
 def token(name: str) -> str:
@@ -94,18 +90,7 @@ def env(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> 
                     redis_server.url,
                     workdir / server,
                     prefix=prefix,
-                    extra_args=[
-                        "--server",
-                        server,
-                        "--pool-max-per-origin",
-                        "1",
-                        "--response-header-timeout",
-                        str(HEAD_TIMEOUT),
-                        "--flush-interval",
-                        str(FLUSH),
-                        "--header-timeout",
-                        "2",
-                    ],
+                    extra_args=gateway_args(server, head_timeout=HEAD_TIMEOUT, flush=FLUSH),
                     name=f"gw-{server}",
                 ).start()
             yield Env(gws, Publisher(redis_server.url, prefix), hostile, good, client, prefix)

@@ -45,8 +45,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.support.gateway_proc import GatewayProcess, Publisher, gateway_error
-from tests.support.hostile_upstream import BEHAVIOURS, HostileUpstream
+from tests.support.gateway_proc import GatewayProcess, Publisher, gateway_error, health_totals
+from tests.support.hostile_upstream import BEHAVIOURS, HostileUpstream, gateway_args
 from tests.support.rawhttp import ConnectionClosed, RawConnection, RawResponse
 from tests.support.redis_server import RedisServer
 
@@ -160,12 +160,7 @@ class Front:
         return f"a.{base}", f"b.{base}"
 
     def health(self, deployment: str) -> dict[str, int]:
-        """The deployment's health rows summed over every minute they span."""
-        total: dict[str, int] = {}
-        for key in self.redis.scan_iter(match=f"{{{self.prefix}}}:health:{deployment}:*"):
-            for name, value in self.redis.hgetall(key).items():
-                total[name.decode()] = total.get(name.decode(), 0) + int(value)
-        return total
+        return health_totals(self.redis, self.prefix, deployment)
 
 
 def _slug(name: str) -> str:
@@ -198,18 +193,7 @@ def front(
         redis_server.url,
         tmp_path_factory.mktemp(f"gateway-{server}"),
         prefix=prefix,
-        extra_args=[
-            "--server",
-            server,
-            "--pool-max-per-origin",
-            "1",
-            "--response-header-timeout",
-            str(HEAD_TIMEOUT),
-            "--flush-interval",
-            str(FLUSH),
-            "--header-timeout",
-            "2",
-        ],
+        extra_args=gateway_args(server, head_timeout=HEAD_TIMEOUT, flush=FLUSH),
         name=f"gw-{server}",
     )
     gw.start()

@@ -34,7 +34,27 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
+from tests.support.rawhttp import first_header
+
 MiB = 1024 * 1024
+
+
+def gateway_args(server: str, *, head_timeout: float, flush: float) -> list[str]:
+    """``turnout gateway`` flags for tests against this upstream: the front-end, one pooled
+    connection per origin (a desynced connection would be the only one there is), a short
+    response-head deadline and a fast counter flush."""
+    return [
+        "--server",
+        server,
+        "--pool-max-per-origin",
+        "1",
+        "--response-header-timeout",
+        str(head_timeout),
+        "--flush-interval",
+        str(flush),
+        "--header-timeout",
+        "2",
+    ]
 
 
 class _Closed(Exception):
@@ -59,11 +79,7 @@ class SeenRequest:
         return parts[2] if len(parts) == 3 else ""
 
     def header(self, name: str) -> str | None:
-        lname = name.lower()
-        for k, v in self.headers:
-            if k.lower() == lname:
-                return v
-        return None
+        return first_header(self.headers, name)
 
 
 @dataclass
