@@ -442,15 +442,19 @@ def _ident(value: Any, path: str) -> str:
 
 
 def policy_to_obj(p: Policy) -> dict[str, Any]:
-    return {
+    obj: dict[str, Any] = {
         "connect_timeout_ms": p.connect_timeout_ms,
         "read_timeout_ms": p.read_timeout_ms,
         "max_body_bytes": p.max_body_bytes,
         "retries": p.retries,
         "sticky": p.sticky,
         "allow_override": p.allow_override,
-        "upgrades": list(p.upgrades),
     }
+    # Written only when not the default: gateways that predate the field (strict decoders)
+    # keep applying every record that does not use it during a rolling upgrade.
+    if p.upgrades != DEFAULT_POLICY.upgrades:
+        obj["upgrades"] = list(p.upgrades)
+    return obj
 
 
 def record_to_obj(record: RouteRecord) -> dict[str, Any]:

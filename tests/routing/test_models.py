@@ -231,8 +231,8 @@ def test_minimal_record_encodes_to_exact_canonical_bytes() -> None:
         b'[{"deployment_id":"dep-1","status":"active","upstreams":["http://10.0.0.1:8080"],'
         b'"weight":10000}]}],"host":"app.example.com","policy":{"allow_override":false,'
         b'"connect_timeout_ms":2000,"max_body_bytes":26214400,"read_timeout_ms":30000,'
-        b'"retries":1,"sticky":"ip","upgrades":["websocket"]},"service_id":"svc-1",'
-        b'"space_id":"space-1","updated_at":0,"version":1}'
+        b'"retries":1,"sticky":"ip"},"service_id":"svc-1","space_id":"space-1",'
+        b'"updated_at":0,"version":1}'
     )
 
 
@@ -245,7 +245,6 @@ def test_policy_defaults_are_written_out() -> None:
         "retries": 1,
         "sticky": "ip",
         "allow_override": False,
-        "upgrades": ["websocket"],
     }
     assert obj["blocked"] is None
     assert obj["updated_at"] == 0
@@ -1222,6 +1221,12 @@ def test_policy_upgrades_are_stored_lower_case_and_encoded() -> None:
     assert orjson.loads(encode_record(decoded))["policy"]["upgrades"] == ["websocket", "h2c"]
     rec["policy"] = {"upgrades": []}
     assert decode_record(rec).policy.upgrades == ()
+    assert orjson.loads(encode_record(decode_record(rec)))["policy"]["upgrades"] == []
+    # The default is not written (older gateways reject unknown fields), and an explicit
+    # default encodes like an omitted one.
+    rec["policy"] = {"upgrades": ["WebSocket"]}
+    assert "upgrades" not in orjson.loads(encode_record(decode_record(rec)))["policy"]
+    assert encode_record(decode_record(rec)) == encode_record(decode_record(minimal()))
     # memoised by value: the same list again is the same policy, another list another one
     rec["policy"] = {"upgrades": ["h2c"]}
     assert decode_record(rec).policy is decode_record(rec).policy
