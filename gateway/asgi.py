@@ -89,10 +89,11 @@ from gateway.errors import (
     BAD_GATEWAY,
     BAD_GATEWAY_RESPONSE,
     GATEWAY_TIMEOUT,
-    NO_UPSTREAM,
     PAYLOAD_TOO_LARGE,
+    UPSTREAM_HEADER_TOO_LARGE,
     Answer,
     UpstreamError,
+    upstream_answer,
 )
 from gateway.pool import Sink
 from routing.upstreams import EjectionPolicy
@@ -194,7 +195,9 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> GatewayConfig:
     optional tuning: ``TURNOUT_ACCESS_LOG_SAMPLE``, ``TURNOUT_WORKERS``,
     ``TURNOUT_DRAIN_TIMEOUT``, ``TURNOUT_KEEPALIVE_TIMEOUT``, ``TURNOUT_POOL_MAX_PER_ORIGIN``,
     ``TURNOUT_EJECT_AFTER``, ``TURNOUT_EJECT_SECONDS``, ``TURNOUT_FLUSH_INTERVAL``,
-    ``TURNOUT_SERVER`` and ``TURNOUT_LISTEN`` (informational inside a worker)."""
+    ``TURNOUT_MAX_RESPONSE_HEADER_BYTES``, ``TURNOUT_MAX_RESPONSE_HEADERS``,
+    ``TURNOUT_RESPONSE_HEADER_TIMEOUT``, ``TURNOUT_SERVER`` and ``TURNOUT_LISTEN``
+    (informational inside a worker)."""
     env = os.environ if environ is None else environ
     base = GatewayConfig()
     internal = env.get("TURNOUT_INTERNAL", f"{base.internal_host}:{base.internal_port}").strip()
@@ -232,6 +235,15 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> GatewayConfig:
         ),
         trusted_proxies=trusted,
         flush_interval=_env_num(env, "TURNOUT_FLUSH_INTERVAL", float, base.flush_interval),
+        max_response_header_bytes=_env_num(
+            env, "TURNOUT_MAX_RESPONSE_HEADER_BYTES", int, base.max_response_header_bytes
+        ),
+        max_response_headers=_env_num(
+            env, "TURNOUT_MAX_RESPONSE_HEADERS", int, base.max_response_headers
+        ),
+        response_header_timeout=_env_num(
+            env, "TURNOUT_RESPONSE_HEADER_TIMEOUT", float, base.response_header_timeout
+        ),
         access_log=_env_bool(env, "TURNOUT_ACCESS_LOG", False),
         access_log_sample=_env_num(env, "TURNOUT_ACCESS_LOG_SAMPLE", float, base.access_log_sample),
     )
@@ -259,6 +271,9 @@ def export_config(config: GatewayConfig, environ: MutableMapping[str, str] | Non
         "TURNOUT_EJECT_AFTER": str(config.ejection.max_fails),
         "TURNOUT_EJECT_SECONDS": repr(config.ejection.eject_seconds),
         "TURNOUT_FLUSH_INTERVAL": repr(config.flush_interval),
+        "TURNOUT_MAX_RESPONSE_HEADER_BYTES": str(config.max_response_header_bytes),
+        "TURNOUT_MAX_RESPONSE_HEADERS": str(config.max_response_headers),
+        "TURNOUT_RESPONSE_HEADER_TIMEOUT": repr(config.response_header_timeout),
     }
     for name, value in values.items():
         if value is None:
@@ -890,8 +905,8 @@ class _HttpExchange(_Waiting, Sink):
     def _body_end(self) -> None:
         self.body_done = True
         conn = self.conn
-        if conn is not None and self.plan.chunked:
-            conn.write(_LAST_CHUNK)
+        if conn is not None:
+            conn.end_request(_LAST_CHUNK if self.plan.chunked else b"")
 
     def _too_large(self) -> None:
         conn, self.conn = self.conn, None
@@ -932,11 +947,13 @@ class _HttpExchange(_Waiting, Sink):
             replica.record_success()
         self.conn = conn
         self.write_paused = False
+        has_body = plan.has_body
         conn.send(
             self,
             plan.request_head(replica),
             head_only=self.method == b"HEAD",
             read_timeout=plan.route.policy.read_timeout_ms / 1000,
+            complete=not has_body,
         )
         pending = self.pending
         if pending is not None:
@@ -945,8 +962,8 @@ class _HttpExchange(_Waiting, Sink):
             for chunk in pending:
                 conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if plan.chunked else chunk)
                 self.written += len(chunk)
-        if self.body_done and plan.chunked and self.conn is conn:
-            conn.write(_LAST_CHUNK)
+        if self.body_done and has_body and self.conn is conn:
+            conn.end_request(_LAST_CHUNK if plan.chunked else b"")
         self._wake_pump()
 
     def upstream_failed(self, error: UpstreamError) -> None:
@@ -980,11 +997,7 @@ class _HttpExchange(_Waiting, Sink):
                 return
         if error.kind == "timeout":
             self.timed_out = True
-            self.answer = GATEWAY_TIMEOUT
-        elif error.kind == "pool":
-            self.answer = NO_UPSTREAM
-        else:
-            self.answer = BAD_GATEWAY
+        self.answer = upstream_answer(error, responded=False)
         self._wake()
         self._wake_pump()
 
@@ -996,13 +1009,8 @@ class _HttpExchange(_Waiting, Sink):
         content_length: bytes | None,
         body_expected: bool,
     ) -> None:
-        if status == 101:  # never asked for in an http scope
-            conn, self.conn = self.conn, None
-            if conn is not None:
-                conn.abort()
-            self.answer = BAD_GATEWAY_RESPONSE
-            self._wake()
-            return
+        # Never a 101: the pool refuses one to a request that asked for no upgrade (and an
+        # http scope never asks).
         out = [(name.lower(), value) for name, value in headers]
         if content_length is not None and (body_expected or self.method == b"HEAD"):
             out.append((b"content-length", content_length))
@@ -1039,7 +1047,7 @@ class _HttpExchange(_Waiting, Sink):
         if error.kind == "timeout":
             self.timed_out = True
         if not self.started:
-            self.answer = GATEWAY_TIMEOUT if error.kind == "timeout" else BAD_GATEWAY_RESPONSE
+            self.answer = upstream_answer(error, responded=True)
             self.headers = None
             self.chunks.clear()
         else:
@@ -1067,7 +1075,11 @@ class _HttpExchange(_Waiting, Sink):
 
 
 class _WsUpstream(asyncio.Protocol):
-    """The gateway's client connection to the upstream of one WebSocket."""
+    """The gateway's client connection to the upstream of one WebSocket.
+
+    Its handshake response head is bounded as the pool bounds every other response head
+    (``max_response_header_bytes``, counted as raw bytes before it is complete, and
+    ``max_response_headers``); the handshake deadline is the proxy's (see ``_WsProxy``)."""
 
     def __init__(self, proxy: _WsProxy, head: bytes, max_size: int) -> None:
         self.proxy = proxy
@@ -1079,6 +1091,8 @@ class _WsUpstream(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
         self.upgraded = False
+        self.head_seen = 0  # bytes read before the final handshake head was complete
+        self.head_done = False
 
     # asyncio.Protocol
 
@@ -1091,9 +1105,18 @@ class _WsUpstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         proxy = self.proxy
-        proxy.touch()
+        if self.head_done:
+            proxy.touch()  # the handshake head has a deadline of its own, not extended by bytes
         parser = self.parser
         if parser is not None:
+            config = proxy.app.config
+            assert config is not None
+            if not self.head_done:
+                self.head_seen += len(data)
+                if self.head_seen > config.max_response_header_bytes:
+                    self.parser = None
+                    proxy.handshake_failed("upstream handshake head too large", too_large=True)
+                    return
             try:
                 parser.feed_data(data)
             except httptools.HttpParserUpgrade as exc:
@@ -1106,7 +1129,8 @@ class _WsUpstream(asyncio.Protocol):
                     return
             except httptools.HttpParserError as exc:
                 self.parser = None
-                proxy.handshake_failed(f"invalid upstream response: {exc}")
+                too_large = isinstance(exc.__context__ or exc.__cause__, _HandshakeTooLarge)
+                proxy.handshake_failed(f"invalid upstream response: {exc}", too_large=too_large)
                 return
             else:
                 return
@@ -1139,6 +1163,12 @@ class _WsUpstream(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         assert self.parser is not None
         self.status = self.parser.get_status_code()
+        config = self.proxy.app.config
+        assert config is not None
+        if len(self.headers) > config.max_response_headers:
+            raise _HandshakeTooLarge  # fails the parse: handshake_failed(too_large=True)
+        if not 100 <= self.status < 200 or self.status == 101:
+            self.head_done = True
 
     def on_body(self, body: bytes) -> None:
         if len(self.body) < _WS_REJECT_BODY_MAX:
@@ -1166,6 +1196,10 @@ class _WsUpstream(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+class _HandshakeTooLarge(Exception):
+    """Raised from a handshake parser callback: more headers than the limit."""
 
 
 class _WsProxy(_Waiting):
@@ -1275,7 +1309,9 @@ class _WsProxy(_Waiting):
                 assert isinstance(proto, _WsUpstream)
                 replica.record_success()
                 self.upstream = proto
-                self.deadline = loop.time() + self.idle
+                # The handshake answer is a response head: the pool's head deadline applies.
+                assert app.config is not None
+                self.deadline = loop.time() + min(self.idle, app.config.response_header_timeout)
                 return None
             if self.upstream is not None:  # made, then given up on: not this one
                 self.upstream.abort()
@@ -1456,11 +1492,11 @@ class _WsProxy(_Waiting):
             self.state = "refused"
             self._wake()
 
-    def handshake_failed(self, message: str) -> None:
+    def handshake_failed(self, message: str, *, too_large: bool = False) -> None:
         log.debug("websocket handshake failed: %s", message)
         if self.state == "handshake":
             self.state = "failed"
-            self.failure = BAD_GATEWAY_RESPONSE
+            self.failure = UPSTREAM_HEADER_TOO_LARGE if too_large else BAD_GATEWAY_RESPONSE
             self._wake()
         if self.upstream is not None:
             self.upstream.abort()

@@ -8,6 +8,12 @@ from dataclasses import dataclass, field
 from routing.upstreams import EjectionPolicy
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_AT_LEAST_ONE = (
+    "max_header_bytes",
+    "max_headers",
+    "max_response_header_bytes",
+    "max_response_headers",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +34,10 @@ class GatewayConfig:
     keepalive_timeout: float = 75.0  # idle client keep-alive
     drain_timeout: float = 30.0
     high_water: int = 256 * 1024  # pause reading above this much buffered
+    # upstream response heads (nginx-like: the request side's limits; over -> 502)
+    max_response_header_bytes: int = 64 * 1024  # status line + headers, interim 1xx included
+    max_response_headers: int = 100  # per response head
+    response_header_timeout: float = 30.0  # request sent -> final head; capped by the read timeout
     # upstream pool
     pool_max_per_origin: int = 512
     pool_wait_timeout: float = 5.0
@@ -50,6 +60,11 @@ class GatewayConfig:
             raise ValueError("workers must be at least 1")
         if not 0.0 <= self.access_log_sample <= 1.0:
             raise ValueError("access_log_sample must be within 0..1")
+        for name in _AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if not self.response_header_timeout > 0:
+            raise ValueError("response_header_timeout must be positive")
 
 
 def parse_networks(values: list[str] | tuple[str, ...]) -> tuple[Network, ...]:

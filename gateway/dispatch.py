@@ -408,12 +408,20 @@ class Dispatcher:
         if replica is None:
             return NO_UPSTREAM, rid
 
+        if upgrade is not None:
+            if conn_tokens is None or b"upgrade" not in conn_tokens:
+                upgrade = None  # "Upgrade" without "Connection: upgrade" is not an upgrade
+            else:  # only to protocols the route allows (policy.upgrades): h2c is opt-in
+                upgrade = route.allowed_upgrade(upgrade)
+        upgrade_line = b"Connection: upgrade\r\n"
         if conn_tokens:
             nominated = {t for t in conn_tokens if t not in _NOT_NOMINABLE}
+            if upgrade is not None and b"http2-settings" in nominated:
+                # RFC 9113 §3.2 (h2c): the settings go with the upgrade, hop-by-hop again.
+                nominated.discard(b"http2-settings")
+                upgrade_line = b"Connection: upgrade, HTTP2-Settings\r\n"
             if nominated:
                 kept = _drop_nominated(kept, nominated)
-        if upgrade is not None and (conn_tokens is None or b"upgrade" not in conn_tokens):
-            upgrade = None  # "Upgrade" without "Connection: upgrade" is not an upgrade
 
         xff_out = peer_b if xff is None else xff + b", " + peer_b
         proto = xfproto if (xfproto is not None and self._trusted(peer)) else self.proto
@@ -425,7 +433,7 @@ class Dispatcher:
             % (xff_out, proto, host, rid, route.space_b, route.service_b, target.deployment_b)
         )
         if upgrade is not None:
-            block.append(b"Connection: upgrade\r\nUpgrade: " + upgrade + b"\r\n")
+            block.append(upgrade_line + b"Upgrade: " + upgrade + b"\r\n")
         elif chunked:
             block.append(b"Transfer-Encoding: chunked\r\n")
         elif content_length is not None:

@@ -16,7 +16,9 @@ class GatewayError(Exception):
 
 
 class UpstreamError(GatewayError):
-    """Talking to an upstream failed; ``kind`` is connect|timeout|reset|closed|pool."""
+    """Talking to an upstream failed. ``kind``: ``connect``, ``timeout``, ``reset``, ``closed``,
+    ``pool`` (no connection could be had), ``protocol`` (an invalid response), ``head_too_large``
+    (a response head over the limits), ``upgrade`` (a 101 the request did not ask for)."""
 
     def __init__(self, kind: str, message: str, *, sent: bool = False, reused: bool = False):
         self.kind = kind
@@ -96,6 +98,16 @@ SUSPENDED: Final = Answer(503, "suspended", "the service is suspended")
 NO_UPSTREAM: Final = Answer(503, "no_upstream", "no healthy upstream for the deployment")
 BAD_GATEWAY: Final = Answer(502, "bad_gateway", "the upstream could not be reached")
 BAD_GATEWAY_RESPONSE: Final = Answer(502, "bad_gateway", "the upstream sent an invalid response")
+UPSTREAM_HEADER_TOO_LARGE: Final = Answer(
+    502, "upstream_header_too_large", "the upstream's response head is over the gateway's limits"
+)
+# The client connection is closed after it: the upstream claimed to switch protocols.
+BAD_GATEWAY_UPGRADE: Final = Answer(
+    502,
+    "bad_gateway",
+    "the upstream switched to a protocol the request did not ask for",
+    close=True,
+)
 GATEWAY_TIMEOUT: Final = Answer(504, "gateway_timeout", "the upstream did not answer in time")
 PAYLOAD_TOO_LARGE: Final = Answer(413, "payload_too_large", "request body too large", close=True)
 HEADERS_TOO_LARGE: Final = Answer(431, "headers_too_large", "request headers too large", close=True)
@@ -106,3 +118,22 @@ CL_AND_TE: Final = Answer(
 )
 BAD_LENGTH: Final = Answer(400, "bad_request", "invalid Content-Length", close=True)
 BAD_TE: Final = Answer(501, "not_implemented", "unsupported Transfer-Encoding", close=True)
+
+
+def upstream_answer(error: UpstreamError, *, responded: bool) -> Answer:
+    """The answer for an upstream failure before any response byte reached the client — the one
+    place both front-ends turn an :class:`UpstreamError` into what the client sees. ``responded``:
+    the upstream had sent bytes (so a reset means a broken response, not an unreachable
+    upstream)."""
+    kind = error.kind
+    if kind == "timeout":
+        return GATEWAY_TIMEOUT
+    if kind == "head_too_large":
+        return UPSTREAM_HEADER_TOO_LARGE
+    if kind == "upgrade":
+        return BAD_GATEWAY_UPGRADE
+    if kind == "pool":
+        return NO_UPSTREAM
+    if responded or kind == "protocol":
+        return BAD_GATEWAY_RESPONSE
+    return BAD_GATEWAY

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from gateway import build
 from gateway.config import GatewayConfig, parse_networks
@@ -64,6 +65,34 @@ def _workers(value: str) -> int:
     return number
 
 
+def _at_least_one(flag: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag}: expected an integer, got {value!r}"
+            ) from None
+        if number < 1:
+            raise argparse.ArgumentTypeError(f"{flag}: must be at least 1, got {number}")
+        return number
+
+    return parse
+
+
+def _seconds(flag: str) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: expected seconds, got {value!r}") from None
+        if not number > 0 or number == float("inf"):
+            raise argparse.ArgumentTypeError(f"{flag}: must be a positive number, got {value}")
+        return number
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="turnout gateway", description="Run the dispatch gateway.")
     p.add_argument("--listen", default="0.0.0.0:8080", help="address:port (default 0.0.0.0:8080)")
@@ -98,6 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, default=30.0)
     p.add_argument("--max-header-bytes", type=int, default=64 * 1024)
     p.add_argument("--max-headers", type=int, default=100)
+    p.add_argument(
+        "--max-response-header-bytes",
+        type=_at_least_one("--max-response-header-bytes"),
+        default=64 * 1024,
+        help="upstream response head size limit, interim 1xx heads included (default 65536)",
+    )
+    p.add_argument(
+        "--max-response-headers",
+        type=_at_least_one("--max-response-headers"),
+        default=100,
+        help="headers per upstream response head (default 100)",
+    )
+    p.add_argument(
+        "--response-header-timeout",
+        type=_seconds("--response-header-timeout"),
+        default=30.0,
+        help="seconds from request sent to the upstream's final response head; never longer "
+        "than the route's read timeout (default 30)",
+    )
     p.add_argument("--pool-max-per-origin", type=int, default=512)
     p.add_argument("--eject-after", type=int, default=3, help="consecutive connect failures")
     p.add_argument("--eject-seconds", type=float, default=10.0)
@@ -126,6 +174,9 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         internal_port=iport,
         max_header_bytes=args.max_header_bytes,
         max_headers=args.max_headers,
+        max_response_header_bytes=args.max_response_header_bytes,
+        max_response_headers=args.max_response_headers,
+        response_header_timeout=args.response_header_timeout,
         header_timeout=args.header_timeout,
         keepalive_timeout=args.keepalive_timeout,
         drain_timeout=args.drain_timeout,

@@ -19,6 +19,16 @@ parsed), malformed Host (400), ``Expect: 100-continue`` answered by the gateway 
 and size are known, HTTP/1.0 clients (close-delimited responses), chunked and fixed-length
 request bodies streamed, body limit (413 up front and while streaming), WebSocket/Upgrade
 tunnelled only after the upstream's 101, graceful drain.
+
+A request is dispatched once the read that completed its head has been parsed whole, so a
+malformed body in that same read is answered 400 before anything reaches an upstream. Bad bytes
+stop the parser for good: the requests parsed before them are answered in order, then the bad
+one (400, or 431), then the connection closes (nginx: ``200, 200, 400``). Bad bytes inside a
+body already being forwarded abort that upstream request (a reset: the origin never takes the
+truncated body as complete). A response that ends before its request did (an early 401 to an
+upload) says ``Connection: close``, and the connection closes *lingering*: the answer is
+followed by a FIN and whatever the client still sends is read and dropped for a while, so the
+close does not turn into a reset that destroys the answer before the client read it.
 """
 
 from __future__ import annotations
@@ -35,16 +45,13 @@ import httptools
 
 from gateway.dispatch import H_CONNECTION, Dispatcher, Plan, request_header_class
 from gateway.errors import (
-    BAD_GATEWAY,
-    BAD_GATEWAY_RESPONSE,
     BAD_REQUEST,
-    GATEWAY_TIMEOUT,
     HEADERS_TOO_LARGE,
-    NO_UPSTREAM,
     PAYLOAD_TOO_LARGE,
     REASONS,
     Answer,
     UpstreamError,
+    upstream_answer,
 )
 from gateway.pool import Sink
 
@@ -72,6 +79,17 @@ class _Limit(Exception):
 class _Stop(Exception):
     """Raised from a parser callback once the connection is closing: parse nothing more."""
 
+
+# A reason for reading to stay paused (see ClientConnection.pause_for): the parser stopped.
+_STOPPED: Final = object()
+
+
+class _Spent:
+    """The callbacks of :data:`_SPENT_PARSER`: a closed connection parses nothing."""
+
+
+# What a closed connection's ``parser`` becomes (data_received never feeds it: closed).
+_SPENT_PARSER: Final = httptools.HttpRequestParser(_Spent())
 
 _DISCARD_LIMIT: Final = 64 * 1024  # body bytes we read and drop to keep a connection alive
 _MAX_PIPELINE: Final = 16  # queued requests per connection before reading pauses
@@ -104,6 +122,7 @@ class Exchange(Sink):
         "timed_out",
         "tunnel_buf",
         "url",
+        "verdict",
         "version_10",
     )
 
@@ -131,6 +150,7 @@ class Exchange(Sink):
         self.timed_out = False
         self.tunnel_buf: list[bytes] | None = None
         self.deferred: tuple[Answer, bytes] | None = None  # answer waiting for the body's end
+        self.verdict: Answer | None = None  # a malformed request: answered so in its turn
         self.t0 = 0.0
 
     # ------------------------------------------------------------ request body (from client)
@@ -172,13 +192,15 @@ class Exchange(Sink):
             self.client.answer(self, answer, rid)
             return
         conn = self.conn
+        plan = self.plan
         if (
             conn is not None
             and self.body_buf is None
-            and self.plan is not None
-            and self.plan.chunked
+            and plan is not None
+            and plan.has_body
+            and plan.upgrade is None  # an upgrade forwards no body (see upstream_ready)
         ):
-            conn.write(_LAST_CHUNK)
+            conn.end_request(_LAST_CHUNK if plan.chunked else b"")
 
     # ------------------------------------------------------------ Sink: pool callbacks
 
@@ -196,11 +218,14 @@ class Exchange(Sink):
         if client._writing_paused:
             conn.pause_reading()  # the client is not reading its earlier responses yet
         head_only = self.method == b"HEAD"
+        has_body = plan.has_body and plan.upgrade is None  # an upgrade forwards no body
         conn.send(
             self,
             plan.request_head(replica),
             head_only=head_only,
             read_timeout=plan.route.policy.read_timeout_ms / 1000,
+            complete=not has_body,
+            upgrade=plan.upgrade,
         )
         buf = self.body_buf
         if buf is not None:
@@ -213,8 +238,8 @@ class Exchange(Sink):
                 for chunk in buf:
                     conn.write(chunk)
             client.unpause_for(self)
-        if self.request_done and plan.chunked and plan.upgrade is None:
-            conn.write(_LAST_CHUNK)
+        if self.request_done and has_body:
+            conn.end_request(_LAST_CHUNK if plan.chunked else b"")
 
     def upstream_failed(self, error: UpstreamError) -> None:
         self.conn = None
@@ -246,11 +271,7 @@ class Exchange(Sink):
                 return
         if error.kind == "timeout":
             self.timed_out = True
-            client.answer(self, GATEWAY_TIMEOUT, plan.request_id)
-        elif error.kind == "pool":
-            client.answer(self, NO_UPSTREAM, plan.request_id)
-        else:
-            client.answer(self, BAD_GATEWAY, plan.request_id)
+        client.answer(self, upstream_answer(error, responded=False), plan.request_id)
 
     def _can_replay(self) -> bool:
         """Only a request whose body (if any) is still entirely in hand can be sent again."""
@@ -288,6 +309,10 @@ class Exchange(Sink):
         else:
             self.keep_alive = False  # HTTP/1.0 client: the body ends when we close
         if status != 101:
+            if not self.request_done:
+                # Answered before the request ended: the rest of it is never forwarded, and the
+                # connection closes after this response (lingering, see finish()).
+                self.keep_alive = False
             if not self.keep_alive or client.draining:
                 self.keep_alive = False
                 parts.append(b"Connection: close\r\n")
@@ -350,8 +375,7 @@ class Exchange(Sink):
         if not self.started:
             plan = self.plan
             assert plan is not None
-            answer = GATEWAY_TIMEOUT if error.kind == "timeout" else BAD_GATEWAY_RESPONSE
-            self.client.answer(self, answer, plan.request_id)
+            self.client.answer(self, upstream_answer(error, responded=True), plan.request_id)
             return
         self.client.abort_response(self)
 
@@ -388,6 +412,8 @@ class ClientConnection(asyncio.Protocol):
         "peer_b",
         "queue",
         "server",
+        "starting",
+        "stopped",
         "transport",
         "tunnel",
         "tunnel_deadline",
@@ -404,6 +430,8 @@ class ClientConnection(asyncio.Protocol):
         self.parsing: Exchange | None = None
         self.queue: deque[Exchange] = deque()
         self.closed = False
+        self.stopped = False  # the parser stopped (bad bytes, or an upgrade): parse nothing more
+        self.starting: Exchange | None = None  # dispatched once the current read is parsed
         self.draining = server.draining
         self.deadline = 0.0  # keep-alive idle deadline (0 = none)
         self.head_deadline = 0.0  # request head must be complete by then (0 = none)
@@ -440,15 +468,15 @@ class ClientConnection(asyncio.Protocol):
                 self.tunnel_deadline = self.server.loop.time() + self.tunnel_idle
                 tunnel.conn.write(data)
             return
-        if self.closed:
-            return
+        if self.closed or self.stopped:
+            return  # lingering, or past bad bytes: never parsed
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
             self._upgrade_received(data[offset:])
         except httptools.HttpParserCallbackError as exc:
-            if self.closed or isinstance(exc.__context__, _Stop):
+            if isinstance(exc.__context__, _Stop):
                 return
             if isinstance(exc.__context__, _Limit) or isinstance(exc.__cause__, _Limit):
                 self._fail_head(HEADERS_TOO_LARGE)
@@ -457,9 +485,18 @@ class ClientConnection(asyncio.Protocol):
                 self._fail_head(BAD_REQUEST)
         except httptools.HttpParserError:
             self._fail_head(BAD_REQUEST)
+        ex = self.starting
+        if ex is not None:
+            # Dispatched only now that the whole read is parsed: bad bytes later in it were
+            # answered (400) without anything reaching an upstream.
+            self.starting = None
+            if not self.closed:
+                self._start(ex)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        # Break the parser <-> protocol cycle now (see UpstreamConnection.connection_lost).
+        self.parser = _SPENT_PARSER
         self.server.connections.discard(self)
         for ex in (self.current, *self.queue):
             if ex is not None and ex.conn is not None:
@@ -531,7 +568,7 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = 0.0
         if self.current is None:
             self.current = ex
-            self._start(ex)
+            self.starting = ex  # see data_received
         else:
             self.queue.append(ex)
             if len(self.queue) >= _MAX_PIPELINE:
@@ -553,18 +590,20 @@ class ClientConnection(asyncio.Protocol):
     def _start(self, ex: Exchange) -> None:
         server = self.server
         ex.t0 = server.time()
+        if ex.verdict is not None:  # the malformed request's turn: answer, then close
+            self.answer(ex, ex.verdict, server.dispatcher.request_id(None))
+            return
         url = ex.url
         host: bytes | None = None
         if url[:1] != b"/":
-            if url[:7].lower() == b"http://":
-                rest = url[7:]
-                slash = rest.find(b"/")
-                host, url = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
-            elif url == b"*" and ex.method == b"OPTIONS":
+            if url == b"*" and ex.method == b"OPTIONS":
                 pass
             else:
-                self.answer(ex, BAD_REQUEST, server.dispatcher.request_id(None))
-                return
+                target = _absolute_form(url)
+                if target is None:
+                    self.answer(ex, BAD_REQUEST, server.dispatcher.request_id(None))
+                    return
+                host, url = target
         if ex.method == b"CONNECT":
             self.answer(ex, BAD_REQUEST, server.dispatcher.request_id(None))
             return
@@ -588,6 +627,7 @@ class ClientConnection(asyncio.Protocol):
             self.answer(ex, PAYLOAD_TOO_LARGE, result.request_id)
             return
         if result.upgrade is not None:
+            self._open_tunnel(ex)
             # A tunnel never shares a pooled connection.
             server.pool.connect_fresh(result.replica, ex, policy.connect_timeout_ms / 1000)  # type: ignore[arg-type]
             return
@@ -597,22 +637,33 @@ class ClientConnection(asyncio.Protocol):
         server.pool.acquire(result.replica, ex, policy.connect_timeout_ms / 1000)  # type: ignore[arg-type]
 
     def _upgrade_received(self, rest: bytes) -> None:
-        ex = self.current
-        if ex is None or ex.plan is None or ex.plan.upgrade is None:
-            # The parser saw an upgrade we are not forwarding (or an answer was already given);
-            # nothing after this head may be parsed as HTTP.
-            if ex is None or not ex.started:
-                self.close()
-            else:
-                ex.keep_alive = False
-            return
+        """llhttp stops after a request that asks to upgrade: what follows is the new protocol,
+        never HTTP. That request (the last one parsed) is answered by a tunnel once its upstream
+        says 101 (:meth:`_open_tunnel`, when the route lets it upgrade), or else as an ordinary
+        request, after which the connection closes."""
+        ex = self.queue[-1] if self.queue else self.current
         self.parsing = None
+        if self.tunnel is not ex:
+            self._stop_parsing()
+        if ex is None:
+            self.close()  # the request was answered already
+            return
         ex.request_done = True
         ex.keep_alive = False  # whatever the upstream answers, no more HTTP on this connection
-        self.tunnel = ex
-        self.tunnel_idle = ex.plan.route.policy.read_timeout_ms / 1000
-        self.tunnel_deadline = self.server.loop.time() + self.tunnel_idle
         ex.tunnel_buf = [rest] if rest else []
+
+    def _open_tunnel(self, ex: Exchange) -> None:
+        """``ex`` is dispatched as an upgrade: hold the client's bytes until the upstream's 101."""
+        plan = ex.plan
+        assert plan is not None
+        ex.request_done = True
+        ex.keep_alive = False
+        if ex.tunnel_buf is None:
+            ex.tunnel_buf = []
+        self.tunnel = ex
+        self.tunnel_idle = plan.route.policy.read_timeout_ms / 1000
+        self.tunnel_deadline = self.server.loop.time() + self.tunnel_idle
+        self.unpause_for(_STOPPED)
 
     def enter_tunnel(self, ex: Exchange) -> None:
         """The upstream answered 101: from now on bytes flow both ways untouched."""
@@ -658,7 +709,10 @@ class ClientConnection(asyncio.Protocol):
         if self.current is ex:
             self.current = None
         self._paused_by.discard(ex)
-        if not ex.keep_alive or not ex.request_done or self.closed:
+        if not ex.request_done and not self.closed:
+            self._linger()
+            return
+        if not ex.keep_alive or self.closed:
             self._really_close()
             return
         self._resume_if_unpaused()
@@ -710,8 +764,7 @@ class ClientConnection(asyncio.Protocol):
         if ex.conn is not None:
             conn, ex.conn = ex.conn, None
             conn.abort()
-        ex.request_done = True  # stop feeding it
-        self.parsing = None
+        self.parsing = None  # stop feeding it; the answer closes lingering (the body goes on)
         if ex.started:
             self.close()
             return
@@ -741,27 +794,62 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
     def _fail_head(self, answer: Answer) -> None:
-        """The request could not be parsed (or its head was too large): answer if it is our
-        turn and close; otherwise let the response in flight finish, then close. Nothing after
-        the bad request is ever parsed."""
+        """Bad bytes (a malformed request, or a head over the limits): nothing after them is
+        ever parsed. The requests before are answered in order, then the bad one with
+        ``answer`` (which closes). Bad bytes inside a body already being forwarded abort that
+        upstream request, and the client gets ``answer`` unless its response had begun."""
         ex = self.parsing
         self.parsing = None
-        current = self.current
-        if current is not None and not current.request_done:
-            self.close()  # the bad bytes were inside the body being forwarded
-            return
-        if current is not None:
-            current.keep_alive = False
-            self.closed = True  # stop parsing; finish() closes the transport
-            if self.transport is not None:
-                self.transport.pause_reading()
+        self._stop_parsing()
+        if ex is not None and ex is self.current and ex is not self.starting:
+            # In the body of a request already dispatched (maybe already partly upstream).
+            conn, ex.conn = ex.conn, None
+            if conn is not None:
+                conn.abort()  # the request is unfinished: a reset
+            if ex.started:
+                self.close()
+                return
+            ex.deferred = None
+            ex.request_done = True
+            plan = ex.plan
+            rid = plan.request_id if plan is not None else self.server.dispatcher.request_id(None)
+            self.answer(ex, answer, rid)
             return
         if ex is None:
             ex = Exchange(self)
-        self.current = ex
+        queued = ex is self.current or ex in self.queue
+        ex.verdict = answer
         ex.request_done = True
-        self.answer(ex, answer, self.server.dispatcher.request_id(None))
-        self.close()
+        ex.body_buf = None  # nothing of it is ever forwarded
+        if queued:
+            return  # answered in its turn (see _start)
+        if self.current is None:
+            self.current = ex
+            self._start(ex)
+        else:
+            self.queue.append(ex)
+
+    def _stop_parsing(self) -> None:
+        self.stopped = True
+        self.pause_for(_STOPPED)
+
+    def _linger(self) -> None:
+        """Close while the client may still be sending its request: FIN after the answer, then
+        read and drop what still arrives until the client closes or the header timeout passes
+        (nginx's lingering close). Closing with unread bytes would send a reset, which can
+        destroy the answer in the client's receive buffer before the client read it."""
+        self.closed = True
+        self.parsing = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._paused_by.clear()
+        transport.resume_reading()
+        self.deadline = self.server.time() + self.server.header_timeout  # see sweep()
 
     # ------------------------------------------------------------ transport helpers
 
@@ -795,6 +883,10 @@ class ClientConnection(asyncio.Protocol):
 
     def sweep(self, now: float) -> None:
         """Deadlines of this connection (called by the server's sweep)."""
+        if self.closed:
+            if self.deadline and self.deadline <= now and self.transport is not None:
+                self.transport.close()  # lingered long enough
+            return
         if self.tunnel is not None:
             if self.tunnel_deadline <= now:
                 self.close()
@@ -892,6 +984,29 @@ class NativeServer:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
+
+
+def _absolute_form(url: bytes) -> tuple[bytes, bytes] | None:
+    """``(authority, origin-form target)`` of an ``http://`` or ``https://`` absolute-form
+    target (RFC 9112 §3.2.2: the authority replaces the Host header), or None if it is not one.
+    The scheme does not change ``X-Forwarded-Proto``: that is the connection's, not a claim of
+    the client's. Userinfo is refused (RFC 9110 §4.2.4)."""
+    sep = url.find(b"://")
+    if sep < 0 or url[:sep].lower() not in (b"http", b"https"):
+        return None
+    rest = url[sep + 3 :]
+    end = len(rest)
+    for stop in (b"/", b"?"):
+        i = rest.find(stop)
+        if 0 <= i < end:
+            end = i
+    authority = rest[:end]
+    if not authority or b"@" in authority:
+        return None
+    target = rest[end:]
+    if target[:1] != b"/":
+        target = b"/" + target  # "http://host" or "http://host?q": the path is "/"
+    return authority, target
 
 
 def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:

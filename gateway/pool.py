@@ -22,16 +22,42 @@ An idle pooled socket that the server closed is noticed by ``connection_lost`` a
 request that fails on a *reused* connection before any response byte is reported with
 ``reused=True`` so the caller can retry once on a fresh connection. A response the client
 abandons closes its upstream connection (``abort``) instead of returning it to the pool.
+
+A connection goes back to the pool only when the exchange on it ended cleanly: the whole
+request was written (``send(complete=True)`` or :meth:`UpstreamConnection.end_request`) *and*
+the response ended by its framing with nothing after it. An origin that answers before reading
+the body (a 401 to an upload) leaves the rest of that body owed on the connection; reusing it
+would make the origin read the next request — another client's — as that body. Such a
+connection is dropped, and dropping a connection whose request is still open resets it (RST):
+the origin can never take a truncated request as complete.
+
+What the sink is told, exactly once per request: a connection that the pool drops itself
+(invalid response, limits, deadlines, ``abort``) stops reporting to its sink first, so the
+``connection_lost`` that follows reports nothing more.
+
+Response heads are bounded (``max_response_header_bytes``: every byte before the final head,
+interim 1xx heads included; ``max_response_headers`` per head): the raw bytes fed while the
+head is incomplete are counted *before* httptools accumulates them, so a head that never ends
+costs at most the limit plus one read. The final head must arrive within
+``response_header_timeout`` (never longer than the route's read timeout) of the request being
+sent — or of the first response byte, for an early answer — enforced by the sweep. A ``101`` is
+honoured only for a request that asked to switch (``send(upgrade=...)``) to one of the named
+protocols, with ``Connection: upgrade``; a transfer coding other than ``chunked`` cannot be
+passed on faithfully and is refused, as nginx does. Refusals are reported as
+``response_aborted`` with the :class:`~gateway.errors.UpstreamError` kind that
+:func:`gateway.errors.upstream_answer` maps to the client's answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import socket
+import struct
 from abc import abstractmethod
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 from mypy_extensions import trait
@@ -56,6 +82,28 @@ Key = tuple[str, int]
 
 class _Trailing(Exception):
     """Raised from a parser callback: bytes followed a complete response."""
+
+
+class _Refused(Exception):
+    """Raised from a parser callback: a response the gateway will not pass on."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# SO_LINGER on, zero seconds: close() sends RST instead of FIN.
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
+# Status line bytes besides the reason: "HTTP/1.1 200 " + CRLF (and the head's final CRLF).
+_STATUS_LINE_BYTES: Final = 17
+
+
+def _head_size(reason: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """A response head's size on the wire (as sent, without obs-fold or extra whitespace)."""
+    n = _STATUS_LINE_BYTES + len(reason)
+    for name, value in headers:
+        n += len(name) + len(value) + 4
+    return n
 
 
 class ConnState(enum.IntEnum):
@@ -124,6 +172,14 @@ class Sink:
         """Bytes from the upstream after a 101: pass them on untouched."""
 
 
+class _Spent:
+    """The callbacks of :data:`_SPENT_PARSER`: a closed connection parses nothing."""
+
+
+# What a closed connection's ``parser`` becomes (data_received never feeds it: not ACTIVE).
+_SPENT_PARSER: Final = httptools.HttpResponseParser(_Spent())
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection to one upstream origin."""
 
@@ -132,17 +188,23 @@ class UpstreamConnection(asyncio.Protocol):
         "_close_delimited",
         "_ended",
         "_head_only",
+        "_head_open",
+        "_head_seen",
         "_headers",
         "_informational",
+        "_interim_bytes",
         "_length",
         "_reason",
+        "_upgrade",
         "deadline",
+        "head_deadline",
         "idle_since",
         "key",
         "parser",
         "paused",
         "pool",
         "read_timeout",
+        "request_open",
         "requests",
         "responded",
         "sink",
@@ -160,6 +222,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0  # requests served; > 0 means this connection is being reused
         self.responded = False  # any byte of the current response received
         self.deadline = 0.0  # read-idle deadline while ACTIVE (checked by the sweep)
+        self.head_deadline = 0.0  # the final response head is due by then (0 = not yet armed)
+        self.request_open = False  # request bytes are still to be written
         self.read_timeout = 30.0
         self.idle_since = 0.0
         self.paused = False  # reading paused for a slow client
@@ -170,6 +234,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self._chunked = False
         self._length: bytes | None = None
+        self._upgrade: bytes | None = None  # the protocols the request asked to switch to
+        self._head_open = False  # the final response head is not complete yet
+        self._head_seen = 0  # bytes read while the head was incomplete (all of them head bytes)
+        self._interim_bytes = 0  # sizes of the interim (1xx) heads of this response
         # Set when a response completed inside the current feed_data(): (sink, keep_alive).
         # The connection is released only after feed_data() returns, and only if nothing
         # followed the response — else stray bytes would be parsed as the NEXT request's
@@ -192,7 +260,14 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.responded = True
-        self.deadline = self.pool.now() + self.read_timeout
+        now = self.pool.now()
+        self.deadline = now + self.read_timeout
+        if self._head_open:
+            # Counted before httptools accumulates them: every byte before the final head is
+            # head (interim 1xx heads included), so this bounds a head that never ends.
+            self._head_seen += len(data)
+            if self.head_deadline == 0.0:  # an answer while the request is still being sent
+                self._arm_head_deadline(now)
         trailing = False
         try:
             self.parser.feed_data(data)
@@ -202,21 +277,25 @@ class UpstreamConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             if self._ended is None:
-                sink = self.sink
-                self._drop()
-                if sink is not None:
-                    sink.response_aborted(UpstreamError("protocol", f"invalid response: {exc}"))
+                kind, message = _refusal(exc)  # no exception kept in this frame: a cycle
+                self._refuse(kind, message)
                 return
             trailing = True  # bytes after a complete response (see on_message_begin)
         ended = self._ended
         if ended is None:
+            if self._head_open and self._head_seen > self.pool.max_head_bytes:
+                self._refuse(
+                    "head_too_large",
+                    f"upstream response head over {self.pool.max_head_bytes} bytes",
+                )
+                return
             sink = self.sink
             if sink is not None:
                 sink.response_flush()
             return
         self._ended = None
         done_sink, keep_alive = ended
-        if keep_alive and not trailing and self.state is ConnState.ACTIVE:
+        if keep_alive and not trailing and not self.request_open and self.state is ConnState.ACTIVE:
             # A pooled socket must be readable, or a server-side close would go unnoticed.
             self.resume_reading()
             self.state = ConnState.IDLE
@@ -228,12 +307,16 @@ class UpstreamConnection(asyncio.Protocol):
             done_sink.response_end()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # The parser and this protocol refer to each other: a cycle only the (rarely run, see
+        # gateway.worker) cyclic GC would free, with whatever the parser accumulated — up to a
+        # head limit's worth per connection. Replacing the parser frees both at once.
+        self.parser = _SPENT_PARSER
         state = self.state
         self.state = ConnState.CLOSED
         self.pool._forget(self, state)
         sink, self.sink = self.sink, None
-        if sink is None or state is ConnState.IDLE:
-            return
+        if sink is None or state is ConnState.IDLE or state is ConnState.CLOSED:
+            return  # idle, or dropped by us: whoever dropped it told the sink already
         if state is ConnState.TUNNEL:
             sink.response_end()
             return
@@ -275,13 +358,30 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         headers, self._headers = self._headers, []
+        pool = self.pool
+        if len(headers) > pool.max_headers:
+            raise _Refused(
+                "head_too_large", f"upstream response head has over {pool.max_headers} headers"
+            )
         if 100 <= status < 200 and status != 101:
             self._informational = True  # 100/102/103: swallowed, the final response follows
+            self._interim_bytes += _head_size(self._reason, headers)
             return
         self._informational = False
+        self._head_open = False
+        self.head_deadline = 0.0
+        # _head_seen counts whole reads; only when they exceed the limit is the exact size of
+        # the head (and of the interim ones before it) worth computing.
+        if (
+            self._head_seen > pool.max_head_bytes
+            and self._interim_bytes + _head_size(self._reason, headers) > pool.max_head_bytes
+        ):
+            raise _Refused(
+                "head_too_large", f"upstream response head over {pool.max_head_bytes} bytes"
+            )
         kept: list[tuple[bytes, bytes]] = []
         length: bytes | None = None
-        chunked = False
+        te: bytes | None = None
         conn_tokens: list[bytes] | None = None
         upgrade: bytes | None = None
         for name, value in headers:
@@ -291,7 +391,7 @@ class UpstreamConnection(asyncio.Protocol):
             elif code == R_CONTENT_LENGTH:
                 length = value
             elif code == R_TRANSFER_ENCODING:
-                chunked = True
+                te = value if te is None else te + b", " + value
             elif code == R_CONNECTION:
                 if value not in PLAIN_CONNECTION:  # the usual values nominate nothing
                     conn_tokens = [t.strip().lower() for t in value.split(b",")]
@@ -302,10 +402,17 @@ class UpstreamConnection(asyncio.Protocol):
             nominated = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
             if nominated:
                 kept = [(n, v) for n, v in kept if n.lower() not in nominated]
-        if status == 101 and upgrade is not None:
+        if status == 101:
+            self._check_upgrade(upgrade, conn_tokens)
+            assert upgrade is not None
             kept.append((b"Connection", b"upgrade"))
             kept.append((b"Upgrade", upgrade))
         body_expected = not (self._head_only or status in (204, 304) or status == 101)
+        chunked = te is not None
+        if te is not None and body_expected and te != b"chunked" and not _only_chunked(te):
+            # RFC 9112 §6.3: the body of such a response ends at close, still in a coding the
+            # client never asked for (TE is hop-by-hop and not forwarded). nginx refuses too.
+            raise _Refused("protocol", f"upstream sent unsupported Transfer-Encoding {te!r}")
         self._chunked = chunked
         self._length = None if chunked else length
         self._close_delimited = body_expected and not chunked and length is None
@@ -323,6 +430,20 @@ class UpstreamConnection(asyncio.Protocol):
             raise _Trailing  # e.g. a body after a HEAD response
         if self.sink is not None:
             self.sink.response_body(body)
+
+    def _check_upgrade(self, upgrade: bytes | None, conn_tokens: list[bytes] | None) -> None:
+        """A 101 must answer a request that asked to switch, name only protocols it offered,
+        and carry ``Connection: upgrade`` (RFC 9110 §7.8); anything else would turn the client
+        connection into a raw tunnel past routing and header rules."""
+        offered = self._upgrade
+        if offered is None:
+            raise _Refused("upgrade", "upstream answered 101 to a request that asked for none")
+        if upgrade is None or conn_tokens is None or b"upgrade" not in conn_tokens:
+            raise _Refused("upgrade", "upstream 101 without Upgrade and Connection: upgrade")
+        wanted = {t.strip().lower() for t in offered.split(b",")}
+        for token in upgrade.split(b","):
+            if token.strip().lower() not in wanted:
+                raise _Refused("upgrade", f"upstream switched to {upgrade!r}, not {offered!r}")
 
     def on_message_complete(self) -> None:
         if self._informational:
@@ -342,16 +463,48 @@ class UpstreamConnection(asyncio.Protocol):
         *,
         head_only: bool,
         read_timeout: float,
+        complete: bool = True,
+        upgrade: bytes | None = None,
     ) -> None:
-        """Start a request: bind ``sink``, write the request head."""
+        """Start a request: bind ``sink``, write the request head. ``complete=False``: a body
+        follows, and the sink calls :meth:`end_request` after its last byte. ``upgrade``: the
+        protocols the request asks to switch to (a 101 naming any other is refused)."""
         assert self.state is ConnState.ACTIVE and self.transport is not None
         self.sink = sink
         self.responded = False
         self._head_only = head_only
+        self._upgrade = upgrade
+        self._head_open = True
+        self._head_seen = 0
+        self._interim_bytes = 0
         self.read_timeout = read_timeout
-        self.deadline = self.pool.now() + read_timeout
+        now = self.pool.now()
+        self.deadline = now + read_timeout
+        self.request_open = not complete
+        if complete:
+            self._arm_head_deadline(now)
+        else:
+            self.head_deadline = 0.0
         self.requests += 1
         self.transport.write(head)
+
+    def end_request(self, data: bytes = b"") -> None:
+        """The request's last bytes (``data``: e.g. the last chunk) are written: from now on the
+        connection may be reused once the response ends, and the response head is due."""
+        if self.transport is None or self.state is ConnState.CLOSED:
+            return
+        if data:
+            self.transport.write(data)
+        if self.request_open:
+            self.request_open = False
+            if self._head_open and self.head_deadline == 0.0:
+                self._arm_head_deadline(self.pool.now())
+
+    def _arm_head_deadline(self, now: float) -> None:
+        timeout = self.pool.head_timeout
+        if self.read_timeout < timeout:
+            timeout = self.read_timeout
+        self.head_deadline = now + timeout
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and self.state is not ConnState.CLOSED:
@@ -398,16 +551,44 @@ class UpstreamConnection(asyncio.Protocol):
         if rest and self.sink is not None:
             self.sink.tunnel_data(rest)
 
+    def _refuse(self, kind: str, message: str) -> None:
+        """Drop the connection over an invalid (or refused) response and tell the sink, once."""
+        sink, self.sink = self.sink, None
+        self._drop()
+        if sink is not None:
+            sink.response_aborted(UpstreamError(kind, message))
+
     def _drop(self) -> None:
         if self.state is not ConnState.CLOSED:
             state = self.state
             self.state = ConnState.CLOSED
             self.pool._forget(self, state)
-        if self.transport is not None:
-            self.transport.abort()
+        transport = self.transport
+        if transport is not None:
+            if self.request_open:
+                # The origin holds an unfinished request: reset, so that it can never take
+                # what it got for the whole request (a FIN after a chunk boundary could pass).
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            transport.abort()
 
     def __repr__(self) -> str:
         return f"UpstreamConnection({self.key[0]}:{self.key[1]}, {self.state.name}, requests={self.requests})"
+
+
+def _refusal(exc: httptools.HttpParserError) -> tuple[str, str]:
+    """The ``UpstreamError`` kind and message for a parse that failed."""
+    refused = exc.__context__ or exc.__cause__
+    if isinstance(refused, _Refused):
+        return refused.kind, str(refused)
+    return "protocol", f"invalid response: {exc}"
+
+
+def _only_chunked(te: bytes) -> bool:
+    """``Transfer-Encoding`` lists ``chunked`` and no other coding (any case and spacing)."""
+    return [c.strip().lower() for c in te.split(b",")] == [b"chunked"]
 
 
 class _Waiter:
@@ -429,6 +610,9 @@ class UpstreamPool:
         self.wait_timeout = config.pool_wait_timeout
         self.idle_timeout = config.pool_idle_timeout
         self.high_water = config.high_water
+        self.max_head_bytes = config.max_response_header_bytes
+        self.max_headers = config.max_response_headers
+        self.head_timeout = config.response_header_timeout
         self.now = self.loop.time
         self._idle: dict[Key, list[UpstreamConnection]] = {}
         self._count: dict[Key, int] = {}
@@ -570,13 +754,19 @@ class UpstreamPool:
     def sweep(self, now: float) -> None:
         """Called by the worker's periodic sweep: read-idle timeouts, waiter deadlines, idle
         expiry. Decide first, then act, so callbacks cannot disturb the iteration."""
-        expired = [c for c in self._active if c.state is ConnState.ACTIVE and c.deadline <= now]
+        expired = [
+            c
+            for c in self._active
+            if c.state is ConnState.ACTIVE and (c.deadline <= now or 0.0 < c.head_deadline <= now)
+        ]
         for conn in expired:
             sink = conn.sink
             sent_any = conn.responded
+            late_head = conn.deadline > now
             conn.abort()
             if sink is not None:
-                err = UpstreamError("timeout", "upstream read timed out", sent=True)
+                what = "response head did not arrive in time" if late_head else "read timed out"
+                err = UpstreamError("timeout", f"upstream {what}", sent=True)
                 if sent_any:
                     sink.response_aborted(err)
                 else:

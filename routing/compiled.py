@@ -404,6 +404,7 @@ class CompiledRoute:
         "sticky_kind",
         "sticky_name",
         "updated_at",
+        "upgrades",
         "version",
     )
 
@@ -425,6 +426,7 @@ class CompiledRoute:
         self.sticky_kind = kind
         self.sticky_name = name
         self.allow_override = policy.allow_override
+        self.upgrades = frozenset(name.encode("ascii") for name in policy.upgrades)
         self.space_b, self.space_seed = interner.space(record.space_id)
         self.service_b = record.service_id.encode("ascii")
         deployments: dict[str, bytes] = {}
@@ -491,6 +493,17 @@ class CompiledRoute:
     def encode(self) -> bytes:
         """The record's canonical bytes, as :func:`routing.models.encode_record` writes them."""
         return orjson.dumps(self.to_obj(), option=orjson.OPT_SORT_KEYS)
+
+    def allowed_upgrade(self, upgrade: bytes) -> bytes | None:
+        """The protocols of an ``Upgrade`` request header this route may switch to (in the
+        client's order, compared by protocol name), or None: then the request goes up as an
+        ordinary one, without its ``Upgrade``."""
+        kept = [
+            token
+            for token in (t.strip() for t in upgrade.split(b","))
+            if token.split(b"/", 1)[0].lower() in self.upgrades
+        ]
+        return b", ".join(kept) if kept else None
 
     def match(self, method: bytes, path: bytes) -> CompiledEndpoint | None:
         """Longest segment-safe prefix whose method filter admits ``method``."""

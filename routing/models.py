@@ -45,6 +45,8 @@ class Policy:
     retries: int = 1
     sticky: str = "ip"
     allow_override: bool = False
+    # Protocols a request may switch to (Upgrade + 101, tunnelled); others are not forwarded.
+    upgrades: tuple[str, ...] = ("websocket",)
 
 
 DEFAULT_POLICY: Final = Policy()
@@ -56,6 +58,7 @@ _POLICY_INTS: Final[dict[str, tuple[int, int]]] = {
     "max_body_bytes": (0, 1 << 40),
     "retries": (0, 5),
 }
+MAX_UPGRADES: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +175,7 @@ def policy_from_obj(obj: Any, path: str = "policy") -> Policy:
     key: tuple[tuple[str, type, Any], ...] | None = None
     if type(obj) is dict:
         try:
-            key = tuple([(k, type(v), v) for k, v in obj.items()])
+            key = tuple([(k, type(v), tuple(v) if type(v) is list else v) for k, v in obj.items()])
             hit = _POLICY_CACHE.get(key)
         except TypeError:  # an unhashable value (array or object): not valid anyway
             key = hit = None
@@ -188,7 +191,7 @@ def policy_from_obj(obj: Any, path: str = "policy") -> Policy:
 
 def _policy_from_obj(obj: Any, path: str) -> Policy:
     pol = _object(obj, path)
-    _keys(pol, path, required=(), optional=(*_POLICY_INTS, "sticky", "allow_override"))
+    _keys(pol, path, required=(), optional=(*_POLICY_INTS, "sticky", "allow_override", "upgrades"))
     values: dict[str, Any] = {}
     for name, (lo, hi) in _POLICY_INTS.items():
         if name in pol:
@@ -202,9 +205,29 @@ def _policy_from_obj(obj: Any, path: str) -> Policy:
                 f"{path}.allow_override", f"must be a boolean, not {_type_name(flag)}"
             )
         values["allow_override"] = flag
+    if "upgrades" in pol:
+        values["upgrades"] = validate_upgrades(pol["upgrades"], f"{path}.upgrades")
     if not values:
         return DEFAULT_POLICY
     return Policy(**values)
+
+
+def validate_upgrades(value: Any, path: str = "policy.upgrades") -> tuple[str, ...]:
+    """Upgrade protocol names (RFC 9110 §7.8 ``protocol-name``, tokens), stored lower-case."""
+    items = _list(value, path)
+    if len(items) > MAX_UPGRADES:
+        raise RecordError(path, f"must hold at most {MAX_UPGRADES} protocols")
+    out: list[str] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise RecordError(f"{path}[{i}]", f"must be a string, not {_type_name(item)}")
+        if not _TOKEN.fullmatch(item) or len(item) > 64:
+            raise RecordError(f"{path}[{i}]", "must be a protocol name (an HTTP token, ≤ 64 chars)")
+        name = item.lower()
+        if name in out:
+            raise RecordError(f"{path}[{i}]", f"duplicate protocol {item!r}")
+        out.append(name)
+    return tuple(out)
 
 
 def validate_sticky(value: Any, path: str = "policy.sticky") -> str:
@@ -419,7 +442,7 @@ def _ident(value: Any, path: str) -> str:
 
 
 def policy_to_obj(p: Policy) -> dict[str, Any]:
-    return {
+    obj: dict[str, Any] = {
         "connect_timeout_ms": p.connect_timeout_ms,
         "read_timeout_ms": p.read_timeout_ms,
         "max_body_bytes": p.max_body_bytes,
@@ -427,6 +450,11 @@ def policy_to_obj(p: Policy) -> dict[str, Any]:
         "sticky": p.sticky,
         "allow_override": p.allow_override,
     }
+    # Written only when not the default: gateways that predate the field (strict decoders)
+    # keep applying every record that does not use it during a rolling upgrade.
+    if p.upgrades != DEFAULT_POLICY.upgrades:
+        obj["upgrades"] = list(p.upgrades)
+    return obj
 
 
 def record_to_obj(record: RouteRecord) -> dict[str, Any]:

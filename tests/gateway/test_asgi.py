@@ -726,6 +726,45 @@ async def test_websocket_upstream_protocol_error() -> None:
     assert sent[1]["type"] == "websocket.close" and sent[1]["code"] == 1011
 
 
+@pytest.mark.parametrize(
+    ("head", "code"),
+    [
+        (b"HTTP/1.1 101 Switching Protocols\r\nX-Big: " + b"b" * 5000, 502),  # unfinished
+        (b"HTTP/1.1 101 Switching Protocols\r\n" + b"X-H: v\r\n" * 21 + b"\r\n", 502),
+        (b"HTTP/1.1 101 Switching Protocols\r\nX-Stalled: yes\r\n", 504),
+    ],
+    ids=["too-large", "too-many-headers", "stalled"],
+)
+async def test_websocket_handshake_head_is_bounded(head: bytes, code: int) -> None:
+    """The WebSocket handshake's answer is a response head like any other: the pool's size,
+    count and deadline limits apply (the tunnel's idle timeout alone is extended by bytes)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head)
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the gateway gives up on the handshake
+        writer.close()
+
+    overrides = {
+        "max_response_header_bytes": 4096,
+        "max_response_headers": 20,
+        "response_header_timeout": 0.3,
+        "sweep_interval": 0.02,
+    }
+    async with (
+        ws_upstream(handle) as upstream,
+        gateway(record(HOST, [upstream]), **overrides) as app,
+    ):
+        started = time.monotonic()
+        sent = await ws_session(app, "/ws", [], expect=5)
+        assert time.monotonic() - started < 3
+    assert sent[0]["type"] == "websocket.http.response.start", sent
+    assert sent[0]["status"] == code, sent
+    expected = "upstream_header_too_large" if code == 502 else "gateway_timeout"
+    assert json.loads(sent[1]["body"])["error"]["code"] == expected
+
+
 async def test_websocket_idle_timeout(up: UpstreamServer) -> None:
     rec = record(HOST, [url(up)], policy={"read_timeout_ms": 200})
     async with gateway(rec) as app:
@@ -842,6 +881,10 @@ def test_config_from_env_and_back() -> None:
         config_from_env({"TURNOUT_ACCESS_LOG": "maybe"})
     with pytest.raises(ValueError, match="TURNOUT_INTERNAL"):
         config_from_env({"TURNOUT_INTERNAL": "host:port"})
+    with pytest.raises(ValueError, match="TURNOUT_MAX_RESPONSE_HEADERS"):
+        config_from_env({"TURNOUT_MAX_RESPONSE_HEADERS": "many"})
+    with pytest.raises(ValueError, match="max_response_header_bytes must be at least 1"):
+        config_from_env({"TURNOUT_MAX_RESPONSE_HEADER_BYTES": "0"})
     # export_config writes exactly what config_from_env reads back
     full = GatewayConfig(
         listen_host="127.0.0.1",
@@ -859,6 +902,9 @@ def test_config_from_env_and_back() -> None:
         pool_max_per_origin=9,
         flush_interval=0.5,
         keepalive_timeout=12.0,
+        max_response_header_bytes=4096,
+        max_response_headers=12,
+        response_header_timeout=1.5,
     )
     out: dict[str, str] = {"TURNOUT_REDIS_URL": "stale"}
     export_config(full, out)

@@ -10,7 +10,7 @@ from routing.store import MemoryRouteStore
 from routing.table import RouteTable
 
 
-def _dispatcher() -> Dispatcher:
+def _dispatcher(policy: dict[str, object] | None = None) -> Dispatcher:
     table = RouteTable(MemoryRouteStore())
     for host in ("a.test", "b.test"):
         record = decode_record(
@@ -19,6 +19,7 @@ def _dispatcher() -> Dispatcher:
                 "version": 1,
                 "space_id": "sp",
                 "service_id": "svc",
+                "policy": policy or {},
                 "endpoints": [
                     {
                         "path_prefix": "/",
@@ -125,3 +126,67 @@ def test_request_ids_are_unique_and_sane_across_the_table_boundaries() -> None:
     # seen[i] is id number i + 1
     assert seen[0].endswith(b"-001") and seen[0xFFE].endswith(b"-fff")
     assert seen[0xFFF].endswith(b"-1000") and seen[0x2004].endswith(b"-2005")
+
+
+H2C = [
+    (b"Host", b"a.test"),
+    (b"Connection", b"Upgrade, HTTP2-Settings"),
+    (b"Upgrade", b"h2c"),
+    (b"HTTP2-Settings", b"AAMAAABkAARAAAAAAAIAAAAA"),
+]
+WEBSOCKET = [(b"Host", b"a.test"), (b"Connection", b"upgrade"), (b"Upgrade", b"websocket")]
+
+
+def test_upgrades_only_to_protocols_the_route_allows() -> None:
+    """Default ``policy.upgrades`` is ``["websocket"]``: h2c goes up as an ordinary request,
+    without Upgrade and without the HTTP2-Settings its Connection header names."""
+    plan = _dispatcher().prepare(b"GET", b"/", None, H2C, "10.0.0.1", 0.0)
+    assert isinstance(plan, Plan) and plan.upgrade is None
+    block = plan.header_block.lower()
+    assert b"upgrade" not in block and b"http2-settings" not in block, block
+    ws = _dispatcher().prepare(b"GET", b"/", None, WEBSOCKET, "10.0.0.1", 0.0)
+    assert isinstance(ws, Plan) and ws.upgrade == b"websocket"
+    assert b"Connection: upgrade\r\nUpgrade: websocket\r\n" in ws.header_block
+    refused = _dispatcher({"upgrades": []}).prepare(b"GET", b"/", None, WEBSOCKET, "10.0.0.1", 0.0)
+    assert isinstance(refused, Plan) and refused.upgrade is None
+    assert b"upgrade" not in refused.header_block.lower()
+
+
+def test_an_h2c_opt_in_forwards_the_settings_with_the_upgrade() -> None:
+    d = _dispatcher({"upgrades": ["websocket", "h2c"]})
+    plan = d.prepare(b"GET", b"/", None, H2C, "10.0.0.1", 0.0)
+    assert isinstance(plan, Plan) and plan.upgrade == b"h2c"
+    lines = plan.header_block.split(b"\r\n")
+    assert b"Connection: upgrade, HTTP2-Settings" in lines
+    assert b"Upgrade: h2c" in lines and b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA" in lines
+
+
+def test_only_the_allowed_protocols_of_a_list_are_offered() -> None:
+    headers = [
+        (b"Host", b"a.test"),
+        (b"Connection", b"upgrade"),
+        (b"Upgrade", b"h2c, WebSocket, foo/2"),
+    ]
+    plan = _dispatcher({"upgrades": ["websocket", "foo"]}).prepare(
+        b"GET", b"/", None, headers, "10.0.0.1", 0.0
+    )
+    assert isinstance(plan, Plan) and plan.upgrade == b"WebSocket, foo/2"
+
+
+def test_upstream_failures_map_to_one_answer_each() -> None:
+    from gateway import errors
+    from gateway.errors import UpstreamError, upstream_answer
+
+    def answer(kind: str, responded: bool = False) -> errors.Answer:
+        return upstream_answer(UpstreamError(kind, "x"), responded=responded)
+
+    assert answer("timeout") is errors.GATEWAY_TIMEOUT
+    assert answer("timeout", True) is errors.GATEWAY_TIMEOUT
+    assert answer("pool") is errors.NO_UPSTREAM
+    assert answer("connect") is errors.BAD_GATEWAY
+    assert answer("reset") is errors.BAD_GATEWAY
+    assert answer("reset", True) is errors.BAD_GATEWAY_RESPONSE
+    assert answer("protocol", True) is errors.BAD_GATEWAY_RESPONSE
+    assert answer("head_too_large", True).code == "upstream_header_too_large"
+    upgrade = answer("upgrade", True)
+    assert (upgrade.status, upgrade.code, upgrade.close) == (502, "bad_gateway", True)

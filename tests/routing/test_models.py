@@ -606,6 +606,49 @@ BAD: list[Any] = [
         "must be a boolean, not integer",
         id="override-int",
     ),
+    # ---- upgrades
+    pytest.param(
+        ("policy",),
+        {"upgrades": "websocket"},
+        "policy.upgrades",
+        "must be an array, not string",
+        id="upgrades-string",
+    ),
+    pytest.param(
+        ("policy",),
+        {"upgrades": ["websocket", 2]},
+        "policy.upgrades[1]",
+        "must be a string, not integer",
+        id="upgrades-int",
+    ),
+    pytest.param(
+        ("policy",),
+        {"upgrades": ["web socket"]},
+        "policy.upgrades[0]",
+        "must be a protocol name",
+        id="upgrades-not-a-token",
+    ),
+    pytest.param(
+        ("policy",),
+        {"upgrades": ["h2c/2"]},
+        "policy.upgrades[0]",
+        "must be a protocol name",
+        id="upgrades-with-version",
+    ),
+    pytest.param(
+        ("policy",),
+        {"upgrades": ["h2c", "H2C"]},
+        "policy.upgrades[1]",
+        "duplicate protocol 'H2C'",
+        id="upgrades-duplicate",
+    ),
+    pytest.param(
+        ("policy",),
+        {"upgrades": [f"p{i}" for i in range(9)]},
+        "policy.upgrades",
+        "at most 8 protocols",
+        id="upgrades-too-many",
+    ),
     # ---- sticky
     pytest.param(
         ("policy",),
@@ -1168,3 +1211,23 @@ def test_policy_memo_tells_equal_values_of_other_types_apart(bad: Any) -> None:
         policy_from_obj({"retries": bad, "sticky": "ip"})
     with pytest.raises(RecordError, match=r"policy\.sticky"):
         policy_from_obj({"retries": 1, "sticky": ["ip"]})
+
+
+def test_policy_upgrades_are_stored_lower_case_and_encoded() -> None:
+    rec = minimal()
+    rec["policy"] = {"upgrades": ["WebSocket", "h2c"]}
+    decoded = decode_record(rec)
+    assert decoded.policy.upgrades == ("websocket", "h2c")
+    assert orjson.loads(encode_record(decoded))["policy"]["upgrades"] == ["websocket", "h2c"]
+    rec["policy"] = {"upgrades": []}
+    assert decode_record(rec).policy.upgrades == ()
+    assert orjson.loads(encode_record(decode_record(rec)))["policy"]["upgrades"] == []
+    # The default is not written (older gateways reject unknown fields), and an explicit
+    # default encodes like an omitted one.
+    rec["policy"] = {"upgrades": ["WebSocket"]}
+    assert "upgrades" not in orjson.loads(encode_record(decode_record(rec)))["policy"]
+    assert encode_record(decode_record(rec)) == encode_record(decode_record(minimal()))
+    # memoised by value: the same list again is the same policy, another list another one
+    rec["policy"] = {"upgrades": ["h2c"]}
+    assert decode_record(rec).policy is decode_record(rec).policy
+    assert decode_record(rec).policy.upgrades == ("h2c",)

@@ -315,6 +315,16 @@ class Publisher:
         )
 
 
+def health_totals(client: Any, prefix: str, deployment: str) -> dict[str, int]:
+    """A deployment's health counters in Redis (``client``: a ``redis.Redis``), summed over
+    every minute key they span."""
+    total: dict[str, int] = {}
+    for key in client.scan_iter(match=f"{{{prefix}}}:health:{deployment}:*"):
+        for name, value in client.hgetall(key).items():
+            total[name.decode()] = total.get(name.decode(), 0) + int(value)
+    return total
+
+
 def gateway_error(body: bytes) -> dict[str, Any]:
     """The ``error`` object of a gateway answer (raises if the body is not one)."""
     obj = json.loads(body)
@@ -330,5 +340,6 @@ __all__ = [
     "Publisher",
     "RawConnection",
     "gateway_error",
+    "health_totals",
     "make_record",
 ]

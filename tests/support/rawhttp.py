@@ -18,6 +18,15 @@ from types import TracebackType
 from typing import Any, Self
 
 
+def first_header(headers: list[tuple[str, str]], name: str) -> str | None:
+    """The first value of header ``name`` (case-insensitive) in ``headers``, or None."""
+    lname = name.lower()
+    for k, v in headers:
+        if k.lower() == lname:
+            return v
+    return None
+
+
 class ConnectionClosed(Exception):
     """The peer closed the connection before a complete response arrived."""
 
@@ -40,11 +49,7 @@ class RawResponse:
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
-        lname = name.lower()
-        for k, v in self.headers:
-            if k.lower() == lname:
-                return v
-        return None
+        return first_header(self.headers, name)
 
     def header_all(self, name: str) -> list[str]:
         lname = name.lower()
@@ -170,6 +175,19 @@ class RawConnection:
         so a caller expecting ``100 Continue`` sees it."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         resp = self.read_head(timeout=deadline - time.monotonic())
+        return self.read_body(resp, method=method, timeout=deadline - time.monotonic(), sink=sink)
+
+    def read_body(
+        self,
+        resp: RawResponse,
+        *,
+        method: str = "GET",
+        timeout: float | None = None,
+        sink: Callable[[bytes], None] | None = None,
+    ) -> RawResponse:
+        """Read the body of ``resp`` (a head from :meth:`read_head`) by its framing; raises
+        :class:`ConnectionClosed` if the connection ends before the framing does."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         body = bytearray()
         count = [0]
 
