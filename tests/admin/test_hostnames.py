@@ -4,7 +4,6 @@ ownership proof through the fixture resolver, and what is (not) published."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from starlette.testclient import TestClient
 
 from admin.app import create_app
 from admin.db import audit_log, hostnames
-from admin.settings import Settings
 from routing.store import MemoryRouteStore
 from tests.admin.conftest import (
     admin_settings,
@@ -27,6 +25,7 @@ from tests.admin.conftest import (
     rows,
     state_of,
 )
+from tests.admin.dns_support import BASE, dns_client, empty_dns, set_txt
 from tests.admin.publishing import (
     add_host,
     create_service,
@@ -39,28 +38,16 @@ from tests.admin.publishing import (
     versions,
 )
 
-BASE = "turnout.localhost"
-
 
 @pytest.fixture
 def dns(tmp_path: Path) -> Path:
-    path = tmp_path / "dns.json"
-    path.write_text("{}")
-    return path
+    return empty_dns(tmp_path)
 
 
 @pytest.fixture
 def client(tmp_path: Path, dns: Path) -> Iterator[TestClient]:
-    base = admin_settings(str(tmp_path / "admin.db"))
-    settings = Settings(db_url=base.db_url, keys=base.keys, base_domain=BASE, dns_fixture=str(dns))
-    with TestClient(create_app(settings, store=MemoryRouteStore())) as c:
+    with dns_client(tmp_path, dns) as c:
         yield c
-
-
-def set_txt(dns: Path, name: str, *values: str) -> None:
-    data = json.loads(dns.read_text())
-    data[name] = list(values)
-    dns.write_text(json.dumps(data))
 
 
 @pytest.fixture
