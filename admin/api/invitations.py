@@ -15,6 +15,7 @@ bits, so this tells nothing that could be enumerated.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -137,6 +138,15 @@ def _where_status(query: sa.Select[Any], wanted: InvitationStatus | None, now: i
     return query.where(invitations.c.status == wanted.value)
 
 
+async def _page(
+    ctx: Ctx, query: sa.Select[Any], render: Callable[[Any, int], dict[str, Any]]
+) -> dict[str, Any]:
+    """One page of ``query``'s invitations, ``?status=`` applied (by effective status)."""
+    now = now_ms()
+    q = _where_status(query, _status_filter(ctx), now)
+    return await paged(ctx, q, invitations.c.id, lambda r: render(r, now))
+
+
 async def invite(ctx: Ctx, principal_id: str, role: str) -> dict[str, Any]:
     """A pending invitation of ``principal_id`` to the request's space (202)."""
     now = now_ms()
@@ -217,13 +227,8 @@ def _answerable(row: Any, now: int) -> None:
     summary="List the space's invitations (who was invited, by whom, and what became of it)",
 )
 async def list_space_invitations(ctx: Ctx) -> dict[str, Any]:
-    now = now_ms()
-    q = _where_status(
-        sa.select(invitations).where(invitations.c.space_id == ctx.space_id),
-        _status_filter(ctx),
-        now,
-    )
-    return await paged(ctx, q, invitations.c.id, lambda r: _invitation(r, now))
+    query = sa.select(invitations).where(invitations.c.space_id == ctx.space_id)
+    return await _page(ctx, query, _invitation)
 
 
 @endpoint(
@@ -279,13 +284,8 @@ async def _load_received(ctx: Ctx) -> Any:
     summary="List the invitations the caller received (accept or decline them)",
 )
 async def list_invitations(ctx: Ctx) -> dict[str, Any]:
-    now = now_ms()
-    q = _where_status(
-        _RECEIVED_Q.where(invitations.c.principal_id == ctx.principal.id),
-        _status_filter(ctx),
-        now,
-    )
-    return await paged(ctx, q, invitations.c.id, lambda r: _received(r, now))
+    query = _RECEIVED_Q.where(invitations.c.principal_id == ctx.principal.id)
+    return await _page(ctx, query, _received)
 
 
 async def _answer(ctx: Ctx, target: InvitationStatus) -> dict[str, Any]:

@@ -77,7 +77,7 @@ class Token(Strict):
     parent_id: str | None
 
 
-class NewToken(Strict):
+class _Minted(Strict):
     id: str
     name: str
     prefix: str
@@ -85,19 +85,15 @@ class NewToken(Strict):
     expires_at: int | None
     created_at: int
     parent_id: str | None = Field(description="the token that minted this one (None: a root)")
+
+
+class NewToken(_Minted):
     token: str = Field(description="the plaintext token; shown in this response only")
 
 
-class TokenReplay(Strict):
+class TokenReplay(_Minted):
     """What an ``Idempotency-Key`` replay of a token creation answers: never the plaintext."""
 
-    id: str
-    name: str
-    prefix: str
-    scopes: list[str]
-    expires_at: int | None
-    created_at: int
-    parent_id: str | None
     idempotent_replay: Literal[True]
 
 

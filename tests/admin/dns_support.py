@@ -1,5 +1,7 @@
 """An admin app whose TXT lookups read a JSON file (``TURNOUT_DNS_FIXTURE``), and helpers to
-prove hostname ownership through it — for tests of hostnames, claims and route edits."""
+prove hostname ownership through it — for tests of hostnames, claims and route edits.
+
+A test module takes the fixtures with ``dns = DNS_FIXTURE`` and ``client = CLIENT_FIXTURE``."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from starlette.testclient import TestClient
 
 from admin.app import create_app
@@ -23,6 +26,19 @@ def empty_dns(tmp_path: Path) -> Path:
     path = tmp_path / "dns.json"
     path.write_text("{}")
     return path
+
+
+def _dns(tmp_path: Path) -> Path:
+    return empty_dns(tmp_path)
+
+
+def _client(tmp_path: Path, dns: Path) -> Iterator[TestClient]:
+    with dns_client(tmp_path, dns) as c:
+        yield c
+
+
+DNS_FIXTURE = pytest.fixture(_dns, name="dns")
+CLIENT_FIXTURE = pytest.fixture(_client, name="client")
 
 
 @contextlib.contextmanager

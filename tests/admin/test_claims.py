@@ -10,7 +10,6 @@ skeleton equals another space's label there is refused (409 ``hostname_confusabl
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +30,22 @@ from admin.claims import (
 from admin.db import audit_log, hostnames, new_id, now_ms
 from admin.settings import Settings
 from tests.admin.conftest import TEST_KEYS, assert_error, auth, bootstrap, create_space, rows, sql
-from tests.admin.dns_support import BASE, dns_client, empty_dns, hostname_url, prove, set_txt
+from tests.admin.dns_support import (
+    BASE,
+    CLIENT_FIXTURE,
+    DNS_FIXTURE,
+    dns_client,
+    hostname_url,
+    prove,
+    set_txt,
+)
 from tests.admin.publishing import add_host, create_service, drain, routed_deployment, store_get
 
 VICTIM = "victim.example.org"
 
 
-@pytest.fixture
-def dns(tmp_path: Path) -> Path:
-    return empty_dns(tmp_path)
-
-
-@pytest.fixture
-def client(tmp_path: Path, dns: Path) -> Iterator[TestClient]:
-    with dns_client(tmp_path, dns) as c:
-        yield c
+dns = DNS_FIXTURE
+client = CLIENT_FIXTURE
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ ownership proof through the fixture resolver, and what is (not) published."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from tests.admin.conftest import (
     rows,
     state_of,
 )
-from tests.admin.dns_support import BASE, dns_client, empty_dns, set_txt
+from tests.admin.dns_support import BASE, CLIENT_FIXTURE, DNS_FIXTURE, set_txt
 from tests.admin.publishing import (
     add_host,
     create_service,
@@ -38,16 +37,8 @@ from tests.admin.publishing import (
     versions,
 )
 
-
-@pytest.fixture
-def dns(tmp_path: Path) -> Path:
-    return empty_dns(tmp_path)
-
-
-@pytest.fixture
-def client(tmp_path: Path, dns: Path) -> Iterator[TestClient]:
-    with dns_client(tmp_path, dns) as c:
-        yield c
+dns = DNS_FIXTURE
+client = CLIENT_FIXTURE
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.engine import Connection
@@ -23,14 +22,6 @@ from routing.store import MemoryRouteStore
 from tests.admin.conftest import admin_settings, assert_error, auth, bootstrap, create_space
 from tests.admin.dns_support import hostname_url, prove
 from tests.admin.publishing import add_host, create_service
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'admin.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 def _migrate(url: str, steps: list[tuple[str, str]], sql_before: tuple[str, ...] = ()) -> list[Any]:

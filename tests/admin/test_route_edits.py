@@ -10,7 +10,6 @@ catch-all ``/`` for every method, which is what dropping a route used to publish
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +22,15 @@ from starlette.testclient import TestClient
 
 from admin.db import service_routes
 from tests.admin.conftest import assert_error, auth, bootstrap, create_space, rows
-from tests.admin.dns_support import BASE, dns_client, empty_dns, hostname_url, prove
+from tests.admin.dns_support import BASE, CLIENT_FIXTURE, DNS_FIXTURE, hostname_url, prove
 from tests.admin.publishing import add_host, drain, store_get, store_log
 
 CUSTOM = "shop.example.com"
 UPSTREAMS = {"web": "http://127.0.0.1:9001", "api": "http://127.0.0.1:9002"}
 
 
-@pytest.fixture
-def dns(tmp_path: Path) -> Path:
-    return empty_dns(tmp_path)
-
-
-@pytest.fixture
-def client(tmp_path: Path, dns: Path) -> Iterator[TestClient]:
-    with dns_client(tmp_path, dns) as c:
-        yield c
+dns = DNS_FIXTURE
+client = CLIENT_FIXTURE
 
 
 @pytest.fixture

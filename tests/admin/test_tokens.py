@@ -27,6 +27,7 @@ from tests.admin.conftest import (
 
 TOKEN_RE = re.compile(r"tak_pat_[A-Za-z0-9_-]{43}")
 DAY_MS = 24 * 3600 * 1000
+MINTED = {"id", "name", "prefix", "scopes", "expires_at", "created_at", "parent_id"}
 
 
 def _new(client: TestClient, token: str, scopes: list[str], **extra: object) -> dict[str, object]:
@@ -51,16 +52,7 @@ def test_token_format_and_storage(client: TestClient, db_path: Path) -> None:
     assert isinstance(token, str) and TOKEN_RE.fullmatch(token) and len(token) == 51
     assert made["prefix"] == token[:12] and len(token[:12]) == 12
     assert made["scopes"] == ["spaces:read"] and made["expires_at"] is None
-    assert set(made) == {
-        "id",
-        "name",
-        "prefix",
-        "scopes",
-        "expires_at",
-        "created_at",
-        "parent_id",
-        "token",
-    }
+    assert set(made) == {*MINTED, "token"}
 
     (row,) = rows(client, sa.select(tokens).where(tokens.c.id == made["id"]))
     assert row.hash == hashlib.sha256(token.encode()).hexdigest()
@@ -99,17 +91,7 @@ def test_plaintext_is_shown_once(client: TestClient, db_path: Path) -> None:
     items = listing.json()["items"]
     assert len(items) == 2  # the bootstrap token and this one
     for item in items:
-        assert set(item) == {
-            "id",
-            "name",
-            "prefix",
-            "scopes",
-            "expires_at",
-            "created_at",
-            "last_used_at",
-            "revoked_at",
-            "parent_id",
-        }
+        assert set(item) == {*MINTED, "last_used_at", "revoked_at"}
     assert token not in listing.text
     assert hashlib.sha256(token.encode()).hexdigest() not in listing.text
     assert token.encode() not in _db_bytes(db_path)

@@ -17,11 +17,12 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
-import secrets
 import time
 
 import sqlalchemy as sa
 from alembic import op
+
+from admin.db import new_id
 
 revision = "0004"
 down_revision = "0002"
@@ -29,17 +30,6 @@ branch_labels = None
 depends_on = None
 
 _LEGACY_CLAIM_TTL_MS = 72 * 3600 * 1000
-_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-
-
-def _new_id(prefix: str) -> str:
-    # admin.db.new_id, frozen here: a migration must not change when the app's code does.
-    ms = int(time.time() * 1000)
-    t = ""
-    for _ in range(10):
-        t = _ALPHABET[ms & 31] + t
-        ms >>= 5
-    return f"{prefix}_{t}" + "".join(_ALPHABET[b & 31] for b in secrets.token_bytes(16))
 
 
 def upgrade() -> None:
@@ -138,7 +128,7 @@ def upgrade() -> None:
             sa.text(
                 "INSERT INTO service_routes (id, service_id, host, path_prefix, methods)"
                 " VALUES (:id, :service, NULL, '/', '[]')"
-            ).bindparams(id=_new_id("rte"), service=service_id)
+            ).bindparams(id=new_id("rte"), service=service_id)
         )
     op.execute(
         sa.text(
