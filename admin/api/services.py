@@ -465,6 +465,7 @@ async def claim_hostname(
                     f"hostname {host} is already attached to service {other} of this space; "
                     "delete it there first"
                 )
+            await _within_limit(ctx, service_id)
             await ctx.conn.execute(
                 sa.delete(service_routes).where(
                     service_routes.c.service_id == own.service_id, service_routes.c.host == host
@@ -479,13 +480,7 @@ async def claim_hostname(
         raise HostnameTaken(f"hostname {host} is already attached to this service")
     if subtree is not None:
         await _refuse_foreign_subtree(ctx, subtree, base, path)
-    limit = ctx.state.settings.max_hostnames_per_service
-    if await _count_hosts(ctx.conn, service_id) >= limit:
-        raise Conflict(
-            f"a service has at most {limit} hostnames; delete one first",
-            code="hostname_limit",
-            details={"limit": limit},
-        )
+    await _within_limit(ctx, service_id)
     now = now_ms()
     granted = subtree is not None
     await ctx.conn.execute(
@@ -504,6 +499,17 @@ async def claim_hostname(
         await displace_others(ctx, host, ctx.space_id, now)
         ctx.enqueue_publish([host])
     return await own_claim(ctx.conn, host, ctx.space_id)
+
+
+async def _within_limit(ctx: Ctx, service_id: str) -> None:
+    """409 ``hostname_limit`` when the service already has ``max_hostnames_per_service``."""
+    limit = ctx.state.settings.max_hostnames_per_service
+    if await _count_hosts(ctx.conn, service_id) >= limit:
+        raise Conflict(
+            f"a service has at most {limit} hostnames; delete one first",
+            code="hostname_limit",
+            details={"limit": limit},
+        )
 
 
 async def _refuse_foreign_subtree(ctx: Ctx, subtree: str, base: str, path: str) -> None:

@@ -22,7 +22,14 @@ from starlette.testclient import TestClient
 
 from admin.db import service_routes
 from tests.admin.conftest import assert_error, auth, bootstrap, create_space, rows
-from tests.admin.dns_support import BASE, CLIENT_FIXTURE, DNS_FIXTURE, hostname_url, prove
+from tests.admin.dns_support import (
+    BASE,
+    CLIENT_FIXTURE,
+    DNS_FIXTURE,
+    dns_client,
+    hostname_url,
+    prove,
+)
 from tests.admin.publishing import add_host, drain, store_get, store_log
 
 CUSTOM = "shop.example.com"
@@ -160,6 +167,17 @@ def test_hostname_moved_to_another_service_of_the_app(
     # And back.
     deploy_ok(client, world, app_manifest([ROUTE], services=order))
     assert served(client, CUSTOM) == (ids["web"], [("/api", ["GET", "POST"])])
+
+
+def test_a_move_respects_the_hostname_limit(tmp_path: Path, dns: Path) -> None:
+    with dns_client(tmp_path, dns, max_hostnames_per_service=1) as c:
+        system = bootstrap(c)
+        w = {"system": system, "space": create_space(c, system, "team")}
+        first = [{"service": "web", "hostname": f"a.{BASE}"}]  # api: its platform hostname
+        ids = deploy_ok(c, w, app_manifest(first))
+        moved = [{"service": "api", "hostname": f"a.{BASE}"}, {"service": "web"}]
+        assert_error(deploy(c, w, app_manifest(moved)), 409, "hostname_limit")
+        assert served(c, f"a.{BASE}") == (ids["web"], [("/", [])])  # nothing changed
 
 
 def test_a_hostname_of_another_apps_service_does_not_move(
