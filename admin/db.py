@@ -155,7 +155,11 @@ hostnames = sa.Table(
     sa.Column("expires_at", sa.BigInteger, nullable=True),
     # Set when another space proved ownership first; the row stays so its space can see why.
     sa.Column("displaced_at", sa.BigInteger, nullable=True),
+    # Under the base domain: SHA-256 of the UTS #39 skeleton of the label that owns the host's
+    # subtree (admin/idn.py), so a confusable xn-- label is found by an index lookup.
+    sa.Column("label_skeleton", sa.String(64), nullable=True),
     sa.Index(None, "service_id"),
+    sa.Index(None, "label_skeleton"),
     sa.Index(
         "uq_hostnames_verified_host",
         "host",

@@ -13,6 +13,7 @@ what the skeleton is computed from. ASCII labels are their own Unicode form.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Final
 
 import icu  # type: ignore[import-untyped]  # PyICU ships no type information
@@ -49,3 +50,9 @@ def unicode_label(label: str) -> str:
 def skeleton(label: str) -> str:
     """The UTS #39 skeleton of ``label``'s Unicode form: confusable labels have equal ones."""
     return str(_CHECKER.getSkeleton(0, unicode_label(label)))
+
+
+def skeleton_key(label: str) -> str:
+    """SHA-256 hex of :func:`skeleton` — a fixed-size, indexable stand-in (a skeleton can be
+    several times longer than its label)."""
+    return hashlib.sha256(skeleton(label).encode()).hexdigest()

@@ -51,7 +51,7 @@ from admin.claims import (
 from admin.db import hostnames, new_id, now_ms, service_routes, services
 from admin.errors import Conflict, NotFound, Unavailable, field_error
 from admin.framework import Ctx, endpoint, etag, paged
-from admin.idn import IdnaLabelError, is_ace, skeleton
+from admin.idn import IdnaLabelError, is_ace, skeleton_key
 from routing.errors import RecordError
 from routing.hostnames import is_wildcard, validate_hostname
 
@@ -478,8 +478,7 @@ async def claim_hostname(
         if existing_ok:
             return own
         raise HostnameTaken(f"hostname {host} is already attached to this service")
-    if subtree is not None:
-        await _refuse_foreign_subtree(ctx, subtree, base, path)
+    key = None if subtree is None else await _refuse_foreign_subtree(ctx, subtree, base, path)
     await _within_limit(ctx, service_id)
     now = now_ms()
     granted = subtree is not None
@@ -493,6 +492,7 @@ async def claim_hostname(
             created_at=now,
             verified_at=now if granted else None,
             expires_at=None if granted else expiry(ctx, now),
+            label_skeleton=key,
         )
     )
     if granted:
@@ -512,9 +512,10 @@ async def _within_limit(ctx: Ctx, service_id: str) -> None:
         )
 
 
-async def _refuse_foreign_subtree(ctx: Ctx, subtree: str, base: str, path: str) -> None:
+async def _refuse_foreign_subtree(ctx: Ctx, subtree: str, base: str, path: str) -> str:
     """409 when another space owns ``subtree`` (or a name below it), or — for an ``xn--``
-    label — a label under the base domain whose UTS #39 skeleton equals this one's."""
+    label — a label under the base domain whose UTS #39 skeleton equals this one's. Returns
+    the owning label's skeleton key, stored with the claim for later checks."""
     foreign = (
         await ctx.conn.execute(
             sa.select(hostnames.c.host)
@@ -531,35 +532,50 @@ async def _refuse_foreign_subtree(ctx: Ctx, subtree: str, base: str, path: str) 
     if foreign is not None:
         raise HostnameTaken(f"names under {subtree} are already claimed")
     label = subtree[: -len(base) - 1]
-    if not is_ace(label):
-        return
     try:
-        mine = skeleton(label)
+        mine = skeleton_key(label)
     except IdnaLabelError as exc:
         raise field_error(path, str(exc)) from None
-    # Every label another space holds under the base domain (its subtree owners): an IDN
-    # claim is rare, so comparing against all of them here costs less than keeping an index.
-    others = (
+    if not is_ace(label):
+        return mine
+    # Other spaces' names under the base domain with the same skeleton (an index lookup), and
+    # those claimed before skeletons were stored (computed here, and stored if this claim goes
+    # through, so that cost is paid once). A key is only a hint: each candidate's owning label
+    # is checked again.
+    candidates = (
         await ctx.conn.execute(
-            sa.select(hostnames.c.host)
-            .where(
+            sa.select(hostnames.c.host, hostnames.c.space_id, hostnames.c.label_skeleton).where(
                 hostnames.c.space_id != ctx.space_id,
                 hostnames.c.host.endswith("." + base, autoescape=True),
+                sa.or_(hostnames.c.label_skeleton == mine, hostnames.c.label_skeleton.is_(None)),
             )
-            .distinct()
         )
-    ).scalars()
-    labels = {str(h)[: -len(base) - 1].rsplit(".", 1)[-1] for h in others}
-    for theirs in sorted(labels):
-        try:
-            confusable = skeleton(theirs) == mine
-        except IdnaLabelError:
-            continue  # a stored label that does not decode (claimed before this check)
-        if confusable:
+    ).all()
+    keys: dict[str, str | None] = {}
+    backfill: list[dict[str, str]] = []
+    for c in candidates:
+        theirs = str(c.host)[: -len(base) - 1].rsplit(".", 1)[-1]
+        if theirs not in keys:
+            try:
+                keys[theirs] = skeleton_key(theirs)
+            except IdnaLabelError:
+                keys[theirs] = None  # a stored label that does not decode (claimed before)
+        if keys[theirs] == mine:
             raise HostnameConfusable(
                 f"{label}.{base} looks like a name another space holds under {base} "
                 "(their Unicode forms are confusable, UTS #39); choose another name"
             )
+        key = keys[theirs]
+        if c.label_skeleton is None and key is not None:
+            backfill.append({"h": c.host, "s": c.space_id, "k": key})
+    if backfill:
+        await ctx.conn.execute(
+            sa.update(hostnames)
+            .where(hostnames.c.host == sa.bindparam("h"), hostnames.c.space_id == sa.bindparam("s"))
+            .values(label_skeleton=sa.bindparam("k")),
+            backfill,
+        )
+    return mine
 
 
 @endpoint(

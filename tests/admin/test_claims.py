@@ -367,6 +367,30 @@ def test_every_lookalike_spelling_is_refused(
     assert gone.status_code == 204  # (a service holds at most 20 hostnames)
 
 
+def test_labels_claimed_before_skeletons_were_stored_are_compared_too(
+    client: TestClient, two: dict[str, str]
+) -> None:
+    assert claim(client, two, "owner", f"apple.{BASE}").status_code == 201
+    [row] = rows(
+        client, sa.select(hostnames.c.label_skeleton).where(hostnames.c.host == f"apple.{BASE}")
+    )
+    assert row.label_skeleton is not None and len(row.label_skeleton) == 64
+
+    async def forget(conn: AsyncConnection) -> None:  # as a row migrated from 0002 has it
+        await conn.execute(sa.update(hostnames).values(label_skeleton=None))
+
+    sql(client, forget)
+    assert_error(claim(client, two, "squatter", f"{APPLE}.{BASE}"), 409, "hostname_confusable")
+    # A claim that goes through stores the keys it had to compute.
+    example = idna.encode("пример").decode()
+    assert claim(client, two, "squatter", f"{example}.{BASE}").status_code == 201
+    [again] = rows(
+        client, sa.select(hostnames.c.label_skeleton).where(hostnames.c.host == f"apple.{BASE}")
+    )
+    assert again.label_skeleton == row.label_skeleton
+    assert_error(claim(client, two, "squatter", f"{APPLE}.{BASE}"), 409, "hostname_confusable")
+
+
 def test_the_check_survives_a_stored_label_that_does_not_decode(
     client: TestClient, two: dict[str, str]
 ) -> None:

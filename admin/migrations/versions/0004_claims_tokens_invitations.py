@@ -6,7 +6,7 @@ Create Date: 2026-12-01
 
 - hostnames: primary key (host, space_id) — several spaces may wait on the same name — with at
   most one verified claim per host (partial unique index); ``expires_at`` (unverified claims
-  made before this revision expire 72 h after it) and ``displaced_at``.
+  made before this revision expire 72 h after it), ``displaced_at``, ``label_skeleton``.
 - tokens.parent_id: the token that minted a token (existing tokens are roots).
 - invitations: pending membership offers the invitee accepts or declines.
 - service_routes: a deployed service without any route row served every hostname as ``/``; it
@@ -59,11 +59,16 @@ def upgrade() -> None:
         ) as batch_op:
             batch_op.add_column(sa.Column("expires_at", sa.BigInteger(), nullable=True))
             batch_op.add_column(sa.Column("displaced_at", sa.BigInteger(), nullable=True))
+            batch_op.add_column(sa.Column("label_skeleton", sa.String(length=64), nullable=True))
     else:
         op.add_column("hostnames", sa.Column("expires_at", sa.BigInteger(), nullable=True))
         op.add_column("hostnames", sa.Column("displaced_at", sa.BigInteger(), nullable=True))
+        op.add_column("hostnames", sa.Column("label_skeleton", sa.String(length=64), nullable=True))
         op.drop_constraint("pk_hostnames", "hostnames", type_="primary")
         op.create_primary_key("pk_hostnames", "hostnames", ["host", "space_id"])
+    # (label_skeleton stays NULL for existing rows: the base domain is a setting, unknown here;
+    # admin/api/services.py compares such rows by computing their skeleton when it needs to.)
+    op.create_index(op.f("ix_hostnames_label_skeleton"), "hostnames", ["label_skeleton"])
     op.create_index(
         "uq_hostnames_verified_host",
         "hostnames",
@@ -156,6 +161,7 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_invitations_principal_id_id"), table_name="invitations")
     op.drop_table("invitations")
     op.drop_index("uq_hostnames_verified_host", table_name="hostnames")
+    op.drop_index(op.f("ix_hostnames_label_skeleton"), table_name="hostnames")
     if op.get_context().dialect.name == "sqlite":
         # A batch copy cannot take a column out of a reflected primary key: copy by hand.
         op.drop_index("ix_hostnames_service_id", table_name="hostnames")
@@ -190,6 +196,7 @@ def downgrade() -> None:
     else:
         op.drop_constraint("pk_hostnames", "hostnames", type_="primary")
         op.create_primary_key("pk_hostnames", "hostnames", ["host"])
+        op.drop_column("hostnames", "label_skeleton")
         op.drop_column("hostnames", "displaced_at")
         op.drop_column("hostnames", "expires_at")
     with op.batch_alter_table("tokens", schema=None) as batch_op:
