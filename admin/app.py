@@ -37,6 +37,7 @@ log = logging.getLogger("turnout.admin")
 # Resource modules declare their endpoints on import (one module per noun).
 RESOURCE_MODULES = (
     "admin.api.spaces",
+    "admin.api.invitations",
     "admin.api.tokens",
     "admin.api.services",
     "admin.api.deployments",

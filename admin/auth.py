@@ -70,11 +70,12 @@ async def insert_token(
     name: str,
     scopes: list[str],
     expires_at: int | None = None,
+    parent_id: str | None = None,
 ) -> tuple[str, str, int]:
     """Store a new token for ``principal_id``: ``(token id, plaintext, created_at)``.
 
     Only the SHA-256 and the first 12 characters are stored; the plaintext returned here is the
-    one and only copy, for the caller to show once.
+    one and only copy, for the caller to show once. ``parent_id``: the token that minted it.
     """
     token, token_id, created = new_token(), new_id("tok"), now_ms()
     await conn.execute(
@@ -87,6 +88,7 @@ async def insert_token(
             scopes=orjson.dumps(scopes).decode(),
             expires_at=expires_at,
             created_at=created,
+            parent_id=parent_id,
         )
     )
     return token_id, token, created
@@ -99,6 +101,7 @@ class Principal:
     name: str
     token_id: str
     scopes: frozenset[str]
+    token_expires_at: int | None = None  # the calling token's expiry (None: never)
 
     def has_scope(self, scope: str) -> bool:
         # ``system:admin`` is honoured for the system principal only: otherwise any user whose
@@ -152,6 +155,7 @@ async def authenticate(
         name=row.name,
         token_id=row.id,
         scopes=frozenset(orjson.loads(row.scopes)),
+        token_expires_at=row.expires_at,
     )
 
 

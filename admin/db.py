@@ -107,6 +107,11 @@ tokens = sa.Table(
     sa.Column("revoked_at", sa.BigInteger, nullable=True),
     sa.Column("last_used_at", sa.BigInteger, nullable=True),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    # The token that minted this one (None: a root, e.g. `turnout admin init`'s, or an orphan
+    # issued by the system admin). A token never outlives its parent; revoking a token revokes
+    # every token below it (admin/api/tokens.py).
+    sa.Column("parent_id", sa.String(40), nullable=True),
+    sa.Index(None, "parent_id"),
 )
 
 services = sa.Table(
@@ -126,12 +131,17 @@ services = sa.Table(
     sa.UniqueConstraint("space_id", "name"),
 )
 
+# One claim per (hostname, space): several spaces may wait for their TXT proof on the same name,
+# at most one holds it verified (the partial unique index); see admin/claims.py.
 hostnames = sa.Table(
     "hostnames",
     metadata,
-    sa.Column("host", sa.String(253), primary_key=True),  # global uniqueness
+    sa.Column("host", sa.String(253), primary_key=True),
     sa.Column(
-        "space_id", sa.String(40), sa.ForeignKey("spaces.id", ondelete="CASCADE"), nullable=False
+        "space_id",
+        sa.String(40),
+        sa.ForeignKey("spaces.id", ondelete="CASCADE"),
+        primary_key=True,
     ),
     sa.Column(
         "service_id",
@@ -144,7 +154,22 @@ hostnames = sa.Table(
     sa.Column("version", sa.Integer, nullable=False, server_default="1"),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("verified_at", sa.BigInteger, nullable=True),
+    # An unverified claim can be proven until then (None: verified, or claimed before expiry).
+    sa.Column("expires_at", sa.BigInteger, nullable=True),
+    # Set when another space proved ownership first; the row stays so its space can see why.
+    sa.Column("displaced_at", sa.BigInteger, nullable=True),
+    # Under the base domain: SHA-256 of the UTS #39 skeleton of the label that owns the host's
+    # subtree (admin/idn.py), so a confusable xn-- label is found by an index lookup.
+    sa.Column("label_skeleton", sa.String(64), nullable=True),
     sa.Index(None, "service_id"),
+    sa.Index(None, "label_skeleton"),
+    sa.Index(
+        "uq_hostnames_verified_host",
+        "host",
+        unique=True,
+        sqlite_where=sa.text("verified"),
+        postgresql_where=sa.text("verified"),
+    ),
 )
 
 # Endpoints of a service as the latest app deployment declared them (path/method per host).

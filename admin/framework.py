@@ -86,7 +86,10 @@ class Endpoint:
     paged: bool
     query: tuple[tuple[str, str, str], ...]  # (name, json type, description)
     transactional: bool = True  # False: no transaction around the handler (module docstring)
-    responses: tuple[tuple[int, str], ...] = ()  # further error answers, for the document
+    # Other answers the handler may give (it sets ``ctx.status`` or raises), for the OpenAPI
+    # document: ``(status, model or None, description)``; an error status without a model is
+    # documented with the error envelope.
+    responses: tuple[tuple[int, type[BaseModel] | None, str], ...] = ()
 
     @property
     def mutation(self) -> bool:
@@ -116,7 +119,7 @@ def endpoint(
     paged: bool = False,
     query: tuple[tuple[str, str, str], ...] = (),
     transactional: bool = True,
-    responses: tuple[tuple[int, str], ...] = (),
+    responses: tuple[tuple[int, type[BaseModel] | None, str], ...] = (),
 ) -> Callable[[Handler], Handler]:
     """Declare an API endpoint (see the module docstring)."""
 
@@ -169,6 +172,7 @@ class Ctx:
     # set it when the result holds a secret that must be shown once and never stored.
     replay_result: Any = None
     quota_warning: str | None = None  # X-Quota-Warning of the path's space (admin/billing)
+    replay_status: int | None = None  # the replay's status (None: the original's); declare it
 
     @property
     def conn(self) -> AsyncConnection:
@@ -408,6 +412,7 @@ async def _finish(
         stored = payload
         if ctx.replay_result is not None:  # e.g. without a secret shown only once
             stored = orjson.dumps(ctx.replay_result, option=orjson.OPT_NON_STR_KEYS)
+            status = ctx.replay_status or status
         # A row past its 24 h has expired; it must not turn the reuse into a 409.
         await conn.execute(
             sa.delete(idempotency_keys).where(
@@ -566,6 +571,33 @@ async def _audit_failure(
         log.warning("could not audit a failed %s: %s", ep.action, exc)
 
 
+async def record_event(
+    conn: AsyncConnection,
+    *,
+    space_id: str,
+    action: str,
+    resource: str,
+    outcome: str,
+    principal_id: str | None = None,
+) -> None:
+    """An audit row in ``space_id``'s log for something that happened *to* that space because
+    of another request (e.g. its hostname claim displaced by another space's proof). The row
+    names no principal and carries a request id of its own, so nothing about the other request
+    (its caller, its client-chosen ``X-Request-Id``) reaches this space."""
+    await conn.execute(
+        sa.insert(audit_log).values(
+            id=new_id("aud"),
+            at=now_ms(),
+            principal_id=principal_id,
+            space_id=space_id,
+            action=action,
+            resource=resource[:300],
+            request_id=f"event-{secrets.token_hex(8)}",
+            outcome=outcome,
+        )
+    )
+
+
 async def _enqueue(conn: AsyncConnection, host: str) -> None:
     """Queue ``host`` for publishing in the caller's transaction.
 
@@ -649,8 +681,6 @@ def openapi(title: str = "Turnout admin API", version: str = "0.1.0") -> dict[st
         }
         if ep.role:
             op["x-turnout-role"] = ep.role
-        for code, description in ep.responses:
-            op["responses"][str(code)] = {"description": description, "content": err}
         if ep.paged:
             op["parameters"] += [
                 {
@@ -699,6 +729,13 @@ def openapi(title: str = "Turnout admin API", version: str = "0.1.0") -> dict[st
         if ep.response is not None:
             ok["content"] = {"application/json": {"schema": schema_ref(ep.response)}}
         op["responses"][str(ep.status)] = ok
+        for status, model, description in ep.responses:
+            other: dict[str, Any] = {"description": description}
+            if model is not None:
+                other["content"] = {"application/json": {"schema": schema_ref(model)}}
+            elif status >= 400:
+                other["content"] = err
+            op["responses"][str(status)] = other
         paths.setdefault(ep.path, {})[ep.method.lower()] = op
     return {
         "openapi": "3.1.0",

@@ -212,7 +212,10 @@ class Publisher:
                 hosts = [
                     r.host
                     for r in (
-                        await conn.execute(sa.select(hostnames.c.host).order_by(hostnames.c.host))
+                        await conn.execute(
+                            # several spaces may claim one name (admin/claims.py): once each
+                            sa.select(hostnames.c.host).distinct().order_by(hostnames.c.host)
+                        )
                     ).all()
                 ]
                 for host in hosts:

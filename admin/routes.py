@@ -1,10 +1,12 @@
 """Route records computed from SQL (the authority) for the gateway's route store.
 
-One record per hostname: the hostname's service, that service's declared endpoints (path prefix,
-methods), and as targets the deployments currently routed (active / canary / rollback with a
-weight), each with its replicas from its own immutable snapshot. Nothing is published for a
-hostname that is unverified, whose service is stopped, or that has no routed deployment; a
-space over its request quota (``admin/billing``) publishes its records ``blocked``.
+One record per hostname: the service of the hostname's verified claim, the endpoints that
+service's routes declare *for this hostname* (path prefix, methods), and as targets the
+deployments currently routed (active / canary / rollback with a weight), each with its replicas
+from its own immutable snapshot. Nothing is published for a hostname that no space holds
+verified, whose service is stopped, that has no routed deployment, or that no route names: the
+routes (an app manifest's) are the truth, so a hostname dropped from them is withdrawn, never
+widened to a catch-all. A space over its request quota (``admin/billing``) publishes its records ``blocked``.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ async def compute_record(conn: AsyncConnection, host: str, version: int) -> Rout
             )
             .join(services, services.c.id == hostnames.c.service_id)
             .join(spaces, spaces.c.id == services.c.space_id)
-            .where(hostnames.c.host == host)
+            .where(hostnames.c.host == host, hostnames.c.verified == sa.true())
         )
     ).first()
-    if row is None or not row.verified or row.status == "stopped":
+    if row is None or row.status == "stopped":
         return None
     deps = (
         await conn.execute(
@@ -107,7 +109,7 @@ async def compute_record(conn: AsyncConnection, host: str, version: int) -> Rout
         seen.add(key)
         endpoints.append({"path_prefix": r.path_prefix, "methods": methods, "targets": targets})
     if not endpoints:
-        endpoints = [{"path_prefix": "/", "methods": [], "targets": targets}]
+        return None  # attached to the service, but no route names it
     return record_from_obj(
         {
             "host": host,

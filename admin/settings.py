@@ -17,6 +17,8 @@ class Settings:
     base_domain: str = "turnout.localhost"  # TURNOUT_BASE_DOMAIN: hostnames granted on request
     dns_fixture: str | None = None  # TXT records from a JSON file instead of system DNS
     max_hostnames_per_service: int = 20
+    # TURNOUT_CLAIM_TTL_HOURS: an unverified hostname claim can be proven for this long
+    claim_ttl_hours: float = 72.0
     publish_retry_seconds: float = 1.0
     reconcile_interval: float = 5.0
     usage_interval: float = 10.0  # TURNOUT_USAGE_INTERVAL: the usage collector's period
@@ -52,6 +54,9 @@ class Settings:
                 if not 0.05 <= seconds <= 3600:
                     raise SystemExit(f"turnout admin: {var} must be within 0.05..3600 seconds")
                 values[key] = seconds
+        raw_ttl = env.get("TURNOUT_CLAIM_TTL_HOURS")
+        if raw_ttl:
+            values["claim_ttl_hours"] = _claim_ttl(raw_ttl)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "keys" not in values:
             values["keys"] = KeyRing.parse(keys_spec) if keys_spec else None
@@ -73,3 +78,21 @@ class Settings:
                 "(generate one with: turnout admin keygen)"
             )
         return self.keys
+
+
+MAX_CLAIM_TTL_HOURS = 24 * 365
+
+
+def _claim_ttl(raw: str) -> float:
+    """``TURNOUT_CLAIM_TTL_HOURS``: hours (fractions allowed), more than 0, at most a year."""
+    try:
+        hours = float(raw)
+    except ValueError:
+        raise SystemExit(
+            "turnout admin: TURNOUT_CLAIM_TTL_HOURS must be a number of hours"
+        ) from None
+    if not 0 < hours <= MAX_CLAIM_TTL_HOURS:  # also refuses nan and inf
+        raise SystemExit(
+            f"turnout admin: TURNOUT_CLAIM_TTL_HOURS must be within 0..{MAX_CLAIM_TTL_HOURS} hours"
+        )
+    return hours

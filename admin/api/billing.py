@@ -301,8 +301,8 @@ def _event(row: Any, *, replayed: bool) -> dict[str, Any]:
     status=201,
     tag="billing",
     responses=(
-        (402, "over quota: details {meter, used, quota, plan, balance_cents}"),
-        (503, "the quota check could not be made (fails closed)"),
+        (402, None, "over quota: details {meter, used, quota, plan, balance_cents}"),
+        (503, None, "the quota check could not be made (fails closed)"),
     ),
     summary="Record usage of a meter (idempotent by idempotency_key; 402 over quota)",
 )

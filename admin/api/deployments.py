@@ -5,6 +5,12 @@ deployment row, moves routing statuses and weights per the strategy, records the
 endpoints, claims hostnames, and queues every affected hostname in the publish outbox. The
 route records are recomputed from SQL and published after commit (admin/publisher.py).
 
+The manifest's routes are the whole truth about what each hostname serves: a service's route
+rows are replaced by the manifest's on every deployment, a service without routes gets one
+explicit catch-all route on its platform hostname, and a hostname the manifest no longer names
+keeps its claim (and proof) but is withdrawn from routing. A hostname the manifest moves from one
+of the app's services to another moves with its claim.
+
 Routing statuses: ``active`` | ``canary`` | ``rollback`` carry traffic (weights in basis points
 summing to 10000 per service); ``archived`` and ``rolled_back`` carry none.
 """
@@ -122,6 +128,7 @@ async def create_app_deployment(ctx: Ctx) -> dict[str, Any]:
         manifest = parse_manifest(ctx.raw)
     except ManifestError as exc:
         raise Unprocessable(str(exc), exc.as_details(), code="invalid_manifest") from None
+    _one_service_per_hostname(manifest, ctx.state.settings.base_domain)
     strategy = manifest.rollout.strategy
     if strategy == "staged":
         raise Unprocessable(
@@ -153,6 +160,27 @@ async def create_app_deployment(ctx: Ctx) -> dict[str, Any]:
         "created_at": now,
         "services": out,
     }
+
+
+def _one_service_per_hostname(manifest: Manifest, base_domain: str) -> None:
+    """A hostname serves one service: two routes naming it (or a service's platform hostname,
+    which a service without routes serves) for two services → 422 naming the later route."""
+    first: dict[str, tuple[str, str]] = {}  # host → (where, service)
+    routed = {r.service for r in manifest.routes}
+    implicit = [("spec.routes", name, None) for name in manifest.services if name not in routed]
+    explicit = [
+        (f"spec.routes[{i}].hostname", r.service, r.hostname) for i, r in enumerate(manifest.routes)
+    ]
+    for where, service, hostname in implicit + explicit:
+        host = (hostname or platform_hostname(service, manifest.name, base_domain)).lower()
+        seen = first.setdefault(host, (where, service))
+        if seen[1] != service:
+            message = f"{host} is already routed to service {seen[1]} ({seen[0]})"
+            raise Unprocessable(
+                f"{where}: {message}; a hostname serves one service",
+                [{"path": where, "message": message}],
+                code="invalid_manifest",
+            )
 
 
 async def _deploy_service(
@@ -273,11 +301,17 @@ async def _deploy_service(
         sa.delete(service_routes).where(service_routes.c.service_id == service_id)
     )
     verification: list[dict[str, Any]] = []
-    routes = [(i, r) for i, r in enumerate(manifest.routes) if r.service == name]
-    for i, r in routes:
-        host = r.hostname or platform_hostname(name, manifest.name, state.settings.base_domain)
+    declared = [
+        (f"spec.routes[{i}].hostname", r.hostname, r.path, r.methods)
+        for i, r in enumerate(manifest.routes)
+        if r.service == name
+    ]
+    if not declared:  # no route: the platform hostname serves everything, said explicitly
+        declared = [("spec.routes", None, "/", ())]
+    for field, hostname, path_prefix, methods in declared:
+        host = hostname or platform_hostname(name, manifest.name, state.settings.base_domain)
         claimed = await claim_hostname(
-            ctx, service_id, host, f"spec.routes[{i}].hostname", existing_ok=True
+            ctx, service_id, host, field, existing_ok=True, adopt_from_app=manifest.name
         )
         if not claimed.verified and all(v["host"] != claimed.host for v in verification):
             verification.append(
@@ -288,13 +322,10 @@ async def _deploy_service(
                 id=new_id("rte"),
                 service_id=service_id,
                 host=claimed.host,
-                path_prefix=r.path,
-                methods=orjson.dumps(list(r.methods)).decode(),
+                path_prefix=path_prefix,
+                methods=orjson.dumps(list(methods)).decode(),
             )
         )
-    if not routes:
-        host = platform_hostname(name, manifest.name, state.settings.base_domain)
-        await claim_hostname(ctx, service_id, host, "spec.routes", existing_ok=True)
     hosts = await service_hosts(ctx.conn, service_id)
     ctx.enqueue_publish(hosts)
     return {

@@ -5,12 +5,20 @@ A service is created ``pending``; deployments set it ``deployed`` / ``failed``; 
 :func:`admin.routes.compute_record` answers nothing for a stopped service).
 
 Hostnames are lower-cased and validated as route record hosts (``*.`` wildcards allowed).
-Names under the platform base domain (``Settings.base_domain``) are granted at once; any
-other name stays unverified — and publishes nothing — until a TXT record
-``_turnout-verify.<host>`` (for ``*.example.com``: ``_turnout-verify.example.com``) holds
-``turnout-verify=<token>``. Under the base domain the first space to claim a label owns that
-label's whole subtree: another space cannot take ``x.app.<base>`` or ``*.app.<base>`` while
-``app.<base>`` (or any name below it) is someone else's.
+A hostname row is a space's *claim* (states and transitions: :mod:`admin.claims`). Names under
+the platform base domain (``Settings.base_domain``) are granted at once; any other name stays
+pending — and publishes nothing — until a TXT record ``_turnout-verify.<host>`` (for
+``*.example.com``: ``_turnout-verify.example.com``) holds ``turnout-verify=<token>``, and can
+be proven only within ``Settings.claim_ttl_hours``. Several spaces may wait on the same name;
+the first proof wins and displaces the others. Under the base domain the first space to claim a
+label owns that label's whole subtree: another space cannot take ``x.app.<base>`` or
+``*.app.<base>`` while ``app.<base>`` (or any name below it) is someone else's, nor an ``xn--``
+label confusable with one of its labels (UTS #39 skeletons, :mod:`admin.idn`; 409
+``hostname_confusable``).
+
+A claimed hostname serves only what its service's routes (the app manifest's) declare for it;
+one that no route names is ``routed: false`` and publishes nothing (the gateway answers 404),
+while the claim and its proof stay, so routing it again needs no new proof.
 """
 
 from __future__ import annotations
@@ -25,9 +33,25 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from admin.api.models import Page, Strict
-from admin.db import hostnames, new_id, now_ms, services
+from admin.claims import (
+    ClaimExpired,
+    ClaimStatus,
+    HostnameTaken,
+    adopt,
+    displace_others,
+    expiry,
+    holder,
+    mark_verified,
+    own_claim,
+    refuse_if_held_elsewhere,
+    renew,
+    service_app,
+    status_of,
+)
+from admin.db import hostnames, new_id, now_ms, service_routes, services
 from admin.errors import Conflict, NotFound, Unavailable, field_error
 from admin.framework import Ctx, endpoint, etag, paged
+from admin.idn import IdnaLabelError, is_ace, skeleton_key
 from routing.errors import RecordError
 from routing.hostnames import is_wildcard, validate_hostname
 
@@ -38,8 +62,12 @@ SETTABLE_STATUS = ("stopped",)
 SERVICE_STATUSES = ("pending", "deployed", "failed", "stopped")
 
 
-class HostnameConflict(Conflict):
-    code = "hostname_taken"
+class HostnameConfusable(Conflict):
+    code = "hostname_confusable"
+
+
+class IdnUnavailable(Unavailable):
+    code = "idn_unavailable"
 
 
 class VerificationFailed(Conflict):
@@ -91,8 +119,19 @@ class Verification(BaseModel):
 class Hostname(Strict):
     host: str
     service_id: str
+    status: ClaimStatus = Field(
+        description="pending: waits for its TXT proof until expires_at; verified: proven (or "
+        "granted under the base domain); expired: no longer verifiable, claim it again to "
+        "renew; displaced: another space proved ownership first"
+    )
     verified: bool
     verified_at: int | None
+    expires_at: int | None = Field(description="a pending claim can be proven until then")
+    displaced_at: int | None
+    routed: bool = Field(
+        description="whether the service's routes (its app manifest) name this hostname; "
+        "a hostname that is not routed keeps its claim but serves nothing"
+    )
     verification: Verification | None
     etag: str
     created_at: int
@@ -128,16 +167,38 @@ def verification(host: str, token: str) -> dict[str, str]:
     return {"type": "TXT", "name": verify_name(host), "value": VERIFY_VALUE + token}
 
 
-def _hostname(row: Any) -> dict[str, Any]:
+def _hostname(row: Any, routed: set[str] | None) -> dict[str, Any]:
+    """``routed``: the hosts the service's routes name (None: every host of the service)."""
+    status = status_of(row)
     return {
         "host": row.host,
         "service_id": row.service_id,
+        "status": status.value,
         "verified": bool(row.verified),
         "verified_at": row.verified_at,
-        "verification": None if row.verified else verification(row.host, row.verify_token),
+        "expires_at": row.expires_at if status is ClaimStatus.PENDING else None,
+        "displaced_at": row.displaced_at,
+        "routed": routed is None or row.host in routed,
+        "verification": (
+            verification(row.host, row.verify_token) if status is ClaimStatus.PENDING else None
+        ),
         "etag": etag(row.host, row.version),
         "created_at": row.created_at,
     }
+
+
+async def routed_hosts(conn: AsyncConnection, service_id: str) -> set[str] | None:
+    """The hostnames the service's routes name; None when a route names every hostname."""
+    found: set[str] = set()
+    for host in (
+        await conn.execute(
+            sa.select(service_routes.c.host).where(service_routes.c.service_id == service_id)
+        )
+    ).scalars():
+        if host is None:
+            return None
+        found.add(str(host))
+    return found
 
 
 async def service_hosts(conn: AsyncConnection, service_id: str) -> list[str]:
@@ -369,63 +430,60 @@ async def add_hostname(ctx: Ctx) -> dict[str, Any]:
     row = await claim_hostname(ctx, svc.id, body.host, "body.host")
     ctx.resource = f"space:{ctx.space_id}/service:{svc.id}/hostname:{row.host}"
     ctx.headers["etag"] = etag(row.host, row.version)
-    return _hostname(row)
+    return _hostname(row, await routed_hosts(ctx.conn, svc.id))
 
 
 async def claim_hostname(
-    ctx: Ctx, service_id: str, raw_host: str, path: str, *, existing_ok: bool = False
+    ctx: Ctx,
+    service_id: str,
+    raw_host: str,
+    path: str,
+    *,
+    existing_ok: bool = False,
+    adopt_from_app: str | None = None,
 ) -> Any:
     """Claim ``raw_host`` for a service of the path's space and return its row.
 
     Used by the hostnames API and by app deployments (routes name hostnames). Lower-cased and
-    validated (422 at ``path``); globally unique (409 ``hostname_taken``, without naming the
-    other space); at most ``max_hostnames_per_service`` (409 ``hostname_limit``); names under
-    the base domain are granted at once — the first space to claim a label there owns its whole
-    subtree — and enqueued for publishing; other names wait for their TXT proof.
-    ``existing_ok``: a host already on this very service is returned as it is."""
+    validated (422 at ``path``); 409 ``hostname_taken`` when another space holds the name
+    verified (without naming it); at most ``max_hostnames_per_service`` (409
+    ``hostname_limit``); names under the base domain are granted at once — the first space to
+    claim a label there owns its whole subtree, and ``xn--`` labels confusable with another
+    space's label are refused (409 ``hostname_confusable``) — and enqueued for publishing;
+    other names wait for their TXT proof (:mod:`admin.claims`). The space's own expired or
+    displaced claim on the same service is renewed.
+    ``existing_ok``: a claim already on this very service is returned as it is (renewed if it
+    had expired). ``adopt_from_app``: a claim on another service of this space that belongs to
+    that app moves to this service (its manifest moved the hostname)."""
     host = _normalise(raw_host, path)
     base = ctx.state.settings.base_domain.lower()
     subtree = _under_base(host, base, path)
-    owner = (await ctx.conn.execute(sa.select(hostnames).where(hostnames.c.host == host))).first()
-    if owner is not None:
-        if owner.space_id != ctx.space_id:
-            raise HostnameConflict(f"hostname {host} is already claimed")
-        if owner.service_id == service_id:
-            if existing_ok:
-                return owner
-            raise HostnameConflict(f"hostname {host} is already attached to this service")
-        other = (
-            await ctx.conn.execute(
-                sa.select(services.c.name).where(services.c.id == owner.service_id)
-            )
-        ).scalar_one()
-        raise HostnameConflict(
-            f"hostname {host} is already attached to service {other} of this space; "
-            "delete it there first"
-        )
-    if subtree is not None:
-        foreign = (
-            await ctx.conn.execute(
-                sa.select(hostnames.c.host)
-                .where(
-                    hostnames.c.space_id != ctx.space_id,
-                    sa.or_(
-                        hostnames.c.host == subtree,
-                        hostnames.c.host.endswith("." + subtree, autoescape=True),
-                    ),
+    refuse_if_held_elsewhere(await holder(ctx.conn, host), ctx.space_id, host)
+    assert ctx.space_id is not None
+    own = await own_claim(ctx.conn, host, ctx.space_id)
+    if own is not None:
+        if own.service_id != service_id:
+            other, app = await service_app(ctx.conn, own.service_id)
+            if adopt_from_app is None or app != adopt_from_app:
+                raise HostnameTaken(
+                    f"hostname {host} is already attached to service {other} of this space; "
+                    "delete it there first"
                 )
-                .limit(1)
+            await _within_limit(ctx, service_id)
+            await ctx.conn.execute(
+                sa.delete(service_routes).where(
+                    service_routes.c.service_id == own.service_id, service_routes.c.host == host
+                )
             )
-        ).first()
-        if foreign is not None:
-            raise HostnameConflict(f"names under {subtree} are already claimed")
-    limit = ctx.state.settings.max_hostnames_per_service
-    if await _count_hosts(ctx.conn, service_id) >= limit:
-        raise Conflict(
-            f"a service has at most {limit} hostnames; delete one first",
-            code="hostname_limit",
-            details={"limit": limit},
-        )
+            own = await adopt(ctx, own, service_id)
+            ctx.enqueue_publish([host])
+        if status_of(own) in (ClaimStatus.EXPIRED, ClaimStatus.DISPLACED):
+            return await renew(ctx, own)
+        if existing_ok:
+            return own
+        raise HostnameTaken(f"hostname {host} is already attached to this service")
+    key = None if subtree is None else await _refuse_foreign_subtree(ctx, subtree, base, path)
+    await _within_limit(ctx, service_id)
     now = now_ms()
     granted = subtree is not None
     await ctx.conn.execute(
@@ -437,11 +495,96 @@ async def claim_hostname(
             verify_token=secrets.token_hex(16),
             created_at=now,
             verified_at=now if granted else None,
+            expires_at=None if granted else expiry(ctx, now),
+            label_skeleton=key,
         )
     )
     if granted:
+        await displace_others(ctx, host, ctx.space_id, now)
         ctx.enqueue_publish([host])
-    return (await ctx.conn.execute(sa.select(hostnames).where(hostnames.c.host == host))).one()
+    return await own_claim(ctx.conn, host, ctx.space_id)
+
+
+async def _within_limit(ctx: Ctx, service_id: str) -> None:
+    """409 ``hostname_limit`` when the service already has ``max_hostnames_per_service``."""
+    limit = ctx.state.settings.max_hostnames_per_service
+    if await _count_hosts(ctx.conn, service_id) >= limit:
+        raise Conflict(
+            f"a service has at most {limit} hostnames; delete one first",
+            code="hostname_limit",
+            details={"limit": limit},
+        )
+
+
+async def _refuse_foreign_subtree(ctx: Ctx, subtree: str, base: str, path: str) -> str | None:
+    """409 when another space owns ``subtree`` (or a name below it), or — for an ``xn--``
+    label — a label under the base domain whose UTS #39 skeleton equals this one's. Returns
+    the owning label's skeleton key, stored with the claim for later checks."""
+    foreign = (
+        await ctx.conn.execute(
+            sa.select(hostnames.c.host)
+            .where(
+                hostnames.c.space_id != ctx.space_id,
+                sa.or_(
+                    hostnames.c.host == subtree,
+                    hostnames.c.host.endswith("." + subtree, autoescape=True),
+                ),
+            )
+            .limit(1)
+        )
+    ).first()
+    if foreign is not None:
+        raise HostnameTaken(f"names under {subtree} are already claimed")
+    label = subtree[: -len(base) - 1]
+    try:
+        mine = skeleton_key(label)
+    except IdnaLabelError as exc:
+        raise field_error(path, str(exc)) from None
+    if not is_ace(label):
+        return mine
+    if mine is None:  # no PyICU (the optional extra turnout[idn]): fail closed
+        raise IdnUnavailable(
+            f"{label}.{base}: internationalised (xn--) labels under {base} need the confusable "
+            "check, which this admin does not have (install turnout[idn], PyICU)"
+        )
+    # Other spaces' names under the base domain with the same skeleton (an index lookup), and
+    # those claimed before skeletons were stored (computed here, and stored if this claim goes
+    # through, so that cost is paid once). A key is only a hint: each candidate's owning label
+    # is checked again.
+    candidates = (
+        await ctx.conn.execute(
+            sa.select(hostnames.c.host, hostnames.c.space_id, hostnames.c.label_skeleton).where(
+                hostnames.c.space_id != ctx.space_id,
+                hostnames.c.host.endswith("." + base, autoescape=True),
+                sa.or_(hostnames.c.label_skeleton == mine, hostnames.c.label_skeleton.is_(None)),
+            )
+        )
+    ).all()
+    keys: dict[str, str | None] = {}
+    backfill: list[dict[str, str]] = []
+    for c in candidates:
+        theirs = str(c.host)[: -len(base) - 1].rsplit(".", 1)[-1]
+        if theirs not in keys:
+            try:
+                keys[theirs] = skeleton_key(theirs)
+            except IdnaLabelError:
+                keys[theirs] = None  # a stored label that does not decode (claimed before)
+        if keys[theirs] == mine:
+            raise HostnameConfusable(
+                f"{label}.{base} looks like a name another space holds under {base} "
+                "(their Unicode forms are confusable, UTS #39); choose another name"
+            )
+        key = keys[theirs]
+        if c.label_skeleton is None and key is not None:
+            backfill.append({"h": c.host, "s": c.space_id, "k": key})
+    if backfill:
+        await ctx.conn.execute(
+            sa.update(hostnames)
+            .where(hostnames.c.host == sa.bindparam("h"), hostnames.c.space_id == sa.bindparam("s"))
+            .values(label_skeleton=sa.bindparam("k")),
+            backfill,
+        )
+    return mine
 
 
 @endpoint(
@@ -455,8 +598,9 @@ async def claim_hostname(
 )
 async def list_hostnames(ctx: Ctx) -> dict[str, Any]:
     svc = await load_service(ctx)
+    routed = await routed_hosts(ctx.conn, svc.id)
     q = sa.select(hostnames).where(hostnames.c.service_id == svc.id)
-    return await paged(ctx, q, hostnames.c.host, _hostname)
+    return await paged(ctx, q, hostnames.c.host, lambda r: _hostname(r, routed))
 
 
 @endpoint(
@@ -471,7 +615,7 @@ async def get_hostname(ctx: Ctx) -> dict[str, Any]:
     svc = await load_service(ctx)
     row = await _load_hostname(ctx, svc.id)
     ctx.headers["etag"] = etag(row.host, row.version)
-    return _hostname(row)
+    return _hostname(row, await routed_hosts(ctx.conn, svc.id))
 
 
 @endpoint(
@@ -487,10 +631,26 @@ async def verify_hostname(ctx: Ctx) -> dict[str, Any]:
     async with ctx.transaction():
         svc = await load_service(ctx)
         row = await _load_hostname(ctx, svc.id)
+        routed = await routed_hosts(ctx.conn, svc.id)
+        held = await holder(ctx.conn, row.host)
     ctx.resource = f"space:{ctx.space_id}/service:{svc.id}/hostname:{row.host}"
-    if row.verified:
+    status = status_of(row)
+    if status is ClaimStatus.VERIFIED:
         ctx.headers["etag"] = etag(row.host, row.version)
-        return _hostname(row)
+        return _hostname(row, routed)
+    refuse_if_held_elsewhere(held, ctx.space_id, row.host)  # displaced, or lost meanwhile
+    if status is ClaimStatus.EXPIRED:
+        raise ClaimExpired(
+            f"the claim on {row.host} expired at {row.expires_at} without its TXT proof; "
+            "claim it again (POST it to the service's hostnames) to renew it",
+            details={"expires_at": row.expires_at},
+        )
+    if status is ClaimStatus.DISPLACED:  # and the space that won has released it since
+        raise ClaimExpired(
+            f"the claim on {row.host} was displaced by another space's proof; "
+            "claim it again (POST it to the service's hostnames) to renew it",
+            code="claim_displaced",
+        )
     expected = verification(row.host, row.verify_token)
     try:
         found = await ctx.state.resolver.txt(expected["name"])
@@ -503,22 +663,12 @@ async def verify_hostname(ctx: Ctx) -> dict[str, Any]:
             details={"expected": expected, "found": found[:20]},
         )
     async with ctx.transaction():
-        res = await ctx.conn.execute(
-            sa.update(hostnames)
-            .where(
-                hostnames.c.host == row.host,
-                hostnames.c.service_id == svc.id,
-                hostnames.c.verify_token == row.verify_token,
-                hostnames.c.verified == sa.false(),
-            )
-            .values(verified=True, verified_at=now_ms(), version=row.version + 1)
-        )
-        if res.rowcount != 1:
-            raise Conflict("the hostname changed while it was being verified; read it again")
+        await mark_verified(ctx, row)
         ctx.enqueue_publish([row.host])
         row = await _load_hostname(ctx, svc.id)
+        routed = await routed_hosts(ctx.conn, svc.id)
     ctx.headers["etag"] = etag(row.host, row.version)
-    return _hostname(row)
+    return _hostname(row, routed)
 
 
 @endpoint(
@@ -534,5 +684,9 @@ async def delete_hostname(ctx: Ctx) -> None:
     row = await _load_hostname(ctx, svc.id)
     ctx.if_match(etag(row.host, row.version))
     ctx.enqueue_publish([row.host])  # the publisher sends a tombstone once the row is gone
-    await ctx.conn.execute(sa.delete(hostnames).where(hostnames.c.host == row.host))
+    await ctx.conn.execute(
+        sa.delete(hostnames).where(
+            hostnames.c.host == row.host, hostnames.c.space_id == ctx.space_id
+        )
+    )
     ctx.resource = f"space:{ctx.space_id}/service:{svc.id}/hostname:{row.host}"

@@ -1,4 +1,4 @@
-"""Spaces and their members."""
+"""Spaces and their members (new members join by accepting an invitation: admin/api/invitations.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydantic import Field
 
+from admin.api.invitations import Invitation, invite
 from admin.api.models import Page, Role, Strict
 from admin.auth import ROLE_RANK
 from admin.db import hostnames, memberships, new_id, now_ms, principals, spaces
@@ -234,7 +235,15 @@ def _grantable(ctx: Ctx, role: str) -> None:
     body=MemberAdd,
     response=Member,
     status=201,
-    summary="Add a member",
+    responses=(
+        (
+            202,
+            Invitation,
+            "the principal is invited: it becomes a member once it accepts "
+            "(POST /api/invitations/{invitation}/accept); nothing about it is shown before",
+        ),
+    ),
+    summary="Invite a principal (202, it joins by accepting); the system admin adds it (201)",
 )
 async def add_member(ctx: Ctx) -> dict[str, Any]:
     body: MemberAdd = ctx.body
@@ -256,6 +265,8 @@ async def add_member(ctx: Ctx) -> dict[str, Any]:
     ).first()
     if exists is not None:
         raise Conflict("already a member; PATCH the membership to change the role")
+    if not ctx.principal.is_system_admin:
+        return await invite(ctx, body.principal_id, body.role)
     await ctx.conn.execute(
         sa.insert(memberships).values(
             space_id=ctx.space_id,

@@ -211,6 +211,15 @@ async def _pg_admin(statement: str) -> None:
         await conn.close()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each SQL backend in turn: a SQLite file, then a throwaway PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'admin.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A throwaway database on the machine's PostgreSQL (127.0.0.1:5432, user postgres)."""

@@ -15,7 +15,16 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.testclient import TestClient
 
-from admin.db import deployments, new_id, now_ms, publish_queue, route_versions, services, snapshots
+from admin.db import (
+    deployments,
+    new_id,
+    now_ms,
+    publish_queue,
+    route_versions,
+    service_routes,
+    services,
+    snapshots,
+)
 from routing.store import ZERO_ID, LogEntry
 from tests.admin.conftest import auth, call, rows, sql, state_of
 
@@ -91,7 +100,8 @@ def add_host(client: TestClient, token: str, space: str, service: str, host: str
 
 
 def routed_deployment(client: TestClient, service_id: str, upstream: str) -> str:
-    """A successful deployment routed at 100 % (what the deployments API would write)."""
+    """A successful deployment routed at 100 % (what the deployments API would write), and one
+    route for every hostname of the service (``/``, every method)."""
 
     async def insert(conn: AsyncConnection) -> str:
         now = now_ms()
@@ -116,6 +126,11 @@ def routed_deployment(client: TestClient, service_id: str, upstream: str) -> str
                 routing_weight=10000,
                 created_at=now,
                 updated_at=now,
+            )
+        )
+        await conn.execute(
+            sa.insert(service_routes).values(
+                id=new_id("rte"), service_id=service_id, host=None, path_prefix="/", methods="[]"
             )
         )
         await conn.execute(

@@ -729,6 +729,15 @@ def test_hostname_owned_by_another_space_is_409_and_nothing_is_written(api: Api)
         space=other,
     )
     assert out.status_code == 201, out.text
+
+    async def prove(conn: AsyncConnection) -> None:  # as the verification endpoint would
+        await conn.execute(
+            sa.update(hostnames)
+            .where(hostnames.c.host == custom)
+            .values(verified=True, verified_at=now_ms(), expires_at=None)
+        )
+
+    sql(c, prove)  # (an unverified claim blocks nobody: tests/admin/test_claims.py)
     before = {t.name: count(c, t) for t in (app_deployments, deployments, snapshots, services)}
     before_routes = count(c, service_routes)
     before_audit = count(c, audit_log)

@@ -4,8 +4,6 @@ ownership proof through the fixture resolver, and what is (not) published."""
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,6 @@ from starlette.testclient import TestClient
 
 from admin.app import create_app
 from admin.db import audit_log, hostnames
-from admin.settings import Settings
 from routing.store import MemoryRouteStore
 from tests.admin.conftest import (
     admin_settings,
@@ -27,6 +24,7 @@ from tests.admin.conftest import (
     rows,
     state_of,
 )
+from tests.admin.dns_support import BASE, CLIENT_FIXTURE, DNS_FIXTURE, set_txt
 from tests.admin.publishing import (
     add_host,
     create_service,
@@ -39,28 +37,8 @@ from tests.admin.publishing import (
     versions,
 )
 
-BASE = "turnout.localhost"
-
-
-@pytest.fixture
-def dns(tmp_path: Path) -> Path:
-    path = tmp_path / "dns.json"
-    path.write_text("{}")
-    return path
-
-
-@pytest.fixture
-def client(tmp_path: Path, dns: Path) -> Iterator[TestClient]:
-    base = admin_settings(str(tmp_path / "admin.db"))
-    settings = Settings(db_url=base.db_url, keys=base.keys, base_domain=BASE, dns_fixture=str(dns))
-    with TestClient(create_app(settings, store=MemoryRouteStore())) as c:
-        yield c
-
-
-def set_txt(dns: Path, name: str, *values: str) -> None:
-    data = json.loads(dns.read_text())
-    data[name] = list(values)
-    dns.write_text(json.dumps(data))
+dns = DNS_FIXTURE
+client = CLIENT_FIXTURE
 
 
 @pytest.fixture
@@ -156,13 +134,21 @@ def test_unknown_service_is_not_found(client: TestClient, world: dict[str, str])
 # ------------------------------------------------------------------------------ uniqueness, limit
 
 
-def test_taken_by_another_space(client: TestClient, world: dict[str, str]) -> None:
+def test_taken_by_another_space(client: TestClient, world: dict[str, str], dns: Path) -> None:
+    """A name another space holds *verified* is taken (an unverified claim blocks nobody:
+    tests/admin/test_claims.py)."""
     system = world["system"]
     other = create_space(client, system, "other")
     create_service(client, system, other, "app")
     owner = make_user(client, system, "eve", other, "owner")
     for host in ("shop.example.com", "app.turnout.localhost", "*.wild.example.com"):
-        assert add_host(client, system, world["space"], "web", host).status_code == 201
+        made = add_host(client, system, world["space"], "web", host)
+        assert made.status_code == 201
+        if not made.json()["verified"]:
+            v = made.json()["verification"]
+            set_txt(dns, v["name"], v["value"])
+            url = f"{hosts_url(world)}/{host}/verify"
+            assert client.post(url, headers=auth(system)).json()["verified"] is True
         r = add_host(client, owner, other, "app", host.upper())
         err = assert_error(r, 409, "hostname_taken")
         assert world["space"] not in r.text and "web" not in err["message"]

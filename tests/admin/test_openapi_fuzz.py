@@ -74,6 +74,9 @@ class World:
         self.snapshot_id = ""
         self.host = ""
         self.user_id = ""
+        self.invitation = ""  # a pending invitation of the caller (the system principal)
+        self.invitation_space = ""
+        self.inviter = ""  # a user's token: it invites the system principal to its spaces
         self.examples = 0
         self.dirty = True  # a mutation ran since the last ensure()
 
@@ -93,11 +96,40 @@ class World:
         body = self._call("POST", path, 201, json={"name": "spare", "scopes": ["spaces:read"]})
         return str(body["id"])
 
+    def ensure_invitation(self) -> None:
+        """A pending invitation addressed to the caller, in a space of another user's."""
+        if not self.inviter:
+            body = self._call("POST", "/api/principals", 201, json={"kind": "user", "name": "i"})
+            made = self._call(
+                "POST",
+                f"/api/principals/{body['id']}/tokens",
+                201,
+                json={"name": "i", "scopes": ["*"]},
+            )
+            self.inviter = made["token"]
+        pending = self._call("GET", "/api/invitations?status=pending&limit=500", 200)
+        if self.invitation in {i["id"] for i in pending["items"]}:
+            return
+        system = self._call("GET", "/api/principals?limit=500", 200)
+        [system_id] = [p["id"] for p in system["items"] if p["kind"] == "system"]
+        inviter = {"Authorization": f"Bearer {self.inviter}"}
+        space = _ok(self.client.post("/api/spaces", json={"name": "inv"}, headers=inviter), 201)
+        invited = _ok(
+            self.client.post(
+                f"/api/spaces/{space['id']}/members",
+                json={"principal_id": system_id, "role": "viewer"},
+                headers=inviter,
+            ),
+            202,
+        )
+        self.invitation, self.invitation_space = invited["id"], space["id"]
+
     def ensure(self) -> None:
         """(Re)create whatever a mutation since the last call deleted or stopped."""
         if not self.dirty:
             return
         self.dirty = False
+        self.ensure_invitation()
         if not self.user_id:
             body = self._call("POST", "/api/principals", 201, json={"kind": "user", "name": "u"})
             self.user_id = body["id"]
@@ -159,7 +191,10 @@ class World:
             "host": self.host,
             "principal": self.user_id,
             "plan": "plan_plus",
+            "invitation": self.invitation,
         }
+        if "invitation" in names:
+            real["space"] = self.invitation_space
         for name in names:
             if name == "space" and method == "DELETE" and path == "/api/spaces/{space}":
                 params[name] = self.spare_space()  # never the world's own space

@@ -77,8 +77,15 @@ def test_members_add_patch_remove(client: TestClient) -> None:
         json={"principal_id": bob_id, "role": "editor"},
         headers=auth(owner),
     )
-    assert r.status_code == 201, r.text
-    member = r.json()
+    # Not a member yet: an invitation (nothing about bob in it), which bob accepts.
+    assert r.status_code == 202, r.text
+    invitation = r.json()
+    assert invitation["principal_id"] == bob_id and invitation["role"] == "editor"
+    assert "name" not in invitation and "kind" not in invitation and "bob" not in r.text
+    r = client.post(f"/api/invitations/{invitation['id']}/accept", headers=auth(bob))
+    assert r.status_code == 200, r.text
+    member = client.get(f"/api/spaces/{space}/members", headers=auth(bob)).json()["items"]
+    [member] = [m for m in member if m["principal_id"] == bob_id]
     assert member["principal_id"] == bob_id and member["role"] == "editor"
     assert member["name"] == "bob" and member["kind"] == "user"
     # Adding twice → 409; unknown principal → 422 on the field.
@@ -164,7 +171,7 @@ def test_an_admin_cannot_grant_or_touch_owner(client: TestClient) -> None:
         json={"principal_id": newbie, "role": "admin"},
         headers=auth(admin),
     )
-    assert r.status_code == 201
+    assert r.status_code == 202 and r.json()["role"] == "admin"  # an invitation
 
 
 def test_etag_if_match(client: TestClient) -> None:

@@ -7,9 +7,7 @@ skips — when it is not reachable.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
@@ -25,14 +23,6 @@ from tests.admin.conftest import (
     principal_of,
     rows,
 )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'admin.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 def test_migrations_are_idempotent(db_url: str) -> None:

@@ -27,6 +27,7 @@ from tests.admin.conftest import (
 
 TOKEN_RE = re.compile(r"tak_pat_[A-Za-z0-9_-]{43}")
 DAY_MS = 24 * 3600 * 1000
+MINTED = {"id", "name", "prefix", "scopes", "expires_at", "created_at", "parent_id"}
 
 
 def _new(client: TestClient, token: str, scopes: list[str], **extra: object) -> dict[str, object]:
@@ -51,7 +52,7 @@ def test_token_format_and_storage(client: TestClient, db_path: Path) -> None:
     assert isinstance(token, str) and TOKEN_RE.fullmatch(token) and len(token) == 51
     assert made["prefix"] == token[:12] and len(token[:12]) == 12
     assert made["scopes"] == ["spaces:read"] and made["expires_at"] is None
-    assert set(made) == {"id", "name", "prefix", "scopes", "expires_at", "created_at", "token"}
+    assert set(made) == {*MINTED, "token"}
 
     (row,) = rows(client, sa.select(tokens).where(tokens.c.id == made["id"]))
     assert row.hash == hashlib.sha256(token.encode()).hexdigest()
@@ -73,11 +74,15 @@ def test_plaintext_is_shown_once(client: TestClient, db_path: Path) -> None:
     first = client.post("/api/tokens", json=body, headers=headers)
     assert first.status_code == 201
     token = first.json()["token"]
-    # A replay of the same request returns the same token record, but never the plaintext again.
+    # A replay of the same request returns the same token record, but never the plaintext again:
+    # 200 (nothing was created now) with its own schema (tests/admin/test_token_lineage.py).
     again = client.post("/api/tokens", json=body, headers=headers)
-    assert again.status_code == 201 and again.headers["idempotent-replay"] == "true"
+    assert again.status_code == 200 and again.headers["idempotent-replay"] == "true"
     assert "token" not in again.json()
-    assert again.json() == {k: v for k, v in first.json().items() if k != "token"}
+    assert again.json() == {
+        **{k: v for k, v in first.json().items() if k != "token"},
+        "idempotent_replay": True,
+    }
     (stored,) = rows(client, sa.select(idempotency_keys.c.response))
     assert token not in stored.response
     # Listings carry neither the plaintext nor the hash.
@@ -86,16 +91,7 @@ def test_plaintext_is_shown_once(client: TestClient, db_path: Path) -> None:
     items = listing.json()["items"]
     assert len(items) == 2  # the bootstrap token and this one
     for item in items:
-        assert set(item) == {
-            "id",
-            "name",
-            "prefix",
-            "scopes",
-            "expires_at",
-            "created_at",
-            "last_used_at",
-            "revoked_at",
-        }
+        assert set(item) == {*MINTED, "last_used_at", "revoked_at"}
     assert token not in listing.text
     assert hashlib.sha256(token.encode()).hexdigest() not in listing.text
     assert token.encode() not in _db_bytes(db_path)
