@@ -299,9 +299,7 @@ class Lease:
         ]
 
     def __repr__(self) -> str:
-        return (
-            f"Lease({self.key!r}, owner={self.owner}, ttl_ms={self.ttl_ms}, {self.role.value})"
-        )
+        return f"Lease({self.key!r}, owner={self.owner}, ttl_ms={self.ttl_ms}, {self.role.value})"
 
 
 @dataclass(slots=True)

@@ -89,10 +89,8 @@ class Node:
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
         self.kill()
 
     def log_text(self) -> str:
