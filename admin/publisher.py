@@ -88,6 +88,7 @@ class Publisher:
         self.retry_seconds = retry_seconds
         self.reconcile_seconds = reconcile_seconds
         self._kick = asyncio.Event()
+        self._recheck = asyncio.Event()  # reconcile now (this instance just took the lease)
         self._local = False  # a commit on this instance since the last drain-loop pass
         self._tasks: list[asyncio.Task[None]] = []
         self._sub: Subscription | None = None
@@ -109,6 +110,7 @@ class Publisher:
     def _lease_changed(self, leading: bool) -> None:
         if leading:
             self._kick.set()  # rows other instances left for the previous holder
+            self._recheck.set()  # and the store's state, which nobody watched meanwhile
 
     def _poked(self, message: bytes | None) -> None:
         if message is not None:
@@ -176,7 +178,9 @@ class Publisher:
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("reconciling the route store failed: %s", self.last_error)
-            await asyncio.sleep(self.reconcile_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recheck.wait(), self.reconcile_seconds)
+            self._recheck.clear()
 
     async def reconcile(self) -> bool:
         """Republish everything when the store has no epoch, or what it lacks when it answers
