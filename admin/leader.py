@@ -189,6 +189,9 @@ class Lease:
             async with asyncio.timeout(max(budget, 0.001)):
                 answer = await self.runtime.try_lease(self.key, self.owner, self.ttl_ms)
         except (StoreError, TimeoutError) as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from exc  # a cancel the client turned into an error
             self.last_error = str(exc) or f"no answer within {budget:.2f}s"
             self.renew_failures += self.role is Role.LEADING
             self._check_fence()

@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl, unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 __all__ = [
@@ -299,6 +299,23 @@ class SentinelRedis(aioredis.Redis):
         return f"SentinelRedis({self.connection_pool!r})"
 
 
+class _Sentinel(Sentinel):
+    """redis-py's Sentinel manager, with a "no primary" error short enough for a log line
+    (redis-py's embeds the full ``repr`` of every Sentinel client it asked)."""
+
+    async def discover_master(self, service_name: str) -> Any:
+        try:
+            return await super().discover_master(service_name)
+        except MasterNotFoundError:
+            asked = ", ".join(
+                _hostport(str(kw.get("host")), int(kw.get("port", 0)))
+                for kw in (c.connection_pool.connection_kwargs for c in self.sentinels)
+            )
+            raise MasterNotFoundError(
+                f"no Sentinel at {asked} names a reachable primary for {service_name!r}"
+            ) from None
+
+
 def _tls_kwargs(u: RedisUrl) -> dict[str, Any]:
     if not u.tls:
         return {}
@@ -366,7 +383,7 @@ def connect(
         **tls,
     }
     assert u.service is not None  # parse_redis_url guarantees it for sentinel schemes
-    manager = Sentinel(list(u.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    manager = _Sentinel(list(u.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
     client: SentinelRedis = manager.master_for(
         u.service, redis_class=SentinelRedis, db=u.db, **common, **tls
     )

@@ -31,6 +31,11 @@ Callback = Callable[[bytes | None], None]
 _ERRORS = (RedisError, OSError, TimeoutError)
 
 
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class Subscription:
     """Follows ``channel`` until :meth:`close`. ``received`` counts messages, ``reconnects``
     the subscriptions after the first one."""
@@ -118,7 +123,11 @@ class RedisSubscription(Subscription):
                 if pubsub.connection is not None:
                     pubsub.connection.deregister_connect_callback(self._reconnected)
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    async with asyncio.timeout(1.0):
+                        await pubsub.aclose()
+            if _cancelling():
+                # The client turned our cancellation into a connection error: end anyway.
+                raise asyncio.CancelledError
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self.backoff_max)
 

@@ -121,11 +121,14 @@ async def _until(probe: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
-def _die(lease: Lease) -> None:
+async def _die(lease: Lease) -> None:
     """The holder's process dies: its heartbeat stops, nothing is released."""
-    assert lease._task is not None
-    lease._task.cancel()
-    lease._task = None
+    task, sub = lease._task, lease._sub
+    assert task is not None and sub is not None
+    task.cancel()
+    await sub.close()
+    lease._task = lease._sub = None
+    lease.role = Role.STOPPED
 
 
 async def test_heartbeat_keeps_the_lease_through_long_work(
@@ -158,14 +161,13 @@ async def test_a_dead_holder_is_replaced_within_its_ttl(runtimes: list[RedisRunt
     try:
         await asyncio.sleep(0.5)  # b has polled and been refused at least once
         assert not b.holding
-        _die(a)
+        await _die(a)
         # The key lives ttl after a's last renewal; b asks right when it runs out.
         took = await _until(lambda: b.holding, ttl + 1.5, "b takes over")
         assert took <= ttl + 0.5, f"handover took {took:.2f}s with a {ttl}s TTL"
         print(f"handover after the holder's death: {took:.3f}s (TTL {ttl}s)")
     finally:
         await b.release()
-        a.role = Role.STOPPED  # its "process" is gone; nothing to release
 
 
 async def test_a_released_lease_is_taken_at_once(runtimes: list[RedisRuntimeState]) -> None:

@@ -158,7 +158,11 @@ class SentinelCluster:
             'save ""',
             "appendonly yes",
             f"appendfsync {'always' if fsync_always else 'everysec'}",
-            "user default off",
+            # "off": nobody logs in as default. Its permissions stay: Redis 7.0 replays the
+            # append-only file as the default user, and with none every MULTI/EXEC in it (the
+            # effects of Turnout's scripts) fails with NOPERM — the restarted server comes back
+            # without them.
+            "user default off ~* &* +@all",
             f"user {USER} on >{self.password} ~* &* +@all",
             f"masteruser {USER}",
             f"masterauth {self.password}",
