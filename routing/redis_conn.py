@@ -31,6 +31,7 @@ write itself (:func:`scrub`).
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -300,12 +301,19 @@ class SentinelRedis(aioredis.Redis):
 
 
 class _Sentinel(Sentinel):
-    """redis-py's Sentinel manager, with a "no primary" error short enough for a log line
+    """redis-py's Sentinel manager with two repairs: discoveries run one at a time (redis-py
+    reorders its Sentinel list after awaiting, so concurrent ones can duplicate one Sentinel
+    and drop another for good), and the "no primary" error is short enough for a log line
     (redis-py's embeds the full ``repr`` of every Sentinel client it asked)."""
 
+    _discovering: asyncio.Lock | None = None
+
     async def discover_master(self, service_name: str) -> Any:
+        if self._discovering is None:
+            self._discovering = asyncio.Lock()
         try:
-            return await super().discover_master(service_name)
+            async with self._discovering:
+                return await super().discover_master(service_name)
         except MasterNotFoundError:
             asked = ", ".join(
                 _hostport(str(kw.get("host")), int(kw.get("port", 0)))

@@ -54,7 +54,7 @@ from tests.support.admin_proc import AdminProcess, ApiResponse
 from tests.support.chaos_client import Outcome, RetryingLoad
 from tests.support.gateway_proc import GatewayProcess
 from tests.support.pg import pg_database
-from tests.support.rawhttp import request
+from tests.support.rawhttp import ConnectionClosed, request
 from tests.support.sentinel import SentinelCluster
 from tests.support.upstream import UpstreamProcess, started_upstreams
 
@@ -69,6 +69,7 @@ Log = Callable[[str], None]
 class ChaosConfig:
     hosts_per_space: int = 4
     workers_per_space: int = 4  # keep-alive client connections per space
+    steady: float = 20.0  # seconds of load before the first event
     settle: float = 10.0  # seconds of load between events
     deploy_every: float = 3.0
     redis_outage: float = 20.0
@@ -83,7 +84,12 @@ class ChaosConfig:
 
 
 SHORT = ChaosConfig(
-    hosts_per_space=2, workers_per_space=2, settle=2.0, deploy_every=1.0, redis_outage=5.0
+    hosts_per_space=2,
+    workers_per_space=2,
+    steady=3.0,
+    settle=2.0,
+    deploy_every=1.0,
+    redis_outage=5.0,
 )
 
 
@@ -113,6 +119,12 @@ class Change:
     seen: dict[str, float] = field(default_factory=dict)  # gateway -> first served ``target``
     answered_wall: float = 0.0  # time.time() of the answer
     published_wall: float | None = None  # time.time() of its entry in the route log
+
+    @property
+    def at(self) -> float:
+        """When the change took effect (or last tried to): a change committed just before a
+        kill and published after it belongs to the kill's phase."""
+        return self.visible or self.answered or self.sent
 
     @property
     def publish_delay(self) -> float | None:
@@ -188,7 +200,7 @@ class ChaosReport:
         return [o for o in self.outcomes if o.retried]
 
     def delays(self, phase: Phase | None = None) -> list[float]:
-        changes = self.changes if phase is None else self.in_phase(phase, self.changes, "sent")
+        changes = self.changes if phase is None else self.in_phase(phase, self.changes, "at")
         return [c.delay for c in changes if c.delay is not None]
 
     @property
@@ -198,7 +210,7 @@ class ChaosReport:
     def markdown(self) -> str:
         c = self.config
         lines = [
-            "| phase | s | requests | failed | retried on the other gateway | changes | "
+            "| phase | s | requests | failed | retried on the other gateway | changes visible | "
             "publish delay median / max (ms) | notes |",
             "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
@@ -208,7 +220,7 @@ class ChaosReport:
             lines.append(
                 f"| {p.name} | {p.end - p.start:.1f} | {len(outs)} | "
                 f"{sum(not o.ok for o in outs)} | {sum(o.retried for o in outs)} | "
-                f"{len(self.in_phase(p, self.changes, 'sent'))} | {_ms(ds)} | "
+                f"{len(self.in_phase(p, self.changes, 'at'))} | {_ms(ds)} | "
                 f"{'; '.join(p.notes)} |"
             )
         every = self.delays()
@@ -230,7 +242,7 @@ class ChaosReport:
             f"publish delay median {_ms(every, 'median')} ms, p99 {_ms(every, 'p99')} ms, "
             f"longest {_ms(every, 'max')} ms; never visible: {len(self.unpublished)}; slowest: "
             + ", ".join(
-                f"{(c.delay or 0) * 1000:.0f} ms ({c.kind} on {c.admin}, {self.phase_at(c.sent)}"
+                f"{(c.delay or 0) * 1000:.0f} ms ({c.kind} on {c.admin}, {self.phase_at(c.at)}"
                 f"; in Redis after {_ms([c.publish_delay] if c.publish_delay is not None else [])}"
                 " ms)"
                 for c in slow
@@ -367,8 +379,8 @@ class World:
         """(upstream name, deployment id) ``gw`` serves for ``host`` now, or None."""
         try:
             resp = request(gw.port, "GET", "/echo", host, timeout=2)
-        except (OSError, ValueError, ConnectionError):
-            return None
+        except (OSError, ValueError, ConnectionClosed):
+            return None  # down, starting, or killed while answering
         label = self.label_of.get(host)
         if label is not None:
             with self._probe_lock:
@@ -699,7 +711,7 @@ def _run(world: World, config: ChaosConfig, log: Log) -> ChaosReport:
     killed_g1: float | None = None
     try:
         with _phase(phases, "steady state", log, t0):
-            time.sleep(config.settle)
+            time.sleep(config.steady)
 
         with _phase(phases, "Redis primary SIGKILLed", log, t0) as p:
             old = world.cluster.primary()
