@@ -99,6 +99,7 @@ class Phase:
     start: float
     end: float = 0.0
     notes: list[str] = field(default_factory=list)
+    event_at: float | None = None  # when the kill happened
 
 
 @dataclass
@@ -117,6 +118,7 @@ class Change:
     attempts: int = 0
     error: str = ""
     seen: dict[str, float] = field(default_factory=dict)  # gateway -> first served ``target``
+    tag: str = ""  # made right after this event (Churn.now)
     answered_wall: float = 0.0  # time.time() of the answer
     published_wall: float | None = None  # time.time() of its entry in the route log
 
@@ -217,11 +219,20 @@ class ChaosReport:
         for p in self.phases:
             outs = self.in_phase(p, self.outcomes, "at")
             ds = self.delays(p)
+            notes = list(p.notes)
+            for tagged in (x for x in self.changes if x.tag == p.name):
+                if tagged.answered is None or p.event_at is None:
+                    continue
+                shown = _ms([tagged.delay] if tagged.delay is not None else [], "max")
+                notes.append(
+                    f"a change committed {tagged.answered - p.event_at:.1f} s after the kill "
+                    f"was visible {shown} ms later"
+                )
             lines.append(
                 f"| {p.name} | {p.end - p.start:.1f} | {len(outs)} | "
                 f"{sum(not o.ok for o in outs)} | {sum(o.retried for o in outs)} | "
                 f"{len(self.in_phase(p, self.changes, 'at'))} | {_ms(ds)} | "
-                f"{'; '.join(p.notes)} |"
+                f"{'; '.join(notes)} |"
             )
         every = self.delays()
         slow = sorted(
@@ -232,8 +243,19 @@ class ChaosReport:
             f" (bound {u.lost_bound}), double {u.double}"
             for u in self.usage
         )
+        steady = self.phases[0] if self.phases else None
+        in_redis = [
+            c.publish_delay
+            for c in (self.in_phase(steady, self.changes, "at") if steady else [])
+            if c.publish_delay is not None
+        ]
         lines += [
             "",
+            f"- steady-state publish latency (admin's answer after its commit → every gateway "
+            f"serves the change): median {_ms(self.delays(steady), 'median')} ms, max "
+            f"{_ms(self.delays(steady), 'max')} ms; of which answer → record in Redis median "
+            f"{_ms(in_redis, 'median')} ms (about half the changes were committed on the admin that "
+            f"does not hold the lease: published after a poke)",
             f"- requests to known hosts: {len(self.outcomes)}, failed {len(self.failed)}, "
             f"retried on the other gateway {len(self.retried)} "
             f"({len(self.outcomes) / max(self.finished - self.started, 1e-9):.0f} req/s offered "
@@ -440,6 +462,8 @@ class Churn:
         self.numbers: dict[str, dict[str, int]] = {h: {"v1": 1} for h in hosts.values()}
         self.changes: list[Change] = []
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._tag = ""  # the event the next change is made right after (see now())
         self._thread = threading.Thread(target=self._run, name="chaos-churn", daemon=True)
         self._error: BaseException | None = None
 
@@ -447,8 +471,15 @@ class Churn:
         self._thread.start()
         return self
 
+    def now(self, tag: str) -> None:
+        """Make the next change at once (right after an event), tagged with the event: its
+        publish delay is the one *across* that event."""
+        self._tag = tag
+        self._wake.set()
+
     def stop(self, timeout: float = 120.0) -> list[Change]:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout)
         if self._error is not None:
             raise self._error
@@ -457,8 +488,16 @@ class Churn:
     def _run(self) -> None:
         try:
             k = 0
-            while not self._stop.wait(self.world.config.deploy_every if k else 0.0):
-                self.changes.append(self._one(k))
+            while not self._stop.is_set():
+                if k:
+                    self._wake.wait(self.world.config.deploy_every)
+                    self._wake.clear()
+                    if self._stop.is_set():
+                        break
+                tag, self._tag = self._tag, ""
+                change = self._one(k)
+                change.tag = tag
+                self.changes.append(change)
                 k += 1
         except BaseException as exc:
             self._error = exc
@@ -717,6 +756,8 @@ def _run(world: World, config: ChaosConfig, log: Log) -> ChaosReport:
             old = world.cluster.primary()
             killed = time.monotonic()
             world.cluster.kill(old)
+            p.event_at = killed
+            churn.now(p.name)
             new = world.cluster.wait_for_failover(old)
             report.failover_seconds = time.monotonic() - killed
             p.notes.append(f"failover {report.failover_seconds:.1f} s")
@@ -730,6 +771,8 @@ def _run(world: World, config: ChaosConfig, log: Log) -> ChaosReport:
             assert leader is not None
             killed = time.monotonic()
             leader.kill()
+            p.event_at = killed
+            churn.now(p.name)
             wait_for(lambda: world.leader() not in (None, leader), 30, "the other admin leads")
             report.handover_seconds = time.monotonic() - killed
             p.notes.append(f"{leader.name} killed, handover {report.handover_seconds:.2f} s")
@@ -737,7 +780,7 @@ def _run(world: World, config: ChaosConfig, log: Log) -> ChaosReport:
             leader.start()
 
         with _phase(phases, "gateway g1 SIGKILLed", log, t0) as p:
-            killed_g1 = time.monotonic()
+            killed_g1 = p.event_at = time.monotonic()
             world.gateways["g1"].kill()
             time.sleep(config.settle)
             world.gateways["g1"].start()
@@ -745,8 +788,10 @@ def _run(world: World, config: ChaosConfig, log: Log) -> ChaosReport:
             time.sleep(config.settle / 2)
 
         with _phase(phases, f"all of Redis down {config.redis_outage:g} s", log, t0) as p:
+            p.event_at = time.monotonic()
             for node in [*world.cluster.nodes, *world.cluster.sentinels]:
                 world.cluster.kill(node)
+            churn.now(p.name)
             time.sleep(config.redis_outage)
             for node in [*world.cluster.nodes, *world.cluster.sentinels]:
                 world.cluster.start_node(node)
