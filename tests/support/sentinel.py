@@ -104,6 +104,16 @@ class Node:
         return f"<Node {self.name} 127.0.0.1:{self.port} {state}>"
 
 
+def _client(node: Node, timeout: float, **kw: Any) -> redis.Redis:
+    return redis.Redis(
+        host="127.0.0.1",
+        port=node.port,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        **kw,
+    )
+
+
 class SentinelCluster:
     """A primary, ``replicas`` replicas and ``sentinels`` Sentinels (quorum 2) on loopback."""
 
@@ -218,25 +228,11 @@ class SentinelCluster:
 
     def client(self, node: Node, timeout: float = 2.0) -> redis.Redis:
         """A synchronous client for one data node (the caller closes it)."""
-        return redis.Redis(
-            host="127.0.0.1",
-            port=node.port,
-            db=self.db,
-            username=USER,
-            password=self.password,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
+        return _client(node, timeout, db=self.db, username=USER, password=self.password)
 
     def sentinel_client(self, node: Node, timeout: float = 1.0) -> redis.Redis:
-        return redis.Redis(
-            host="127.0.0.1",
-            port=node.port,
-            password=self.sentinel_password,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            decode_responses=True,
-        )
+        """A synchronous client for one Sentinel (answers decoded to str)."""
+        return _client(node, timeout, password=self.sentinel_password, decode_responses=True)
 
     def primary(self) -> Node:
         """The data node the Sentinels name as the primary now (any Sentinel that answers)."""
