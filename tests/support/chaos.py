@@ -594,9 +594,11 @@ def usage_check(
     never use ``g1``, so its bound holds only the harness's probes there. ``probes`` are those
     answered probes (visibility and convergence checks): tenant requests like any other.
 
-    Today ``counted`` is read from Redis (``{p}:usage:<space>:<yyyymm>`` ``wfp_requests``, see
-    :func:`redis_usage`). When metering (issue 10) folds those counters into SQL usage
-    rollups, pass the rollup's sum for the run instead; this comparison stays as it is.
+    Today ``counted`` is read from Redis (``{p}:usage:<space>:<yyyymm>``, see
+    :func:`redis_usage`). With metering (issue 10) folding those counters into SQL, pass the
+    sum of ``usage_rollups.units`` for meter ``wfp_requests`` of each space (after the usage
+    collector's next run on the leader) instead; this comparison stays as it is, and then
+    also covers the collector's exactly-once folding across the admin kill.
     """
     rows: list[UsageRow] = []
     window = 1.5 * flush_interval
@@ -613,13 +615,19 @@ def usage_check(
 
 
 def redis_usage(world: World, spaces: dict[str, str]) -> dict[str, int]:
-    """``wfp_requests`` per space label, summed over every month key."""
+    """``wfp_requests`` per space label, summed over every month key: the field itself
+    (``HINCRBY`` counters) or its per-writer fields ``wfp_requests:<writer>`` (cumulative
+    totals, one per gateway worker), whichever the gateways write."""
+    meter = USAGE_METER.encode()
     out: dict[str, int] = {}
     with world.redis() as c:
         for label, space in spaces.items():
             total = 0
             for key in c.scan_iter(match=f"{{{PREFIX}}}:usage:{space}:*"):
-                total += int(c.hget(key, USAGE_METER) or 0)
+                fields: Any = c.hgetall(key)
+                total += sum(
+                    int(v) for f, v in fields.items() if f == meter or f.startswith(meter + b":")
+                )
             out[label] = total
     return out
 
