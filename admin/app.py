@@ -28,6 +28,7 @@ from admin.leader import LeaderLoops, Lease
 from admin.migrate import upgrade
 from admin.publisher import Publisher
 from admin.settings import Settings
+from routing.redis_conn import scrub, url_secrets
 from routing.redis_store import RedisRouteStore
 from routing.runtime_state import RuntimeState, runtime_for
 from routing.store import MemoryRouteStore, RouteStore
@@ -151,6 +152,7 @@ def create_app(
     for path, methods in by_path.items():
         routes.append(Route(path, _dispatch(state, methods), methods=list(methods)))
     doc = openapi()
+    secrets = url_secrets(settings.redis_url) + _db_secrets(settings.db_url)
 
     async def openapi_json(_request: Request) -> Response:
         return Response(orjson.dumps(doc), media_type="application/json")
@@ -164,8 +166,11 @@ def create_app(
                 await conn.execute(sa.text("SELECT 1"))
             epoch = await state.store.get_epoch()
         except Exception as exc:
-            return JSONResponse({"status": "not_ready", "reason": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ready", "route_store_epoch": epoch})
+            # Driver messages are not ours: make sure no password from a URL rides along.
+            reason = scrub(str(exc), secrets)
+            return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
+        leader = state.loops.lease.holding
+        return JSONResponse({"status": "ready", "route_store_epoch": epoch, "leader": leader})
 
     async def metrics(_request: Request) -> Response:
         p = state.publisher
@@ -176,6 +181,11 @@ def create_app(
             f"turnout_admin_publish_failures_total {p.failures}",
             "# TYPE turnout_admin_resyncs_total counter",
             f"turnout_admin_resyncs_total {p.resyncs}",
+            "# TYPE turnout_admin_repaired_total counter",
+            f"turnout_admin_repaired_total {p.repairs}",
+            "# TYPE turnout_admin_publish_pokes_total counter",
+            f'turnout_admin_publish_pokes_total{{direction="sent"}} {p.pokes_sent}',
+            f'turnout_admin_publish_pokes_total{{direction="received"}} {p.pokes_received}',
             *state.loops.metrics(),
             *state.billing.metrics(),
         ]
@@ -202,6 +212,14 @@ def create_app(
     )
     app.state.admin = state
     return app
+
+
+def _db_secrets(db_url: str) -> list[str]:
+    try:
+        password = sa.engine.make_url(db_url).password
+    except Exception:
+        return []
+    return [str(password)] if password else []
 
 
 def _dispatch(state: AdminState, methods: dict[str, Endpoint]) -> Callable[[Request], Any]:

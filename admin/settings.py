@@ -6,12 +6,15 @@ import os
 from dataclasses import dataclass, field
 
 from admin.crypto import KeyRing
+from routing.redis_conn import RedisUrlError, parse_redis_url
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    db_url: str = "./.turnout/admin.db"
-    redis_url: str | None = None  # None: in-process route store (turnout dev)
+    # Both URLs may carry passwords: kept out of repr (log them with routing.redis_conn's
+    # redact_url / the CLI's _safe_url).
+    db_url: str = field(default="./.turnout/admin.db", repr=False)
+    redis_url: str | None = field(default=None, repr=False)  # None: in-process (turnout dev)
     redis_prefix: str = "turnout"
     keys: KeyRing | None = field(default=None, repr=False)
     base_domain: str = "turnout.localhost"  # TURNOUT_BASE_DOMAIN: hostnames granted on request
@@ -22,8 +25,8 @@ class Settings:
     publish_retry_seconds: float = 1.0
     reconcile_interval: float = 5.0
     usage_interval: float = 10.0  # TURNOUT_USAGE_INTERVAL: the usage collector's period
-    # TTL of the leader lease (admin/leader.py); 0: derived from reconcile_interval (>= 30 s).
-    lease_seconds: float = 0.0
+    # TTL of the leader lease (admin/leader.py): a dead leader is replaced within about this.
+    lease_seconds: float = 3.0
     max_body_bytes: int = 1024 * 1024
     migrate_on_start: bool = True
 
@@ -61,15 +64,18 @@ class Settings:
         if "keys" not in values:
             values["keys"] = KeyRing.parse(keys_spec) if keys_spec else None
         settings = cls(**values)  # type: ignore[arg-type]
+        if settings.redis_url is not None:
+            try:
+                parse_redis_url(settings.redis_url)
+            except RedisUrlError as exc:
+                raise SystemExit(f"turnout admin: TURNOUT_REDIS_URL / --redis: {exc}") from None
         return settings
 
     @property
     def lease_ms(self) -> int:
-        """The leader lease's TTL: ``lease_seconds``, or by default 3 reconcile intervals and
-        at least 30 s (every leader check renews it)."""
-        if self.lease_seconds > 0:
-            return int(self.lease_seconds * 1000)
-        return max(30_000, int(self.reconcile_interval * 3000))
+        """The leader lease's TTL in ms (``TURNOUT_LEASE_SECONDS``, default 3 s); a dedicated
+        heartbeat renews it every third of that (admin/leader.py)."""
+        return int(self.lease_seconds * 1000)
 
     def require_keys(self) -> KeyRing:
         if self.keys is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from routing.redis_conn import RedisUrlError, parse_redis_url
 from routing.upstreams import EjectionPolicy
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -22,7 +23,8 @@ class GatewayConfig:
     listen_port: int = 8080
     workers: int = 1
     server: str = "native"  # native | uvicorn | granian
-    redis_url: str | None = None  # None: in-process store (embedded mode)
+    # None: in-process store (embedded mode). May carry a password: not in repr.
+    redis_url: str | None = field(default=None, repr=False)
     redis_prefix: str = "turnout"
     snapshot_path: str | None = None
     internal_host: str = "127.0.0.1"
@@ -65,6 +67,11 @@ class GatewayConfig:
                 raise ValueError(f"{name} must be at least 1")
         if not self.response_header_timeout > 0:
             raise ValueError("response_header_timeout must be positive")
+        if self.redis_url is not None:
+            try:
+                parse_redis_url(self.redis_url)
+            except RedisUrlError as exc:
+                raise ValueError(f"--redis / TURNOUT_REDIS_URL: {exc}") from None
 
 
 def parse_networks(values: list[str] | tuple[str, ...]) -> tuple[Network, ...]:

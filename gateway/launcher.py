@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--redis",
         default=os.environ.get("TURNOUT_REDIS_URL"),
-        help="redis://host:port/db (default $TURNOUT_REDIS_URL)",
+        help="redis://[user:pw@]host:port/db, rediss://…, or "
+        "redis+sentinel://[user:pw@]host:port[,host:port…]/service[/db] "
+        "(default $TURNOUT_REDIS_URL)",
     )
     p.add_argument("--redis-prefix", default="turnout")
     p.add_argument("--snapshot", default=None, help="last-known-good route snapshot file")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 class Keys:
-    __slots__ = ("epoch", "log", "prefix", "routes", "tag", "versions")
+    __slots__ = ("epoch", "log", "origin", "prefix", "routes", "tag", "versions")
 
     def __init__(self, prefix: str = "turnout") -> None:
         if not prefix or any(c in prefix for c in "{}: \r\n"):
@@ -21,6 +21,9 @@ class Keys:
         # old version can never resurrect a deleted host (the routes hash forgets it).
         self.versions = f"{self.tag}:routes:versions"
         self.epoch = f"{self.tag}:epoch"
+        # run_id of the Redis server the current table was written on: a promoted replica or a
+        # server restored from disk has another one, so acknowledged writes may be missing.
+        self.origin = f"{self.tag}:routes:origin"
 
     def usage(self, space_id: str, yyyymm: str) -> str:
         return f"{self.tag}:usage:{space_id}:{yyyymm}"
@@ -33,6 +36,11 @@ class Keys:
 
     def pod(self, space_id: str, name: str) -> str:
         return f"{self.tag}:pods:{space_id}:{name}"
+
+    def notify(self, topic: str) -> str:
+        """Pub/sub channel ``topic`` (e.g. ``publish``: "the outbox has rows", ``lease:<name>``:
+        "the lease was released"). Channels carry wake-ups, never state."""
+        return f"{self.tag}:notify:{topic}"
 
     def __repr__(self) -> str:
         return f"Keys(prefix={self.prefix!r})"

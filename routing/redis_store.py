@@ -15,13 +15,22 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from routing.errors import StaleVersionError, StoreError
 from routing.hostnames import validate_hostname
 from routing.keys import Keys
 from routing.models import RouteRecord, encode_record
-from routing.store import DEFAULT_MAXLEN, ZERO_ID, LogEntry, RouteStore, SyncPoint, new_epoch
+from routing.redis_conn import connect, redact_url
+from routing.store import (
+    DEFAULT_MAXLEN,
+    ZERO_ID,
+    LogEntry,
+    RouteStore,
+    StoreIdentity,
+    SyncPoint,
+    new_epoch,
+)
 
 log = logging.getLogger("turnout.routing.redis_store")
 
@@ -60,19 +69,17 @@ class RedisRouteStore(RouteStore):
         self.maxlen = maxlen
         if isinstance(url_or_client, str):
             self._owned = True
-            self.redis: aioredis.Redis = aioredis.Redis.from_url(
-                url_or_client,
-                socket_connect_timeout=connect_timeout,
-                socket_timeout=socket_timeout,
-                decode_responses=False,
-                health_check_interval=0,
+            # redis://, rediss://, unix:// or redis+sentinel:// (routing/redis_conn.py).
+            self.redis: aioredis.Redis = connect(
+                url_or_client, connect_timeout=connect_timeout, socket_timeout=socket_timeout
             )
-            self.url = url_or_client
+            self.url = redact_url(url_or_client)  # for repr and logs: never the password
         else:
             self._owned = False
             self.redis = url_or_client
             self.url = "<client>"
         self._publish = self.redis.register_script(_PUBLISH_LUA)
+        self._info_refused = False  # the ACL user may not run INFO: no origin checks then
 
     async def _write(self, host: str, version: int, data: bytes) -> str:
         k = self.keys
@@ -97,6 +104,7 @@ class RedisRouteStore(RouteStore):
     async def replace_all(self, records: Iterable[RouteRecord], epoch: str | None = None) -> str:
         epoch = epoch or new_epoch()
         k = self.keys
+        server = await self._server_id()
         suffix = uuid.uuid4().hex
         tmp_routes, tmp_versions = f"{k.routes}:tmp:{suffix}", f"{k.versions}:tmp:{suffix}"
         count = 0
@@ -119,6 +127,8 @@ class RedisRouteStore(RouteStore):
                 else:
                     tx.delete(k.routes, k.versions)
                 tx.set(k.epoch, epoch)
+                if server is not None:
+                    tx.set(k.origin, server)
                 tx.xadd(k.log, {"epoch": epoch}, maxlen=self.maxlen, approximate=True)
                 await tx.execute()
         finally:
@@ -178,6 +188,41 @@ class RedisRouteStore(RouteStore):
 
     async def set_epoch(self, epoch: str) -> None:
         await self.redis.set(self.keys.epoch, epoch)
+
+    async def _server_id(self) -> str | None:
+        """The answering server's ``run_id`` (None when the ACL refuses ``INFO``)."""
+        if self._info_refused:
+            return None
+        try:
+            info: Any = await self.redis.info("server")
+        except NoPermissionError:
+            self._info_refused = True
+            log.warning("the Redis user may not run INFO: no check for writes lost in failovers")
+            return None
+        run_id = info.get("run_id")
+        return str(run_id) if run_id else None
+
+    async def identity(self) -> StoreIdentity:
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(k.epoch)
+            pipe.get(k.origin)
+            epoch, origin = await pipe.execute()
+        server = await self._server_id()
+        return StoreIdentity(
+            epoch.decode() if epoch is not None else None,
+            origin.decode() if origin is not None else None,
+            server,
+        )
+
+    async def set_origin(self, server: str) -> None:
+        await self.redis.set(self.keys.origin, server)
+
+    async def versions(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        async for host, version in self.redis.hscan_iter(self.keys.versions, count=1000):
+            out[host.decode()] = int(version)
+        return out
 
     async def close(self) -> None:
         if self._owned:

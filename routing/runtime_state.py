@@ -12,6 +12,12 @@ have one exception to handle.
 
 Leases are ``SET key owner NX PX ttl`` plus compare-and-renew / compare-and-delete scripts: a
 holder that stalls past its TTL loses the lease and cannot extend or release someone else's.
+:meth:`RuntimeState.try_lease` also says how long the current holder's lease has left, so a
+follower can retry right when it would expire instead of polling blindly.
+
+Notifications (:meth:`RuntimeState.notify`, :meth:`RuntimeState.subscribe`) are Redis pub/sub
+(or in-process callbacks): wake-ups such as "the outbox has rows" or "the lease is free", never
+state, so a lost message only costs the receiver's next poll (see :mod:`routing.subscription`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import abc
 import fnmatch
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -27,23 +34,33 @@ from redis.exceptions import RedisError
 
 from routing.errors import StoreError
 from routing.keys import Keys
+from routing.redis_conn import connect
 from routing.redis_store import RedisRouteStore
 from routing.store import RouteStore
+from routing.subscription import Callback, LocalSubscription, RedisSubscription, Subscription
 
-__all__ = ["MemoryRuntimeState", "RedisRuntimeState", "RuntimeState", "runtime_for"]
+__all__ = [
+    "LeaseAnswer",
+    "MemoryRuntimeState",
+    "RedisRuntimeState",
+    "RuntimeState",
+    "Subscription",
+    "runtime_for",
+]
 
-# KEYS: lease key.  ARGV: owner, ttl ms.  1 when the caller holds the lease afterwards.
+# KEYS: lease key.  ARGV: owner, ttl ms.  {1, ttl} when the caller holds the lease afterwards,
+# {0, ms left on the holder's lease} otherwise.
 _ACQUIRE_LUA = """
 local cur = redis.call('GET', KEYS[1])
 if not cur then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+  return {1, tonumber(ARGV[2])}
 end
 if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+  return {1, tonumber(ARGV[2])}
 end
-return 0
+return {0, redis.call('PTTL', KEYS[1])}
 """
 
 # KEYS: lease key.  ARGV: owner.  1 when the caller's lease was deleted.
@@ -72,6 +89,16 @@ def _ints(raw: dict[Any, Any]) -> dict[str, int]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseAnswer:
+    """What :meth:`RuntimeState.try_lease` found: ``held`` by the caller now, and the
+    milliseconds left on the lease (the caller's new TTL, or the other holder's remainder;
+    negative when the key has no expiry)."""
+
+    held: bool
+    remaining_ms: int
+
+
 class RuntimeState(abc.ABC):
     """Async interface shared by the Redis and in-process implementations."""
 
@@ -80,8 +107,12 @@ class RuntimeState(abc.ABC):
     # -- leases ---------------------------------------------------------------------------
 
     @abc.abstractmethod
+    async def try_lease(self, key: str, owner: str, ttl_ms: int) -> LeaseAnswer:
+        """Take ``key`` if free, or renew it if ``owner`` holds it (one atomic step)."""
+
     async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
         """Take ``key`` if free, or renew it if ``owner`` holds it; True when ``owner`` holds it."""
+        return (await self.try_lease(key, owner, ttl_ms)).held
 
     @abc.abstractmethod
     async def release_lease(self, key: str, owner: str) -> bool:
@@ -119,6 +150,18 @@ class RuntimeState(abc.ABC):
     async def hincrby(self, key: str, fields: dict[str, int], ttl_s: int | None = None) -> None:
         """``HINCRBY`` every field, then ``EXPIRE`` when ``ttl_s`` is set."""
 
+    # -- notifications ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def notify(self, channel: str, message: bytes = b"") -> int:
+        """Publish a wake-up on ``channel``; returns how many subscribers received it."""
+
+    @abc.abstractmethod
+    def subscribe(self, channel: str, callback: Callback) -> Subscription:
+        """Follow ``channel`` from now until the returned subscription is closed: ``callback``
+        gets each message's bytes, and None on every (re)subscription (messages may have been
+        missed). Must be called on the running event loop."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook; most states own nothing
         """Release what the state owns (a client it created)."""
 
@@ -137,11 +180,9 @@ class RedisRuntimeState(RuntimeState):
         self.keys = Keys(prefix)
         if isinstance(url_or_client, str):
             self._owned = True
-            self.redis: aioredis.Redis = aioredis.Redis.from_url(
-                url_or_client,
-                socket_connect_timeout=connect_timeout,
-                socket_timeout=socket_timeout,
-                decode_responses=False,
+            # redis://, rediss://, unix:// or redis+sentinel:// (routing/redis_conn.py).
+            self.redis: aioredis.Redis = connect(
+                url_or_client, connect_timeout=connect_timeout, socket_timeout=socket_timeout
             )
         else:
             self._owned = False
@@ -155,9 +196,9 @@ class RedisRuntimeState(RuntimeState):
         except _ERRORS as exc:
             raise StoreError(f"redis {what} failed: {exc}") from exc
 
-    async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
+    async def try_lease(self, key: str, owner: str, ttl_ms: int) -> LeaseAnswer:
         res = await self._run("lease", self._acquire(keys=[key], args=[owner, int(ttl_ms)]))
-        return bool(int(res))
+        return LeaseAnswer(bool(int(res[0])), int(res[1]))
 
     async def release_lease(self, key: str, owner: str) -> bool:
         res = await self._run("lease release", self._release(keys=[key], args=[owner]))
@@ -211,6 +252,12 @@ class RedisRuntimeState(RuntimeState):
 
         await self._run("hincrby", write())
 
+    async def notify(self, channel: str, message: bytes = b"") -> int:
+        return int(await self._run("publish", self.redis.publish(channel, message)))
+
+    def subscribe(self, channel: str, callback: Callback) -> Subscription:
+        return RedisSubscription(self.redis, channel, callback)
+
     async def close(self) -> None:
         if self._owned:
             await self.redis.aclose()
@@ -229,6 +276,7 @@ class MemoryRuntimeState(RuntimeState):
         self.strings: dict[str, bytes] = {}
         self.hashes: dict[str, dict[str, int]] = {}
         self.expires: dict[str, float] = {}  # key -> absolute expiry (epoch seconds)
+        self.subscribers: dict[str, list[LocalSubscription]] = {}
 
     def expire_due(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
@@ -237,14 +285,15 @@ class MemoryRuntimeState(RuntimeState):
             self.strings.pop(key, None)
             self.hashes.pop(key, None)
 
-    async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
+    async def try_lease(self, key: str, owner: str, ttl_ms: int) -> LeaseAnswer:
         self.expire_due()
         current = self.strings.get(key)
         if current is not None and current != owner.encode():
-            return False
+            at = self.expires.get(key)
+            return LeaseAnswer(False, -1 if at is None else int((at - self.clock()) * 1000))
         self.strings[key] = owner.encode()
         self.expires[key] = self.clock() + ttl_ms / 1000
-        return True
+        return LeaseAnswer(True, int(ttl_ms))
 
     async def release_lease(self, key: str, owner: str) -> bool:
         self.expire_due()
@@ -306,6 +355,15 @@ class MemoryRuntimeState(RuntimeState):
         self.hashes.setdefault(key, {}).update(fields)
         if ttl_s is not None:
             self.expires[key] = now + ttl_s
+
+    async def notify(self, channel: str, message: bytes = b"") -> int:
+        subs = list(self.subscribers.get(channel, ()))
+        for sub in subs:
+            sub.publish(bytes(message))
+        return len(subs)
+
+    def subscribe(self, channel: str, callback: Callback) -> Subscription:
+        return LocalSubscription(self.subscribers, channel, callback)
 
     def __repr__(self) -> str:
         return f"MemoryRuntimeState(strings={len(self.strings)}, hashes={len(self.hashes)})"

@@ -48,6 +48,25 @@ class LogEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreIdentity:
+    """Which server the store's data lives on, and which one it was written on.
+
+    ``server`` is the answering server's identity (Redis ``run_id``; None when the store cannot
+    tell, e.g. an ACL user without ``INFO``), ``origin`` the one recorded by the last full
+    publish or repair. They differ after a Sentinel failover (the promoted replica may lack
+    writes the old primary acknowledged) and after a restart from disk (writes since the last
+    fsync): the admin then compares versions and republishes what is missing."""
+
+    epoch: str | None
+    origin: str | None
+    server: str | None
+
+    @property
+    def moved(self) -> bool:
+        return self.server is not None and self.origin != self.server
+
+
+@dataclass(frozen=True, slots=True)
 class SyncPoint:
     """Where the store stands: its epoch, and the first and last ids of its change log."""
 
@@ -95,6 +114,18 @@ class RouteStore(abc.ABC):
     async def set_epoch(self, epoch: str) -> None: ...
 
     @abc.abstractmethod
+    async def identity(self) -> StoreIdentity:
+        """Epoch, recorded origin and current server in one round trip (see StoreIdentity)."""
+
+    @abc.abstractmethod
+    async def set_origin(self, server: str) -> None:
+        """Record ``server`` as the one the stored data is known to be complete on."""
+
+    @abc.abstractmethod
+    async def versions(self) -> dict[str, int]:
+        """Every host's latest stored version, deletes included."""
+
+    @abc.abstractmethod
     async def close(self) -> None: ...
 
 
@@ -108,6 +139,8 @@ class MemoryRouteStore(RouteStore):
         self._log: list[LogEntry] = []
         self._seq = 0
         self._epoch: str | None = None
+        self._server = secrets.token_hex(8)  # what a Redis run_id is to the Redis store
+        self._origin: str | None = None
         self._changed = asyncio.Event()
 
     def _next_id(self) -> str:
@@ -151,6 +184,7 @@ class MemoryRouteStore(RouteStore):
         self._routes = {r.host: encode_record(r) for r in items}
         self._versions = {r.host: r.version for r in items}
         self._epoch = epoch
+        self._origin = self._server
         self._append(LogEntry(self._next_id(), None, 0, None, epoch))
         return epoch
 
@@ -198,12 +232,40 @@ class MemoryRouteStore(RouteStore):
     async def set_epoch(self, epoch: str) -> None:
         self._epoch = epoch
 
+    async def identity(self) -> StoreIdentity:
+        return StoreIdentity(self._epoch, self._origin, self._server)
+
+    async def set_origin(self, server: str) -> None:
+        self._origin = server
+
+    async def versions(self) -> dict[str, int]:
+        return dict(self._versions)
+
     def forget_everything(self) -> None:
         """Test hook: behave like a Redis that restarted empty."""
         self._routes.clear()
         self._versions.clear()
         self._log.clear()
         self._epoch = None
+        self._origin = None
+
+    def checkpoint(self) -> tuple[dict[str, bytes], dict[str, int], list[LogEntry], str | None]:
+        """Test hook: a copy of the data, as a replica that stops receiving writes holds it."""
+        return dict(self._routes), dict(self._versions), list(self._log), self._epoch
+
+    def fail_over_to(
+        self, replica: tuple[dict[str, bytes], dict[str, int], list[LogEntry], str | None]
+    ) -> None:
+        """Test hook: behave like Sentinel promoting that replica (a :meth:`checkpoint`):
+        writes after it are gone, and the store answers from another server."""
+        routes, versions, log, epoch = replica
+        self._routes, self._versions, self._log, self._epoch = (
+            dict(routes),
+            dict(versions),
+            list(log),
+            epoch,
+        )
+        self._server = secrets.token_hex(8)
 
     async def close(self) -> None:
         return None

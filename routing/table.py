@@ -18,7 +18,8 @@ On every (re)connect the table compares the store's :class:`SyncPoint` with what
 
 While tailing, an epoch marker in the log, or the once-a-second check of the sync point,
 triggers the same decision. Connection errors reconnect with capped exponential backoff and
-jitter. Records apply only when their version is newer than the one held. A snapshot of the
+jitter; through a ``redis+sentinel://`` URL every reconnect asks the Sentinels for the current
+primary, so a failover needs no restart. Records apply only when their version is newer than the one held. A snapshot of the
 table is written (atomically, off the event loop) at most once per ``snapshot_interval`` when
 something changed, and less often for very large tables (at least 20× the last write's cost).
 
@@ -65,7 +66,10 @@ class RouteTable:
         block_ms: int = 1000,
         check_interval: float = 1.0,
         backoff_initial: float = 0.05,
-        backoff_max: float = 5.0,
+        # Capped at 1 s: after a Sentinel failover the new primary is there within seconds,
+        # and a refused reconnect costs next to nothing; a 5 s cap added up to 5 s of stale
+        # routes per failover (benchmarks/chaos.py).
+        backoff_max: float = 1.0,
         batch: int = 1000,
         clock: Callable[[], float] = time.monotonic,
         freeze_gc: bool = False,

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import secrets
+import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -27,10 +26,10 @@ from admin.bootstrap import bootstrap as bootstrap_engine
 from admin.crypto import KeyRing
 from admin.settings import Settings
 from routing.store import MemoryRouteStore
+from tests.support.pg import PG_ERRORS, pg_database
 
 T = TypeVar("T")
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TEST_KEYS = "*k1:" + base64.b64encode(bytes(range(32))).decode()
 
 
@@ -203,14 +202,6 @@ def assert_error(resp: Any, status: int, code: str | None = None) -> dict[str, A
 # ------------------------------------------------------------------------------ PostgreSQL
 
 
-async def _pg_admin(statement: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each SQL backend in turn: a SQLite file, then a throwaway PostgreSQL database."""
@@ -223,16 +214,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A throwaway database on the machine's PostgreSQL (127.0.0.1:5432, user postgres)."""
-    name = f"turnout_test_{secrets.token_hex(6)}"
+    stack = contextlib.ExitStack()
     try:
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        url = stack.enter_context(pg_database())
+    except PG_ERRORS as exc:
         pytest.fail(
             f"PostgreSQL is not reachable at 127.0.0.1:5432 as user postgres "
             f"(needed by the postgres-marked tests): {type(exc).__name__}: {exc}",
             pytrace=False,
         )
-    try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with stack:  # drops the database
+        yield url

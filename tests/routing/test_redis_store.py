@@ -355,8 +355,10 @@ async def test_redis_layout_matches_the_spec(redis_store: RedisRouteStore) -> No
         "{turnout}:epoch",
         "{turnout}:routes",
         "{turnout}:routes:log",
+        "{turnout}:routes:origin",  # run_id of the server the full publish went to
         "{turnout}:routes:versions",
     ]
+    assert await raw.get("{turnout}:routes:origin") == (await raw.info("server"))["run_id"].encode()
     assert await raw.hgetall("{turnout}:routes") == {
         b"b.example.com": encode_record(make_record("b.example.com", 3))
     }

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -17,6 +18,7 @@ from routing.runtime_state import (
 )
 from routing.store import MemoryRouteStore
 from tests.support.net import free_port
+from tests.support.redis_server import RedisServer
 
 
 class Clock:
@@ -53,6 +55,78 @@ async def test_lease_is_exclusive_renewable_and_released_only_by_its_owner(
     assert await state.release_lease(key, "a")
     assert await state.lease_holder(key) is None
     assert await state.acquire_lease(key, "b", 10_000)
+
+
+async def test_try_lease_tells_followers_when_the_holders_lease_runs_out(
+    state: RuntimeState,
+) -> None:
+    key = state.keys.leader("publisher")
+    first = await state.try_lease(key, "a", 5_000)
+    assert first.held and first.remaining_ms == 5_000
+    other = await state.try_lease(key, "b", 5_000)
+    assert not other.held and 4_000 < other.remaining_ms <= 5_000
+    await state.set(key, b"c")  # held without an expiry (not by Turnout): negative
+    assert (await state.try_lease(key, "b", 5_000)).remaining_ms < 0
+
+
+async def test_notifications_reach_every_subscriber(state: RuntimeState) -> None:
+    channel = state.keys.notify("publish")
+    got_a: list[bytes | None] = []
+    got_b: list[bytes | None] = []
+    sub_a = state.subscribe(channel, got_a.append)
+    sub_b = state.subscribe(channel, got_b.append)
+    got_other: list[bytes | None] = []
+    other = state.subscribe(state.keys.notify("other"), got_other.append)
+    try:
+        for sub in (sub_a, sub_b, other):
+            await sub.wait_subscribed()
+        await asyncio.sleep(0)  # the in-process "subscribed" callbacks
+        assert await state.notify(channel, b"one") == 2
+        assert await state.notify(channel) == 2
+        await _until(lambda: len(got_a) >= 3 and len(got_b) >= 3)
+        # None first: "(re)subscribed, you may have missed messages".
+        assert got_a == [None, b"one", b""] and got_b == [None, b"one", b""]
+        assert got_other == [None]
+        assert sub_a.received == 2
+    finally:
+        for sub in (sub_a, sub_b, other):
+            await sub.close()
+    assert await state.notify(channel, b"late") == 0
+
+
+async def _until(probe: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not probe():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_subscription_survives_a_redis_restart(own_redis: RedisServer) -> None:
+    st = RedisRuntimeState(own_redis.url, prefix="rt", connect_timeout=0.3)
+    got: list[bytes | None] = []
+    sub = st.subscribe(st.keys.notify("publish"), got.append)
+    try:
+        await sub.wait_subscribed()
+        own_redis.shutdown_nosave()
+        await _until(lambda: not sub.connected)
+        assert await _notify_fails(st)
+        own_redis.start()
+        await sub.wait_subscribed(10)
+        assert got.count(None) >= 2  # told again after resubscribing: look for yourself
+        assert await st.notify(st.keys.notify("publish"), b"after") == 1
+        await _until(lambda: got[-1] == b"after")
+        assert sub.reconnects >= 1 and "subscribed" in repr(sub)
+    finally:
+        await sub.close()
+        await st.close()
+
+
+async def _notify_fails(st: RuntimeState) -> bool:
+    try:
+        await st.notify(st.keys.notify("publish"))
+    except StoreError:
+        return True
+    return False
 
 
 async def test_strings_set_get_delete_scan(state: RuntimeState) -> None:

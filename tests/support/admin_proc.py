@@ -84,7 +84,7 @@ class AdminProcess:
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: Path | str,
         redis_url: str,
         workdir: Path,
         *,
@@ -96,7 +96,9 @@ class AdminProcess:
         boot: Bootstrap | None = None,
         request_quota: int | None = 10**9,
     ) -> None:
-        self.db_path = Path(db_path)
+        # A SQLite file, or a database URL (postgresql+asyncpg://…: several admins share it).
+        self.db_url = str(db_path) if "://" in str(db_path) else None
+        self.db_path = Path(db_path) if self.db_url is None else Path("postgresql")
         self.redis_url = redis_url
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -119,6 +121,11 @@ class AdminProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def db_arg(self) -> str:
+        """What ``--db`` gets: the SQLite file or the database URL."""
+        return self.db_url or str(self.db_path)
 
     @property
     def token(self) -> str:
@@ -175,7 +182,7 @@ class AdminProcess:
 
     def init(self) -> Bootstrap:
         """``turnout admin init --db <file> --json``: migrate, bootstrap, a new ``*`` token."""
-        done = self.cli("init", "--db", str(self.db_path), "--json")
+        done = self.cli("init", "--db", self.db_arg, "--json")
         if done.returncode != 0:
             raise AdminStartError(
                 f"turnout admin init exited with {done.returncode}:\n{done.stderr[-4000:]}"
@@ -226,7 +233,7 @@ class AdminProcess:
 
     def resync_cli(self) -> dict[str, Any]:
         """``turnout admin resync --db <file> --redis <url>``; returns its JSON report."""
-        done = self.cli("resync", "--db", str(self.db_path), "--redis", self.redis_url)
+        done = self.cli("resync", "--db", self.db_arg, "--redis", self.redis_url)
         if done.returncode != 0:
             raise AssertionError(
                 f"turnout admin resync exited with {done.returncode}:\n{done.stderr[-4000:]}"
@@ -246,7 +253,7 @@ class AdminProcess:
             "--listen",
             f"127.0.0.1:{self.port}",
             "--db",
-            str(self.db_path),
+            self.db_arg,
             "--redis",
             self.redis_url,
         ]
@@ -369,6 +376,7 @@ class AdminProcess:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Rows of ``sql`` from the admin's SQLite file, opened read-only."""
+        assert self.db_url is None, "query() reads SQLite files; use the database URL directly"
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10.0)
         try:
             conn.row_factory = sqlite3.Row
