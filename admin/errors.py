@@ -15,6 +15,7 @@ class ApiError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+        self.headers: dict[str, str] = {}  # extra response headers (Retry-After, Allow)
         if code is not None:
             self.code = code
 
@@ -65,6 +66,17 @@ class Unprocessable(ApiError):
         self, message: str, fields: list[dict[str, str]] | None = None, *, code: str | None = None
     ) -> None:
         super().__init__(message, details={"fields": fields or []}, code=code)
+
+
+class TooManyRequests(ApiError):
+    """429 with ``Retry-After`` (seconds)."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.headers["retry-after"] = str(retry_after)
 
 
 class PaymentRequired(ApiError):

@@ -21,6 +21,9 @@ class Settings:
     reconcile_interval: float = 5.0
     max_body_bytes: int = 1024 * 1024
     migrate_on_start: bool = True
+    parse_threads: int = 2  # TURNOUT_PARSE_THREADS: threads parsing manifests, off the loop
+    parses_per_principal: int = 2  # TURNOUT_PARSES_PER_PRINCIPAL: more in flight → 429
+    audit_failures_per_minute: int = 60  # TURNOUT_AUDIT_FAILURES_PER_MINUTE, per principal
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -47,6 +50,18 @@ class Settings:
                 if not 0.05 <= seconds <= 3600:
                     raise SystemExit(f"turnout admin: {var} must be within 0.05..3600 seconds")
                 values[key] = seconds
+        for var, key in (
+            ("TURNOUT_PARSE_THREADS", "parse_threads"),
+            ("TURNOUT_PARSES_PER_PRINCIPAL", "parses_per_principal"),
+            ("TURNOUT_AUDIT_FAILURES_PER_MINUTE", "audit_failures_per_minute"),
+        ):
+            raw = env.get(var)
+            if raw:
+                if not (
+                    len(raw) <= 5 and raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 10_000
+                ):
+                    raise SystemExit(f"turnout admin: {var} must be an integer 1..10000")
+                values[key] = int(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "keys" not in values:
             values["keys"] = KeyRing.parse(keys_spec) if keys_spec else None

@@ -61,7 +61,7 @@ class DeploymentOut(Strict):
 
 
 class RollbackIn(Strict):
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)  # an INTEGER column
 
 
 class SnapshotOut(Strict):
@@ -103,25 +103,32 @@ async def _service_by_name(ctx: Ctx, name: str) -> Any:
     ).first()
 
 
+def _parse_manifest_body(raw: bytes) -> Manifest:
+    """The request body as a manifest (run by the framework on a parse thread, before the
+    transaction): 422 ``invalid_manifest`` listing every problem."""
+    if not raw.strip():
+        raise Unprocessable(
+            "a manifest body is required", [{"path": "body", "message": "required"}]
+        )
+    try:
+        return parse_manifest(raw)
+    except ManifestError as exc:
+        raise Unprocessable(str(exc), exc.as_details(), code="invalid_manifest") from None
+
+
 @endpoint(
     "POST",
     "/api/spaces/{space}/app-deployments",
     scope="deployments:write",
     role="editor",
     raw_body=True,
+    parse=_parse_manifest_body,
     response=AppDeploymentOut,
     status=201,
     summary="Deploy an app from a manifest (YAML or JSON): strategies direct and canary",
 )
 async def create_app_deployment(ctx: Ctx) -> dict[str, Any]:
-    if not ctx.raw.strip():
-        raise Unprocessable(
-            "a manifest body is required", [{"path": "body", "message": "required"}]
-        )
-    try:
-        manifest = parse_manifest(ctx.raw)
-    except ManifestError as exc:
-        raise Unprocessable(str(exc), exc.as_details(), code="invalid_manifest") from None
+    manifest: Manifest = ctx.body
     strategy = manifest.rollout.strategy
     if strategy == "staged":
         raise Unprocessable(

@@ -517,7 +517,7 @@ def test_depth_limit_yaml(depth: int) -> None:
     assert "nested deeper than 32" in issues[0].message
 
 
-@pytest.mark.parametrize("depth", [33, 5000])
+@pytest.mark.parametrize("depth", [33, 2000])  # 5000 brackets are over the value budget
 def test_depth_limit_json(depth: int) -> None:
     text = '{"spec": ' + "[" * depth + "]" * depth + "}"
     assert text_issues(text) == [Issue("$", "nested deeper than 32")]
@@ -583,11 +583,9 @@ def test_python_object_tag_is_a_parse_error() -> None:
 
 def test_duplicate_keys_rejected() -> None:
     text = FULL_YAML.replace('        PORT: "8080"\n', '        PORT: "8080"\n        PORT: "9"\n')
-    issues = text_issues(text)
-    assert issues[0].path == "$"
-    assert "duplicate key 'PORT'" in issues[0].message
+    assert text_issues(text) == [Issue(f"{SVC}.env.PORT", "duplicate key")]
     json_text = '{"kind": "App", "kind": "App"}'
-    assert "duplicate key 'kind'" in text_issues(json_text)[0].message
+    assert text_issues(json_text) == [Issue("kind", "duplicate key")]
 
 
 def test_invalid_yaml_reports_line() -> None:
