@@ -89,7 +89,7 @@ def build_state(
         ),
         last_used=LastUsed(engine),
         resolver=resolver or make_resolver(settings.dns_fixture),
-        parsers=BodyParsers(settings.parse_threads, settings.parses_per_principal),
+        parsers=BodyParsers(settings.parse_workers, settings.parses_per_principal),
         audit_failures=WindowLimit(settings.audit_failures_per_minute),
     )
 
@@ -119,7 +119,7 @@ def create_app(
         finally:
             await state.publisher.stop()
             await state.last_used.stop()
-            state.parsers.close()
+            await state.parsers.aclose()
             await state.engine.dispose()
             await state.store.close()
 

@@ -19,11 +19,23 @@ class ApiError(Exception):
         if code is not None:
             self.code = code
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable whatever a subclass's __init__ takes: an error raised in a body-parsing
+        # worker process (admin.limits) reaches the request as it was raised.
+        return (_rebuild, (type(self), self.__dict__))
+
     def body(self) -> dict[str, Any]:
         err: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details is not None:
             err["details"] = self.details
         return {"error": err}
+
+
+def _rebuild(cls: type[ApiError], state: dict[str, Any]) -> ApiError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, state.get("message", ""))
+    err.__dict__.update(state)
+    return err
 
 
 class InvalidToken(ApiError):

@@ -329,6 +329,8 @@ def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], A
             state.last_used.mark(principal.token_id)
             if not principal.has_scope(ep.scope):
                 raise Forbidden(f"the token lacks the {ep.scope} scope")
+            if ep.parse is not None:
+                state.parsers.check(principal.id)  # 429 before reading the body or any SQL
             params = {k: client_text(str(v), f"path.{k}") for k, v in request.path_params.items()}
             raw = await _read_body(request, state.settings.max_body_bytes)
             space_id = params.get("space")

@@ -15,6 +15,8 @@ for type and length here, and no message quotes them.
 
 from __future__ import annotations
 
+import copyreg
+import dataclasses
 import datetime
 import math
 import re
@@ -24,6 +26,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, ParamSpec, TypeVar
 
 from admin.crypto import Secret
+from admin.errors import Unprocessable
 from admin.manifest_hints import takos_hints
 from admin.manifest_load import (
     MAX_ALIASES,
@@ -48,10 +51,21 @@ __all__ = [
     "Issue",
     "Manifest",
     "ManifestError",
+    "ManifestParcel",
     "load_document",
+    "manifest_body",
     "manifest_from_obj",
     "parse_manifest",
 ]
+
+
+# A Manifest travels from the parsing worker process to the admin by pickle
+# (admin.limits.BodyParsers, in a ManifestParcel); its read-only maps go as plain copies.
+def _read_only(items: dict[Any, Any]) -> MappingProxyType[Any, Any]:
+    return MappingProxyType(items)
+
+
+copyreg.pickle(MappingProxyType, lambda m: (_read_only, (dict(m),)))
 
 API_VERSIONS: Final = ("takos.dev/v1alpha1", "turnout/v1")
 KIND: Final = "App"
@@ -174,6 +188,55 @@ class _Issues:
 def parse_manifest(text: str | bytes) -> Manifest:
     """Parse and validate a manifest (YAML or JSON); raise :class:`ManifestError` with issues."""
     return manifest_from_obj(load_document(text))
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestParcel:
+    """A validated manifest on its way out of a parsing worker process.
+
+    :class:`Secret` refuses to be pickled, so the secrets travel beside a skeleton whose
+    services have none, and :meth:`open` wraps them again. (The request body holding them went
+    to the worker the same way: the plaintext only ever moves between the admin's processes.)"""
+
+    skeleton: Manifest
+    secrets: Mapping[str, Mapping[str, str]] = field(repr=False)
+
+    @classmethod
+    def pack(cls, manifest: Manifest) -> ManifestParcel:
+        empty: Mapping[str, Secret[str]] = MappingProxyType({})
+        services = {n: dataclasses.replace(s, secrets=empty) for n, s in manifest.services.items()}
+        return cls(
+            skeleton=dataclasses.replace(manifest, services=MappingProxyType(services)),
+            secrets={
+                n: {k: v.reveal() for k, v in s.secrets.items()}
+                for n, s in manifest.services.items()
+            },
+        )
+
+    def open(self) -> Manifest:
+        services = {
+            name: dataclasses.replace(
+                svc,
+                secrets=MappingProxyType(
+                    {k: Secret(v) for k, v in self.secrets.get(name, {}).items()}
+                ),
+            )
+            for name, svc in self.skeleton.services.items()
+        }
+        return dataclasses.replace(self.skeleton, services=MappingProxyType(services))
+
+
+def manifest_body(raw: bytes) -> ManifestParcel:
+    """An app deployment's request body as a manifest, or 422 ``invalid_manifest`` listing
+    every problem (run by the framework in a parsing worker, before any transaction)."""
+    if not raw.strip():
+        raise Unprocessable(
+            "a manifest body is required", [{"path": "body", "message": "required"}]
+        )
+    try:
+        return ManifestParcel.pack(parse_manifest(raw))
+    except ManifestError as exc:
+        raise Unprocessable(str(exc), exc.as_details(), code="invalid_manifest") from None
 
 
 def manifest_from_obj(doc: Any) -> Manifest:

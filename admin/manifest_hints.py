@@ -135,10 +135,10 @@ def _route_hints(routes: Any, path: str, services: Any) -> list[Hint]:
         rpath = f"{path}[{i}]"
         target = _name(route.get("target"))
         if "target" in route:
-            fix = f"write service: {target}" if target else "name the service with service:"
+            fix = f"write service: {target} instead" if target else "use service: <name>"
             hints.append(
                 Hint(
-                    Issue(f"{rpath}.target", f"routes name their service with service:; {fix}"),
+                    Issue(f"{rpath}.target", f"Turnout routes name their service: {fix}"),
                     (f"{rpath}.service",),
                 )
             )

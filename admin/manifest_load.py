@@ -207,6 +207,10 @@ def _load_json(text: str, duplicates: dict[int, list[Hashable]]) -> Any:
 # --------------------------------------------------------------------------------- YAML
 
 
+class _BudgetError(ComposerError):
+    """A budget ran out (values, aliases, depth): about the document, not one field."""
+
+
 class _Bounded(Composer, SafeConstructor, Resolver):
     """The Python composer with budgets, and a constructor that fails only with positions.
 
@@ -227,25 +231,33 @@ class _Bounded(Composer, SafeConstructor, Resolver):
         self._nodes = 0
         self.duplicates = duplicates
 
-    def _refuse(self, problem: str) -> ComposerError:
-        return ComposerError(None, None, problem, self.peek_event().start_mark)
+    def _refuse(self, problem: str) -> _BudgetError:
+        return _BudgetError(None, None, problem, self.peek_event().start_mark)
 
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        if self.check_event(AliasEvent):
-            self._aliases += 1
-            if self._aliases > MAX_ALIASES:
-                raise self._refuse(f"more than {MAX_ALIASES} aliases")
-            return super().compose_node(parent, index)
-        self._nodes += 1
-        if self._nodes > MAX_VALUES:
-            raise self._refuse(f"more than {MAX_VALUES} values")
-        self._depth += 1
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         try:
-            if self._depth > MAX_DEPTH:
-                raise self._refuse(f"nested deeper than {MAX_DEPTH}")
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+            if self.check_event(AliasEvent):
+                self._aliases += 1
+                if self._aliases > MAX_ALIASES:
+                    raise self._refuse(f"more than {MAX_ALIASES} aliases")
+                return super().compose_node(parent, index)
+            self._nodes += 1
+            if self._nodes > MAX_VALUES:
+                raise self._refuse(f"more than {MAX_VALUES} values")
+            self._depth += 1
+            try:
+                if self._depth > MAX_DEPTH:
+                    raise self._refuse(f"nested deeper than {MAX_DEPTH}")
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+        except yaml.MarkedYAMLError as exc:
+            # On its way out the error collects where it happened: the composer's stack is
+            # the field path (a key node per mapping level, an index per sequence level).
+            if not isinstance(exc, _BudgetError):
+                trail: list[Any] = exc.__dict__.setdefault("trail", [])
+                trail.append(index)
+            raise
 
     def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
         # Only numbers could match a long plain scalar; skip the regexes (and the int()).
@@ -350,15 +362,22 @@ def _load_yaml(text: str, duplicates: dict[int, list[Hashable]], libyaml: bool) 
     if libyaml and not LIBYAML:
         raise RuntimeError("PyYAML was built without libyaml")
     parser = _LOADERS[libyaml](text, duplicates)
+    root: Node | None = None
     try:
-        return parser.get_single_data()
+        root = parser.get_single_node()
+        return None if root is None else parser.construct_document(root)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = _problem(exc.problem or exc.context or "") or "syntax error"
         if "maximum nesting depth" in problem:  # libyaml's own limit (1000) hit while scanning
             raise _fail(f"nested deeper than {MAX_DEPTH}{where}") from None
-        raise _fail(f"invalid YAML: {problem}{where}") from None
+        path = "$"
+        if "trail" in exc.__dict__:  # while composing: the stack it unwound
+            path = join_path([_segment(i) for i in reversed(exc.__dict__["trail"])])
+        elif root is not None and mark is not None:  # while constructing: the node it names
+            path = _node_path(root, mark)
+        raise ManifestError([Issue(path, f"invalid YAML: {problem}{where}")]) from None
     except RecursionError:
         raise _fail(f"nested deeper than {MAX_DEPTH}") from None
     except ManifestError:
@@ -368,6 +387,59 @@ def _load_yaml(text: str, duplicates: dict[int, list[Hashable]], libyaml: bool) 
         raise _fail("invalid YAML: the document cannot be read") from None
     finally:
         parser.dispose()
+
+
+def _segment(index: Any) -> object:
+    """A path segment from the composer's ``index``: a key node, a list index, or None."""
+    if isinstance(index, ScalarNode):
+        return str(index.value)
+    return index if isinstance(index, int) else None
+
+
+def _node_path(root: Node, mark: Any) -> str:
+    """The field path of the node whose start mark is ``mark`` ("$" if none is)."""
+    stack: list[tuple[Node, list[object]]] = [(root, [])]
+    seen: set[int] = set()
+    while stack:
+        node, segments = stack.pop()
+        if node.start_mark is mark:
+            return join_path(segments)
+        if id(node) in seen:  # aliases share nodes (and may recurse)
+            continue
+        seen.add(id(node))
+        if isinstance(node, MappingNode):
+            for key, value in node.value:
+                seg = str(key.value) if isinstance(key, ScalarNode) else None
+                stack += [(key, segments), (value, [*segments, seg])]
+        elif isinstance(node.value, list):
+            stack += [(child, [*segments, i]) for i, child in enumerate(node.value)]
+    return "$"
+
+
+# --------------------------------------------------------------------------------- paths
+
+
+def join_path(segments: Iterable[object]) -> str:
+    """Segments (keys, list indexes, None for "here") as a field path, opaque rule applied:
+    after an ``env``/``secrets``/``bindings`` key only the entry's name is shown, never what
+    is inside its value (the path stops at ``….secrets.<NAME>``)."""
+    path = ""
+    opaque = -1  # segments left to show once an opaque map was entered
+    for seg in segments:
+        if seg is None:
+            continue
+        if opaque == 0:
+            break
+        if isinstance(seg, int):
+            path += f"[{seg}]"
+        else:
+            text = key_text(seg)
+            path = f"{path}.{text}" if path else text
+        if opaque > 0:
+            opaque -= 1
+        elif isinstance(seg, str) and seg in OPAQUE_MAPS:
+            opaque = 1
+    return path or "$"
 
 
 # --------------------------------------------------------------------------------- shape
@@ -401,9 +473,6 @@ def check_shape(doc: Any, duplicates: Mapping[int, list[Hashable]] | None = None
         raise ManifestError(_value_issues(doc, duplicates))
 
 
-_OPEN, _NAMES, _HIDDEN = 0, 1, 2  # walk modes: normal; an opaque map's entries; inside one
-
-
 def _unstorable(text: str) -> str:
     char = ord(_UNSTORABLE.search(text).group())  # type: ignore[union-attr]
     if char == 0:
@@ -414,38 +483,20 @@ def _unstorable(text: str) -> str:
 def _value_issues(doc: Any, duplicates: Mapping[int, list[Hashable]]) -> list[Issue]:
     """Issues for unstorable strings and duplicate keys, by path (the rare, slow pass)."""
     found: dict[Issue, None] = {}
-
-    def add(path: str, message: str) -> None:
-        found.setdefault(Issue(path or "$", message), None)
-
-    stack: list[tuple[Any, str, int]] = [(doc, "", _OPEN)]
+    stack: list[tuple[Any, tuple[object, ...]]] = [(doc, ())]
     while stack and len(found) < MAX_ISSUES:
-        value, path, mode = stack.pop()
+        value, segments = stack.pop()
         if isinstance(value, str):
             if _UNSTORABLE.search(value):
-                add(path, _unstorable(value))
+                found.setdefault(Issue(join_path(segments), _unstorable(value)), None)
         elif isinstance(value, dict):
-            if mode == _HIDDEN:
-                if id(value) in duplicates:
-                    add(path, "holds a duplicate key")
-                for key, child in value.items():
-                    if isinstance(key, str) and _UNSTORABLE.search(key):
-                        add(path, "holds a key that " + _unstorable(key))
-                    stack.append((child, path, _HIDDEN))
-                continue
-            prefix = f"{path}." if path else ""
             for key in duplicates.get(id(value), ()):
-                add(prefix + key_text(key), "duplicate key")
+                found.setdefault(Issue(join_path((*segments, key)), "duplicate key"), None)
             for key, child in reversed(value.items()):
-                kpath = prefix + key_text(key)
                 if isinstance(key, str) and _UNSTORABLE.search(key):
-                    add(kpath, "key " + _unstorable(key))
-                if mode == _NAMES:  # an env/secrets/bindings entry: its value is opaque
-                    stack.append((child, kpath, _HIDDEN))
-                else:
-                    stack.append((child, kpath, _NAMES if key in OPAQUE_MAPS else _OPEN))
+                    issue = Issue(join_path((*segments, key)), "key " + _unstorable(key))
+                    found.setdefault(issue, None)
+                stack.append((child, (*segments, key)))
         elif isinstance(value, list):
-            for i in reversed(range(len(value))):
-                child_path = path if mode == _HIDDEN else f"{path}[{i}]"
-                stack.append((value[i], child_path, _HIDDEN if mode != _OPEN else _OPEN))
+            stack.extend((value[i], (*segments, i)) for i in reversed(range(len(value))))
     return list(found) or [Issue("$", "invalid manifest")]

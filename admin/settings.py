@@ -21,7 +21,7 @@ class Settings:
     reconcile_interval: float = 5.0
     max_body_bytes: int = 1024 * 1024
     migrate_on_start: bool = True
-    parse_threads: int = 2  # TURNOUT_PARSE_THREADS: threads parsing manifests, off the loop
+    parse_workers: int = 1  # TURNOUT_PARSE_WORKERS: processes parsing manifests (admin.limits)
     parses_per_principal: int = 2  # TURNOUT_PARSES_PER_PRINCIPAL: more in flight → 429
     audit_failures_per_minute: int = 60  # TURNOUT_AUDIT_FAILURES_PER_MINUTE, per principal
 
@@ -51,7 +51,7 @@ class Settings:
                     raise SystemExit(f"turnout admin: {var} must be within 0.05..3600 seconds")
                 values[key] = seconds
         for var, key in (
-            ("TURNOUT_PARSE_THREADS", "parse_threads"),
+            ("TURNOUT_PARSE_WORKERS", "parse_workers"),
             ("TURNOUT_PARSES_PER_PRINCIPAL", "parses_per_principal"),
             ("TURNOUT_AUDIT_FAILURES_PER_MINUTE", "audit_failures_per_minute"),
         ):

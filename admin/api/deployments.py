@@ -33,7 +33,7 @@ from admin.db import (
 )
 from admin.errors import Conflict, NotFound, Unprocessable
 from admin.framework import Ctx, endpoint, etag, paged
-from admin.manifest import Manifest, ManifestError, parse_manifest
+from admin.manifest import Manifest, manifest_body
 
 ROUTED = ("active", "canary", "rollback")
 
@@ -103,32 +103,19 @@ async def _service_by_name(ctx: Ctx, name: str) -> Any:
     ).first()
 
 
-def _parse_manifest_body(raw: bytes) -> Manifest:
-    """The request body as a manifest (run by the framework on a parse thread, before the
-    transaction): 422 ``invalid_manifest`` listing every problem."""
-    if not raw.strip():
-        raise Unprocessable(
-            "a manifest body is required", [{"path": "body", "message": "required"}]
-        )
-    try:
-        return parse_manifest(raw)
-    except ManifestError as exc:
-        raise Unprocessable(str(exc), exc.as_details(), code="invalid_manifest") from None
-
-
 @endpoint(
     "POST",
     "/api/spaces/{space}/app-deployments",
     scope="deployments:write",
     role="editor",
     raw_body=True,
-    parse=_parse_manifest_body,
+    parse=manifest_body,
     response=AppDeploymentOut,
     status=201,
     summary="Deploy an app from a manifest (YAML or JSON): strategies direct and canary",
 )
 async def create_app_deployment(ctx: Ctx) -> dict[str, Any]:
-    manifest: Manifest = ctx.body
+    manifest: Manifest = ctx.body.open()  # a ManifestParcel from the parsing worker
     strategy = manifest.rollout.strategy
     if strategy == "staged":
         raise Unprocessable(
