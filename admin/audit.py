@@ -19,6 +19,7 @@ recorded.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -43,66 +44,46 @@ def _resource(text: str) -> str:
     return text[:MAX_RESOURCE]
 
 
-async def record(
-    conn: AsyncConnection,
-    *,
-    principal_id: str | None,
-    space_id: str | None,
-    action: str,
-    resource: str,
-    request_id: str,
-    client_request_id: str | None,
-    outcome: str,
-) -> None:
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One audit row's content (``id`` and ``at`` are added when it is written)."""
+
+    principal_id: str | None
+    space_id: str | None
+    action: str
+    resource: str
+    request_id: str
+    client_request_id: str | None
+    outcome: str
+
+
+async def record(conn: AsyncConnection, entry: Entry) -> None:
     """Insert one audit row in ``conn``'s transaction."""
     await conn.execute(
         sa.insert(audit_log).values(
             id=new_id("aud"),
             at=now_ms(),
-            principal_id=principal_id,
-            space_id=space_id,
-            action=action,
-            resource=_resource(resource),
-            request_id=request_id,
-            client_request_id=client_request_id,
-            outcome=outcome,
+            **{**asdict(entry), "resource": _resource(entry.resource)},
         )
     )
 
 
-async def record_failure(
-    state: AdminState,
-    *,
-    principal_id: str,
-    space_id: str | None,
-    action: str,
-    resource: str,
-    request_id: str,
-    client_request_id: str | None,
-    outcome: str,
-) -> None:
+async def record_failure(state: AdminState, entry: Entry) -> None:
     """A failed mutation's row, in a transaction of its own (the request's was rolled back),
     unless the principal is over its per-minute budget of failure rows."""
-    verdict = state.audit_failures.check(principal_id)
+    verdict = state.audit_failures.check(entry.principal_id or "")
     if verdict is Verdict.DROP:
         return
     if verdict is Verdict.LAST:  # about the principal, not about any space
-        outcome, space_id = RATE_LIMITED, None
-        resource = (
-            f"more than {state.audit_failures.limit} failed requests this minute; "
-            "further ones are not recorded until the next minute"
+        entry = replace(
+            entry,
+            space_id=None,
+            outcome=RATE_LIMITED,
+            resource=f"more than {state.audit_failures.limit} failed requests this minute; "
+            "further ones are not recorded until the next minute",
         )
     try:
         async with state.engine.begin() as conn:
-            await record(
-                conn,
-                principal_id=principal_id,
-                space_id=space_id,
-                action=action,
-                resource=resource,
-                request_id=request_id,
-                client_request_id=client_request_id,
-                outcome=outcome,
-            )
+            await record(conn, entry)
     except Exception as exc:  # auditing a failure must not turn it into a 500
-        log.warning("could not audit a failed %s: %s", action, type(exc).__name__)
+        log.warning("could not audit a failed %s: %s", entry.action, type(exc).__name__)

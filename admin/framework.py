@@ -411,13 +411,15 @@ async def _audit_failure(
     # refused before that is the caller's record, not the space's (admin.audit).
     await audit.record_failure(
         state,
-        principal_id=principal.id,
-        space_id=ctx.space_id if ctx is not None else None,
-        action=ep.action,
-        resource=ep.path,  # the template: the URL of a refused request is the caller's text
-        request_id=rid,
-        client_request_id=client_rid,
-        outcome=code,
+        audit.Entry(
+            principal_id=principal.id,
+            space_id=ctx.space_id if ctx is not None else None,
+            action=ep.action,
+            resource=ep.path,  # the template: the URL of a refused request is the caller's text
+            request_id=rid,
+            client_request_id=client_rid,
+            outcome=code,
+        ),
     )
 
 
@@ -450,13 +452,15 @@ async def _finish(
     if ep.mutation:
         await audit.record(
             conn,
-            principal_id=principal.id,
-            space_id=ctx.space_id,
-            action=ep.action,
-            resource=ctx.resource or ctx.request.url.path,
-            request_id=ctx.request_id,
-            client_request_id=ctx.client_request_id,
-            outcome="success",
+            audit.Entry(
+                principal_id=principal.id,
+                space_id=ctx.space_id,
+                action=ep.action,
+                resource=ctx.resource or ctx.request.url.path,
+                request_id=ctx.request_id,
+                client_request_id=ctx.client_request_id,
+                outcome="success",
+            ),
         )
     await ctx._write_outbox(conn)
     key = ctx.request.headers.get("idempotency-key")

@@ -37,15 +37,9 @@ from tests.admin.conftest import (
     rows,
     sql,
 )
+from tests.admin.deployed import MANIFEST
 
 load_resources()
-
-MANIFEST = {
-    "apiVersion": "turnout/v1",
-    "kind": "App",
-    "metadata": {"name": "shop"},
-    "spec": {"services": {"web": {"type": "http", "upstreams": ["http://127.0.0.1:9"]}}},
-}
 
 
 def gated_manifest(raw: bytes) -> ManifestParcel:

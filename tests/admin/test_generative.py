@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,13 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.testclient import TestClient
 
 from admin.app import load_resources
 from admin.framework import REGISTRY, Endpoint
 from admin.manifest import ManifestError, manifest_from_obj, parse_manifest
 from admin.manifest_load import load_document
-from tests.admin.conftest import auth, bootstrap, create_space, make_admin_app
+from tests.admin.conftest import auth
+from tests.admin.deployed import World, deployed_world
 from tests.admin.test_manifest import FULL_YAML
 
 load_resources()
@@ -110,56 +109,10 @@ def field_paths(err: dict[str, Any]) -> list[str]:
 # ------------------------------------------------------------------------------ world
 
 
-@dataclass
-class World:
-    client: TestClient
-    token: str
-    ids: dict[str, str]
-
-    def url(self, ep: Endpoint) -> str:
-        path = ep.path
-        for name in ep.params:
-            path = path.replace("{" + name + "}", self.ids.get(name, "x"))
-        return path
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    db = Path(tmp_path_factory.mktemp("generative")) / "admin.db"
-    with TestClient(make_admin_app(str(db))) as client:
-        token = bootstrap(client)
-        space = create_space(client, token)
-        manifest = {
-            "apiVersion": "turnout/v1",
-            "kind": "App",
-            "metadata": {"name": "shop"},
-            "spec": {"services": {"web": {"type": "http", "upstreams": ["http://127.0.0.1:9"]}}},
-        }
-        r = client.post(f"/api/spaces/{space}/app-deployments", json=manifest, headers=auth(token))
-        assert r.status_code == 201, r.text
-        dep = r.json()["services"][0]
-        user = client.post(
-            "/api/principals", json={"kind": "user", "name": "u"}, headers=auth(token)
-        )
-        member = user.json()["id"]
-        r = client.post(
-            f"/api/spaces/{space}/members",
-            json={"principal_id": member, "role": "viewer"},
-            headers=auth(token),
-        )
-        assert r.status_code == 201, r.text
-        yield World(
-            client,
-            token,
-            {
-                "space": space,
-                "service": "web",
-                "deployment": dep["deployment_id"],
-                "snapshot": dep["snapshot_id"],
-                "host": dep["hostnames"][0],
-                "principal": member,
-            },
-        )
+    with deployed_world(Path(tmp_path_factory.mktemp("world")) / "admin.db") as w:
+        yield w
 
 
 # ------------------------------------------------------------------------------ query parameters

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
-from starlette.testclient import TestClient
 
 from admin.app import load_resources
 from admin.errors import ApiError, PayloadTooLarge, Unprocessable
 from admin.framework import REGISTRY, Endpoint
 from admin.inputs import client_int, client_request_id, client_text, content_length, refuse_nul
-from tests.admin.conftest import assert_error, auth, bootstrap, create_space, make_admin_app
+from tests.admin.conftest import assert_error, auth
+from tests.admin.deployed import World, deployed_world
 
 load_resources()
 
@@ -86,47 +85,10 @@ def test_refuse_nul_walks_containers() -> None:
 # ------------------------------------------------------------------------------ over HTTP
 
 
-@dataclass
-class World:
-    client: TestClient
-    token: str
-    ids: dict[str, str]
-
-    def url(self, ep: Endpoint) -> str:
-        path = ep.path
-        for name in ep.params:
-            path = path.replace("{" + name + "}", self.ids.get(name, "x"))
-        return path
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    db = Path(tmp_path_factory.mktemp("inputs")) / "admin.db"
-    with TestClient(make_admin_app(str(db))) as client:
-        token = bootstrap(client)
-        space = create_space(client, token)
-        manifest = {
-            "apiVersion": "turnout/v1",
-            "kind": "App",
-            "metadata": {"name": "shop"},
-            "spec": {"services": {"web": {"type": "http", "upstreams": ["http://127.0.0.1:9"]}}},
-        }
-        r = client.post(f"/api/spaces/{space}/app-deployments", json=manifest, headers=auth(token))
-        assert r.status_code == 201, r.text
-        dep = r.json()["services"][0]
-        r = client.post("/api/principals", json={"kind": "user", "name": "u"}, headers=auth(token))
-        yield World(
-            client,
-            token,
-            {
-                "space": space,
-                "service": "web",
-                "deployment": dep["deployment_id"],
-                "snapshot": dep["snapshot_id"],
-                "host": dep["hostnames"][0],
-                "principal": r.json()["id"],
-            },
-        )
+    with deployed_world(Path(tmp_path_factory.mktemp("world")) / "admin.db") as w:
+        yield w
 
 
 PAGED = sorted((ep for ep in REGISTRY if ep.paged), key=lambda e: e.path)

@@ -71,6 +71,9 @@ spec:
 """
 
 
+ENVELOPE = "apiVersion: turnout/v1\nkind: App\nmetadata: {name: a}\nspec:\n  services:\n"
+
+
 def problems(text: str) -> ManifestError:
     with pytest.raises(ManifestError) as info:
         parse_manifest(text)
@@ -132,14 +135,7 @@ def test_worker_hint_comes_first_even_with_many_problems() -> None:
 
 
 def test_image_and_port_hints() -> None:
-    text = """\
-apiVersion: turnout/v1
-kind: App
-metadata: {name: a}
-spec:
-  services:
-    api: {image: ghcr.io/org/api@sha256:0123, port: 8080}
-"""
+    text = ENVELOPE + "    api: {image: ghcr.io/org/api@sha256:0123, port: 8080}\n"
     err = problems(text)
     assert [i.path for i in err.issues[:2]] == ["spec.services.api.image", "spec.services.api.port"]
     assert all("upstreams" in i.message for i in err.issues[:2])
@@ -153,13 +149,9 @@ def test_hints_never_quote_env_or_secrets() -> None:
 
 
 def test_a_valid_manifest_has_no_hints() -> None:
-    text = """\
-apiVersion: turnout/v1
-kind: App
-metadata: {name: a}
-spec:
-  services:
-    web: {type: http, upstreams: ["http://h:1"], limits: {timeout_ms: 30000}}
-  routes: [{service: web, path: /}]
-"""
+    text = (
+        ENVELOPE
+        + '    web: {type: http, upstreams: ["http://h:1"], limits: {timeout_ms: 30000}}\n'
+        + "  routes: [{service: web, path: /}]\n"
+    )
     assert parse_manifest(text).services["web"].limits.timeout_ms == 30000
