@@ -15,10 +15,11 @@ known to be the caller's is recorded against the caller, not the space).
 
 Raw bodies. An endpoint declared with ``parse=fn`` (``raw_body=True``) has ``fn(raw)`` run
 *before* its transaction opens: after the space and role checks on a short connection of their
-own, on :class:`admin.limits.BodyParsers`' threads (off the event loop; at most
-``parses_per_principal`` in flight per principal, 429 beyond), and ``ctx.body`` is its result.
-The checks run again inside the transaction, so the handler still acts only for a caller who is
-authorised at commit time. ``fn`` raises :class:`ApiError` (e.g. 422) for a bad body.
+own, in :class:`admin.limits.BodyParsers`' worker processes (off the event loop and its GIL;
+at most ``parses_per_principal`` in flight per principal, 429 beyond), and ``ctx.body`` is its
+result. The checks run again inside the transaction, so the handler still acts only for a caller
+who is authorised at commit time. ``fn`` is a module-level function returning something
+picklable; it raises :class:`ApiError` (e.g. 422) for a bad body.
 
 Transactions. By default (``transactional=True``) the handler runs inside one SQL transaction,
 ``ctx.conn``; the audit row, the outbox rows for :meth:`Ctx.enqueue_publish` and the stored
@@ -345,7 +346,7 @@ def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], A
             )
             if ep.parse is not None or not ep.transactional:
                 # Admission on a short connection of its own; no connection is held while the
-                # body is parsed (on a thread) or while a non-transactional handler runs.
+                # body is parsed (in a worker) or while a non-transactional handler runs.
                 async with state.engine.connect() as conn:
                     ctx.tx = conn
                     try:

@@ -351,6 +351,11 @@ def main() -> int:
                     notes.append(
                         f"- {label}, one principal: {same['rate']:.1f}/s, statuses {same['statuses']}"
                     )
+    load = os.getloadavg()
+    notes.append(
+        f"- machine load (1/5/15 min) at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+        f"on {os.cpu_count()} cores (other processes share them)"
+    )
     print("\n".join([*out, "", *notes]))
     return 0
 
