@@ -24,7 +24,9 @@ from admin.db import make_engine
 from admin.dns import TxtResolver, make_resolver
 from admin.errors import ApiError, NotFound
 from admin.framework import REGISTRY, Endpoint, error_response, make_route_handler, openapi
+from admin.inputs import new_request_id
 from admin.leader import LeaderLoops, Lease
+from admin.limits import BodyParsers, WindowLimit
 from admin.migrate import upgrade
 from admin.publisher import Publisher
 from admin.settings import Settings
@@ -65,6 +67,8 @@ class AdminState:
     runtime: RuntimeState  # leases, mirrors, counter hashes (Redis, or in-process)
     loops: LeaderLoops  # background jobs that run on the leader lease's holder only
     billing: Billing  # usage collector, quota warnings (admin/billing)
+    parsers: BodyParsers = field(default_factory=BodyParsers)
+    audit_failures: WindowLimit = field(default_factory=lambda: WindowLimit(60))
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -109,6 +113,8 @@ def build_state(
         runtime=runtime,
         loops=loops,
         billing=billing,
+        parsers=BodyParsers(settings.parse_workers, settings.parses_per_principal),
+        audit_failures=WindowLimit(settings.audit_failures_per_minute),
     )
 
 
@@ -141,6 +147,7 @@ def create_app(
             await state.publisher.stop()
             await state.loops.lease.release()
             await state.last_used.stop()
+            await state.parsers.aclose()
             await state.engine.dispose()
             await state.runtime.close()
             await state.store.close()
@@ -192,12 +199,17 @@ def create_app(
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     async def not_found(request: Request, _exc: Exception) -> Response:
-        return error_response(NotFound(f"no such endpoint: {request.url.path}"), "-")
+        return error_response(NotFound(f"no such endpoint: {request.url.path}"), new_request_id())
 
-    async def method_not_allowed(request: Request, _exc: Exception) -> Response:
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        # RFC 9110 §15.5.6: a 405 lists the allowed methods (HEAD wherever GET is).
+        allowed = getattr(exc, "headers", None) or {}
+        methods = {m.strip().upper() for m in allowed.get("Allow", "").split(",") if m.strip()}
         err = ApiError(f"{request.method} is not allowed here", code="method_not_allowed")
         err.status = 405
-        return error_response(err, "-")
+        err.headers["allow"] = allow_header(methods)
+        err.details = {"allow": err.headers["allow"].split(", ")}
+        return error_response(err, new_request_id())
 
     routes += [
         Route("/openapi.json", openapi_json),
@@ -220,6 +232,17 @@ def _db_secrets(db_url: str) -> list[str]:
     except Exception:
         return []
     return [str(password)] if password else []
+
+
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allow_header(methods: set[str]) -> str:
+    """The ``Allow`` value for a resource: its methods in a fixed order, HEAD with GET."""
+    if "GET" in methods:
+        methods = methods | {"HEAD"}
+    known = [m for m in _METHOD_ORDER if m in methods]
+    return ", ".join(known + sorted(methods - set(_METHOD_ORDER)))
 
 
 def _dispatch(state: AdminState, methods: dict[str, Endpoint]) -> Callable[[Request], Any]:

@@ -38,9 +38,10 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from admin.audit import record_event
 from admin.db import hostnames, now_ms, services
 from admin.errors import Conflict
-from admin.framework import Ctx, record_event
+from admin.framework import Ctx
 
 HOUR_MS: Final = 3600 * 1000
 

@@ -271,8 +271,10 @@ audit_log = sa.Table(
     sa.Column("space_id", sa.String(40), nullable=True),
     sa.Column("action", sa.String(100), nullable=False),
     sa.Column("resource", sa.String(300), nullable=False),
-    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=False),  # the server's own id
     sa.Column("outcome", sa.String(32), nullable=False),  # success | <error code>
+    # The client's X-Request-Id (validated), kept apart from the server's id (migration 0003).
+    sa.Column("client_request_id", sa.String(128), nullable=True),
     sa.Index(None, "space_id", "id"),
 )
 

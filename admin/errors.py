@@ -15,14 +15,27 @@ class ApiError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+        self.headers: dict[str, str] = {}  # extra response headers (Retry-After, Allow)
         if code is not None:
             self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable whatever a subclass's __init__ takes: an error raised in a body-parsing
+        # worker process (admin.limits) reaches the request as it was raised.
+        return (_rebuild, (type(self), self.__dict__))
 
     def body(self) -> dict[str, Any]:
         err: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details is not None:
             err["details"] = self.details
         return {"error": err}
+
+
+def _rebuild(cls: type[ApiError], state: dict[str, Any]) -> ApiError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, state.get("message", ""))
+    err.__dict__.update(state)
+    return err
 
 
 class InvalidToken(ApiError):
@@ -65,6 +78,17 @@ class Unprocessable(ApiError):
         self, message: str, fields: list[dict[str, str]] | None = None, *, code: str | None = None
     ) -> None:
         super().__init__(message, details={"fields": fields or []}, code=code)
+
+
+class TooManyRequests(ApiError):
+    """429 with ``Retry-After`` (seconds)."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.headers["retry-after"] = str(retry_after)
 
 
 class PaymentRequired(ApiError):

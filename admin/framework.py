@@ -7,8 +7,19 @@ everything else: authentication and authorisation, body parsing (422 with field 
 envelopes, and the OpenAPI document (:func:`openapi`). Tests iterate :data:`REGISTRY` to build
 the auth matrix, so a new endpoint is covered the day it is declared.
 
-Order of checks: token (401) → scope (403) → space exists and the caller is a member (404, so
-ids of other spaces do not leak) → role (403) → body (422) → handler.
+Order of checks: token (401) → scope (403) → path parameters (422: printable, bounded) → space
+exists and the caller is a member (404, so ids of other spaces do not leak) → role (403) →
+headers and body (422) → handler. Client input outside the body schema follows
+:mod:`admin.inputs`; audit rows follow :mod:`admin.audit` (a request refused before the space is
+known to be the caller's is recorded against the caller, not the space).
+
+Raw bodies. An endpoint declared with ``parse=fn`` (``raw_body=True``) has ``fn(raw)`` run
+*before* its transaction opens: after the space and role checks on a short connection of their
+own, in :class:`admin.limits.BodyParsers`' worker processes (off the event loop and its GIL;
+at most ``parses_per_principal`` in flight per principal, 429 beyond), and ``ctx.body`` is its
+result. The checks run again inside the transaction, so the handler still acts only for a caller
+who is authorised at commit time. ``fn`` is a module-level function returning something
+picklable; it raises :class:`ApiError` (e.g. 422) for a bad body.
 
 Every answer inside a space the caller may see carries ``X-Quota-Warning: <meter>=<percent>, …``
 when the space uses ≥ 80 % of a quota (``admin/billing/warnings.py``; cached per space).
@@ -34,7 +45,6 @@ import contextlib
 import hashlib
 import logging
 import re
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,8 +56,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 
+from admin import audit
 from admin.auth import ROLE_RANK, Principal, authenticate, role_in
-from admin.db import audit_log, idempotency_keys, new_id, now_ms, publish_queue, spaces
+from admin.db import idempotency_keys, now_ms, publish_queue, spaces
 from admin.errors import (
     ApiError,
     Forbidden,
@@ -56,6 +67,14 @@ from admin.errors import (
     PreconditionFailed,
     Unprocessable,
 )
+from admin.inputs import (
+    CLIENT_REQUEST_ID,
+    client_int,
+    client_request_id,
+    client_text,
+    content_length,
+    new_request_id,
+)
 
 if TYPE_CHECKING:
     from admin.app import AdminState
@@ -63,7 +82,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("turnout.admin.api")
 
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
-_RID_OK = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_IDEMPOTENCY_KEY = 200
+MAX_CURSOR = 600
 _PARAM = re.compile(r"{(\w+)}")
 
 Handler = Callable[["Ctx"], Awaitable[Any]]
@@ -90,6 +110,7 @@ class Endpoint:
     # document: ``(status, model or None, description)``; an error status without a model is
     # documented with the error envelope.
     responses: tuple[tuple[int, type[BaseModel] | None, str], ...] = ()
+    parse: Callable[[bytes], Any] | None = None  # raw body → ctx.body, before the transaction
 
     @property
     def mutation(self) -> bool:
@@ -120,8 +141,11 @@ def endpoint(
     query: tuple[tuple[str, str, str], ...] = (),
     transactional: bool = True,
     responses: tuple[tuple[int, type[BaseModel] | None, str], ...] = (),
+    parse: Callable[[bytes], Any] | None = None,
 ) -> Callable[[Handler], Handler]:
     """Declare an API endpoint (see the module docstring)."""
+    if parse is not None and not raw_body:
+        raise ValueError(f"{method} {path}: parse= is for raw_body endpoints")
 
     def register(fn: Handler) -> Handler:
         REGISTRY.append(
@@ -142,6 +166,7 @@ def endpoint(
                 query=query,
                 transactional=transactional,
                 responses=responses,
+                parse=parse,
             )
         )
         return fn
@@ -156,7 +181,7 @@ class Ctx:
     request: Request
     state: AdminState
     principal: Principal
-    request_id: str
+    request_id: str  # the server's own id (X-Request-Id of the answer)
     params: dict[str, str]
     tx: AsyncConnection | None = None  # the open transaction; handlers use ``ctx.conn``
     body: Any = None
@@ -173,6 +198,7 @@ class Ctx:
     replay_result: Any = None
     quota_warning: str | None = None  # X-Quota-Warning of the path's space (admin/billing)
     replay_status: int | None = None  # the replay's status (None: the original's); declare it
+    client_request_id: str | None = None  # the client's X-Request-Id, if valid
 
     @property
     def conn(self) -> AsyncConnection:
@@ -227,7 +253,18 @@ class Ctx:
             raise Forbidden(f"this action needs the {role} role in the space")
 
     def query_param(self, name: str) -> str | None:
-        return self.request.query_params.get(name)
+        """A query parameter as printable text (422 naming ``query.<name>`` otherwise)."""
+        raw = self.request.query_params.get(name)
+        return None if raw is None else client_text(raw, f"query.{name}")
+
+    def int_query(self, name: str, lo: int, hi: int) -> int | None:
+        """An integer query parameter in ``lo..hi`` (None when absent; 422 otherwise)."""
+        raw = self.request.query_params.get(name)
+        return None if raw is None else client_int(raw, f"query.{name}", lo, hi)
+
+    def int_param(self, name: str, lo: int = 1, hi: int = 2**31 - 1) -> int:
+        """An integer path parameter such as ``{version}`` in ``lo..hi`` (422 otherwise)."""
+        return client_int(self.params[name], f"path.{name}", lo, hi)
 
 
 def etag(resource_id: str, version: int) -> str:
@@ -238,21 +275,17 @@ def etag(resource_id: str, version: int) -> str:
 
 
 def page_params(ctx: Ctx) -> tuple[int, str | None]:
-    raw_limit = ctx.query_param("limit")
-    limit = 50
-    if raw_limit is not None:
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:
-            raise Unprocessable(
-                "limit must be an integer 1..500",
-                [{"path": "query.limit", "message": "must be an integer 1..500"}],
-            )
-        limit = int(raw_limit)
-    cursor = ctx.query_param("cursor")
+    limit = ctx.int_query("limit", 1, 500) or 50
+    cursor = ctx.request.query_params.get("cursor")
     after: str | None = None
     if cursor:
         try:
+            if len(cursor) > MAX_CURSOR or not cursor.isascii():
+                raise ValueError("not a cursor")
             data = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-            after = str(data["after"])
+            after = data["after"]
+            if not isinstance(after, str) or not after.isprintable() or len(after) > 300:
+                raise ValueError("not a cursor")
         except (ValueError, KeyError, TypeError):
             raise Unprocessable(
                 "cursor is not valid", [{"path": "query.cursor", "message": "invalid cursor"}]
@@ -292,15 +325,8 @@ def _json(data: Any, status: int, headers: dict[str, str] | None = None) -> Resp
     )
 
 
-def request_id_of(request: Request) -> str:
-    rid = request.headers.get("x-request-id")
-    if rid and _RID_OK.fullmatch(rid):
-        return rid
-    return secrets.token_hex(8)
-
-
 def error_response(exc: ApiError, request_id: str, warning: str | None = None) -> Response:
-    headers = {"x-request-id": request_id}
+    headers = {**exc.headers, "x-request-id": request_id}
     if warning:
         headers["x-quota-warning"] = warning
     return _json(exc.body(), exc.status, headers)
@@ -308,17 +334,20 @@ def error_response(exc: ApiError, request_id: str, warning: str | None = None) -
 
 def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
-        rid = request_id_of(request)
+        rid = new_request_id()
+        sent_rid = request.headers.get("x-request-id")
+        client_rid = sent_rid if sent_rid and CLIENT_REQUEST_ID.fullmatch(sent_rid) else None
         principal: Principal | None = None
-        space_id: str | None = None
         ctx: Ctx | None = None
         try:
             principal = await authenticate(state.engine, request.headers.get("authorization"))
             state.last_used.mark(principal.token_id)
             if not principal.has_scope(ep.scope):
                 raise Forbidden(f"the token lacks the {ep.scope} scope")
+            if ep.parse is not None:
+                state.parsers.check(principal.id)  # 429 before reading the body or any SQL
+            params = {k: client_text(str(v), f"path.{k}") for k, v in request.path_params.items()}
             raw = await _read_body(request, state.settings.max_body_bytes)
-            params = {k: str(v) for k, v in request.path_params.items()}
             space_id = params.get("space")
             ctx = Ctx(
                 request=request,
@@ -327,20 +356,11 @@ def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], A
                 request_id=rid,
                 params=params,
                 raw=raw,
+                client_request_id=client_rid,
             )
-            if ep.transactional:
-                async with state.engine.begin() as conn:
-                    ctx.tx = conn
-                    try:
-                        replay = await _admit(ctx, ep, conn, space_id)
-                        if replay is not None:
-                            return replay
-                        result = await ep.handler(ctx)
-                        status, payload = _encode(ctx, ep, result)
-                        await _finish(conn, ctx, ep, space_id, status, payload)
-                    finally:
-                        ctx.tx = None
-            else:
+            if ep.parse is not None or not ep.transactional:
+                # Admission on a short connection of its own; no connection is held while the
+                # body is parsed (in a worker) or while a non-transactional handler runs.
                 async with state.engine.connect() as conn:
                     ctx.tx = conn
                     try:
@@ -349,11 +369,27 @@ def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], A
                         ctx.tx = None
                 if replay is not None:
                     return replay
+                if ep.parse is not None:
+                    ctx.body = await state.parsers.parse(principal.id, ep.parse, raw)
+            if ep.transactional:
+                async with state.engine.begin() as conn:
+                    ctx.tx = conn
+                    try:
+                        # (again after a parse: the caller must still be authorised at commit)
+                        replay = await _admit(ctx, ep, conn, space_id)
+                        if replay is not None:
+                            return replay
+                        result = await ep.handler(ctx)
+                        status, payload = _encode(ctx, ep, result)
+                        await _finish(conn, ctx, ep, status, payload)
+                    finally:
+                        ctx.tx = None
+            else:
                 result = await ep.handler(ctx)
                 status, payload = _encode(ctx, ep, result)
                 if ep.mutation or ctx.publish:
                     async with state.engine.begin() as conn:
-                        await _finish(conn, ctx, ep, space_id, status, payload)
+                        await _finish(conn, ctx, ep, status, payload)
             if ctx.queued:
                 state.publisher.kick()
             headers = {"x-request-id": rid, **ctx.headers}
@@ -366,31 +402,58 @@ def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], A
             )
         except ApiError as exc:
             if ep.mutation and principal is not None:
-                await _audit_failure(state, ep, principal, space_id, rid, exc.code)
+                await _audit_failure(state, ep, principal, ctx, rid, client_rid, exc.code)
             return error_response(exc, rid, ctx.quota_warning if ctx is not None else None)
         except sa.exc.IntegrityError as exc:
             log.info("integrity error on %s %s: %s", ep.method, ep.path, exc.orig)
             conflict = ApiError("the change conflicts with existing data", code="conflict")
             conflict.status = 409
             if ep.mutation and principal is not None:
-                await _audit_failure(state, ep, principal, space_id, rid, "conflict")
+                await _audit_failure(state, ep, principal, ctx, rid, client_rid, "conflict")
             return error_response(conflict, rid)
 
     return handle
 
 
+async def _audit_failure(
+    state: AdminState,
+    ep: Endpoint,
+    principal: Principal,
+    ctx: Ctx | None,
+    rid: str,
+    client_rid: str | None,
+    code: str,
+) -> None:
+    # ctx.space_id is set only once the caller proved membership of the path's space: a request
+    # refused before that is the caller's record, not the space's (admin.audit).
+    await audit.record_failure(
+        state,
+        audit.Entry(
+            principal_id=principal.id,
+            space_id=ctx.space_id if ctx is not None else None,
+            action=ep.action,
+            resource=ep.path,  # the template: the URL of a refused request is the caller's text
+            request_id=rid,
+            client_request_id=client_rid,
+            outcome=code,
+        ),
+    )
+
+
 async def _admit(
     ctx: Ctx, ep: Endpoint, conn: AsyncConnection, space_id: str | None
 ) -> Response | None:
-    """Space and role checks, the body, and an ``Idempotency-Key`` replay (if any)."""
+    """Space and role checks, headers, the body, and an ``Idempotency-Key`` replay (if any)."""
     if space_id is not None:
         await _check_space(ctx, ep, space_id)
         ctx.quota_warning = await ctx.state.billing.quota_warning(conn, space_id)
-    # Only now, with the caller authorised for this space, look at the body: an
+    # Only now, with the caller authorised for this space, look at headers and the body: an
     # outsider learns nothing from validation errors (401/403/404 come first).
-    ctx.body = _parse_body(ep, ctx.raw)
+    client_request_id(ctx.request.headers.get("x-request-id"))
+    if not ep.raw_body:
+        ctx.body = _parse_body(ep, ctx.raw)
     # On the request's connection: SQLite engines hold one connection.
-    return await _idempotency_lookup(conn, ep, ctx.request, ctx.principal, ctx.raw)
+    return await _idempotency_lookup(conn, ep, ctx)
 
 
 def _encode(ctx: Ctx, ep: Endpoint, result: Any) -> tuple[int, bytes]:
@@ -400,12 +463,23 @@ def _encode(ctx: Ctx, ep: Endpoint, result: Any) -> tuple[int, bytes]:
 
 
 async def _finish(
-    conn: AsyncConnection, ctx: Ctx, ep: Endpoint, space_id: str | None, status: int, payload: bytes
+    conn: AsyncConnection, ctx: Ctx, ep: Endpoint, status: int, payload: bytes
 ) -> None:
     """The audit row, the outbox rows and the stored idempotent response, in ``conn``."""
     principal = ctx.principal
     if ep.mutation:
-        await _audit(conn, ctx, ep, principal, space_id, ctx.request_id, "success")
+        await audit.record(
+            conn,
+            audit.Entry(
+                principal_id=principal.id,
+                space_id=ctx.space_id,
+                action=ep.action,
+                resource=ctx.resource or ctx.request.url.path,
+                request_id=ctx.request_id,
+                client_request_id=ctx.client_request_id,
+                outcome="success",
+            ),
+        )
     await ctx._write_outbox(conn)
     key = ctx.request.headers.get("idempotency-key")
     if ep.mutation and key:
@@ -435,9 +509,7 @@ async def _finish(
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    content_length(request.headers.get("content-length"), limit)  # 400 / 413 before reading
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -487,21 +559,16 @@ async def _check_space(ctx: Ctx, ep: Endpoint, space_id: str) -> None:
         ctx.require_role(ep.role)
 
 
-async def _idempotency_lookup(
-    conn: AsyncConnection, ep: Endpoint, request: Request, principal: Principal, raw: bytes
-) -> Response | None:
+async def _idempotency_lookup(conn: AsyncConnection, ep: Endpoint, ctx: Ctx) -> Response | None:
+    request, raw = ctx.request, ctx.raw
     key = request.headers.get("idempotency-key")
     if not ep.mutation or not key:
         return None
-    if len(key) > 200:
-        raise Unprocessable(
-            "Idempotency-Key is too long",
-            [{"path": "header.Idempotency-Key", "message": "at most 200 characters"}],
-        )
+    client_text(key, "header.Idempotency-Key", MAX_IDEMPOTENCY_KEY)
     row = (
         await conn.execute(
             sa.select(idempotency_keys).where(
-                idempotency_keys.c.principal_id == principal.id,
+                idempotency_keys.c.principal_id == ctx.principal.id,
                 idempotency_keys.c.key == key,
                 idempotency_keys.c.created_at > now_ms() - IDEMPOTENCY_TTL_MS,
             )
@@ -523,78 +590,7 @@ async def _idempotency_lookup(
         row.response.encode(),
         status_code=row.status,
         media_type="application/json" if row.response else None,
-        headers={"idempotent-replay": "true", "x-request-id": request_id_of(request)},
-    )
-
-
-async def _audit(
-    conn: AsyncConnection,
-    ctx: Ctx,
-    ep: Endpoint,
-    principal: Principal,
-    space_id: str | None,
-    rid: str,
-    outcome: str,
-) -> None:
-    await conn.execute(
-        sa.insert(audit_log).values(
-            id=new_id("aud"),
-            at=now_ms(),
-            principal_id=principal.id,
-            space_id=space_id,
-            action=ep.action,
-            resource=(ctx.resource or ctx.request.url.path)[:300],
-            request_id=rid,
-            outcome=outcome,
-        )
-    )
-
-
-async def _audit_failure(
-    state: AdminState, ep: Endpoint, principal: Principal, space_id: str | None, rid: str, code: str
-) -> None:
-    try:
-        async with state.engine.begin() as conn:
-            await conn.execute(
-                sa.insert(audit_log).values(
-                    id=new_id("aud"),
-                    at=now_ms(),
-                    principal_id=principal.id,
-                    space_id=space_id,
-                    action=ep.action,
-                    resource=ep.path[:300],
-                    request_id=rid,
-                    outcome=code,
-                )
-            )
-    except Exception as exc:  # auditing a failure must not turn it into a 500
-        log.warning("could not audit a failed %s: %s", ep.action, exc)
-
-
-async def record_event(
-    conn: AsyncConnection,
-    *,
-    space_id: str,
-    action: str,
-    resource: str,
-    outcome: str,
-    principal_id: str | None = None,
-) -> None:
-    """An audit row in ``space_id``'s log for something that happened *to* that space because
-    of another request (e.g. its hostname claim displaced by another space's proof). The row
-    names no principal and carries a request id of its own, so nothing about the other request
-    (its caller, its client-chosen ``X-Request-Id``) reaches this space."""
-    await conn.execute(
-        sa.insert(audit_log).values(
-            id=new_id("aud"),
-            at=now_ms(),
-            principal_id=principal_id,
-            space_id=space_id,
-            action=action,
-            resource=resource[:300],
-            request_id=f"event-{secrets.token_hex(8)}",
-            outcome=outcome,
-        )
+        headers={"idempotent-replay": "true", "x-request-id": ctx.request_id},
     )
 
 
@@ -666,8 +662,18 @@ def openapi(title: str = "Turnout admin API", version: str = "0.1.0") -> dict[st
             "security": [{"bearer": []}],
             "x-turnout-scope": ep.scope,
             "parameters": [
-                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                for p in ep.params
+                *(
+                    {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                    for p in ep.params
+                ),
+                {
+                    "name": "X-Request-Id",
+                    "in": "header",
+                    "required": False,
+                    "description": "the client's own id for the request, kept in the audit row "
+                    "as client_request_id; the answer's X-Request-Id is the server's id",
+                    "schema": {"type": "string", "pattern": f"^{CLIENT_REQUEST_ID.pattern}$"},
+                },
             ],
             "responses": {
                 "401": {
@@ -725,6 +731,14 @@ def openapi(title: str = "Turnout admin API", version: str = "0.1.0") -> dict[st
                     "application/json": {"schema": {"type": "object"}},
                 },
             }
+        if ep.parse is not None:
+            op["responses"]["429"] = {
+                "description": "too many bodies of this caller are being parsed at once",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                "content": err,
+            }
+        if "requestBody" in op:
+            op["responses"]["413"] = {"description": "body too large", "content": err}
         ok: dict[str, Any] = {"description": "success"}
         if ep.response is not None:
             ok["content"] = {"application/json": {"schema": schema_ref(ep.response)}}

@@ -1,46 +1,74 @@
 """The app manifest: Takos-style YAML or JSON, parsed safely and validated into frozen values.
 
-Parsing is defensive because the text comes from users: the raw text is size-limited before any
-parser sees it; YAML goes through a :class:`yaml.SafeLoader` subclass (plain data only, so
-``!!python/object`` and friends fail) that also caps nesting depth while composing, caps the number
-of aliases (the "billion laughs" expansion needs many) and rejects duplicate keys; the loaded
-object is then walked once with a depth and value budget (JSON input and alias sharing included).
+Loading (:mod:`admin.manifest_load`) turns the text into plain data with every cost bounded —
+size, characters, libyaml's C parser under a counting composer, depth, aliases, values — and
+errors that carry a position or a field path but never document content.
 
 Validation collects every problem it can as ``(path, message)`` issues
 (``spec.services.web.upstreams[0]``) and raises one :class:`ManifestError`, so the API answers a
-single 422 listing all failing fields. Field rules shared with route records (hostnames,
-upstream URLs, path prefixes) reuse :mod:`routing.models` and :mod:`routing.hostnames`.
+single 422 listing all failing fields. Forms written for Takos get hints naming the Turnout
+equivalent (:mod:`admin.manifest_hints`), listed first. Field rules shared with route records
+(hostnames, upstream URLs, path prefixes) reuse :mod:`routing.models` and
+:mod:`routing.hostnames`. Values of ``env``, ``secrets`` and ``bindings`` are only ever checked
+for type and length here, and no message quotes them.
 """
 
 from __future__ import annotations
 
+import copyreg
+import dataclasses
 import datetime
-import json
 import math
 import re
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal, NamedTuple, ParamSpec, TypeVar
-
-import yaml
-from yaml.composer import ComposerError
-from yaml.constructor import ConstructorError
-from yaml.events import AliasEvent
-from yaml.nodes import MappingNode, Node
+from typing import Any, Final, Literal, ParamSpec, TypeVar
 
 from admin.crypto import Secret
+from admin.errors import Unprocessable
+from admin.manifest_hints import takos_hints
+from admin.manifest_load import (
+    MAX_ALIASES,
+    MAX_DEPTH,
+    MAX_ISSUES,
+    MAX_MANIFEST_BYTES,
+    MAX_VALUES,
+    Issue,
+    ManifestError,
+    key_text,
+    load_document,
+)
 from routing.errors import RecordError
 from routing.hostnames import validate_hostname
 from routing.models import Upstream, normalize_prefix, parse_upstream
 
+__all__ = [
+    "MAX_ALIASES",
+    "MAX_DEPTH",
+    "MAX_MANIFEST_BYTES",
+    "MAX_VALUES",
+    "Issue",
+    "Manifest",
+    "ManifestError",
+    "ManifestParcel",
+    "load_document",
+    "manifest_body",
+    "manifest_from_obj",
+    "parse_manifest",
+]
+
+
+# A Manifest travels from the parsing worker process to the admin by pickle
+# (admin.limits.BodyParsers, in a ManifestParcel); its read-only maps go as plain copies.
+def _read_only(items: dict[Any, Any]) -> MappingProxyType[Any, Any]:
+    return MappingProxyType(items)
+
+
+copyreg.pickle(MappingProxyType, lambda m: (_read_only, (dict(m),)))
+
 API_VERSIONS: Final = ("takos.dev/v1alpha1", "turnout/v1")
 KIND: Final = "App"
-MAX_MANIFEST_BYTES: Final = 1024 * 1024
-MAX_DEPTH: Final = 32
-MAX_ALIASES: Final = 16
-MAX_VALUES: Final = 25_000  # scalars + collections (after alias expansion); bounds parse CPU
-MAX_ISSUES: Final = 50
 
 MAX_SERVICES: Final = 64
 MAX_UPSTREAMS: Final = 64
@@ -61,12 +89,6 @@ _NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
 _BINDING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _METHOD = re.compile(r"[A-Z][A-Z0-9!#$%&'*+.^_`|~-]{0,31}")
-_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
-
-_WORKER_MESSAGE: Final = (
-    "worker services (built from .takos/workflows/) are not supported: Turnout runs HTTP "
-    "runtimes; run the worker as an HTTP server and declare it as type: http with upstreams"
-)
 
 
 # --------------------------------------------------------------------------------- values
@@ -139,170 +161,6 @@ class Manifest:
     rollout: Rollout = field(default_factory=Rollout)
 
 
-class Issue(NamedTuple):
-    path: str
-    message: str
-
-
-class ManifestError(Exception):
-    """The manifest is invalid; ``issues`` lists every ``(path, message)`` found (→ 422)."""
-
-    def __init__(self, issues: Iterable[tuple[str, str]]) -> None:
-        self.issues: tuple[Issue, ...] = tuple(Issue(p, m) for p, m in issues)
-        shown = "; ".join(f"{i.path}: {i.message}" for i in self.issues[:5])
-        more = f" (and {len(self.issues) - 5} more)" if len(self.issues) > 5 else ""
-        super().__init__(f"invalid manifest: {shown}{more}")
-
-    def as_details(self) -> list[dict[str, str]]:
-        """The issues as JSON-ready ``{"path", "message"}`` objects for the error envelope."""
-        return [{"path": i.path, "message": i.message} for i in self.issues]
-
-
-# --------------------------------------------------------------------------------- loading
-
-
-class _SafeLoader(yaml.SafeLoader):
-    """SafeLoader that caps depth and aliases while composing and rejects duplicate keys."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._aliases = 0
-        self._nodes = 0
-
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        if self.check_event(AliasEvent):
-            self._aliases += 1
-            if self._aliases > MAX_ALIASES:
-                raise ComposerError(
-                    None,
-                    None,
-                    f"more than {MAX_ALIASES} aliases",
-                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
-                )
-            return super().compose_node(parent, index)
-        self._nodes += 1
-        if self._nodes > MAX_VALUES:
-            raise ComposerError(
-                None,
-                None,
-                f"more than {MAX_VALUES} values",
-                self.peek_event().start_mark,  # type: ignore[no-untyped-call]
-            )
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise ComposerError(
-                    None,
-                    None,
-                    f"nested deeper than {MAX_DEPTH}",
-                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
-                )
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == _MERGE_TAG:
-                continue  # merged keys may be overridden on purpose
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:
-                continue  # unhashable key: the base class reports it
-            if duplicate:
-                raise ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"duplicate key {str(key)[:64]!r}",
-                    key_node.start_mark,
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key[:64]!r}")
-        obj[key] = value
-    return obj
-
-
-def load_document(text: str | bytes) -> Any:
-    """Size-check, then parse JSON or YAML (safely) into plain data; :class:`ManifestError`."""
-    if isinstance(text, bytes):
-        if len(text) > MAX_MANIFEST_BYTES:
-            raise ManifestError([Issue("$", f"manifest exceeds {MAX_MANIFEST_BYTES} bytes")])
-        try:
-            text = text.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise ManifestError([Issue("$", "manifest is not valid UTF-8")]) from None
-    elif (
-        len(text) > MAX_MANIFEST_BYTES or len(text.encode("utf-8", "replace")) > MAX_MANIFEST_BYTES
-    ):
-        raise ManifestError([Issue("$", f"manifest exceeds {MAX_MANIFEST_BYTES} bytes")])
-    text = text.removeprefix("\ufeff")
-    if not text.strip():
-        raise ManifestError([Issue("$", "manifest is empty")])
-    doc: Any
-    if text.lstrip().startswith("{"):
-        try:
-            doc = json.loads(text, object_pairs_hook=_json_pairs, parse_constant=_reject_constant)
-        except RecursionError:
-            raise ManifestError([Issue("$", f"nested deeper than {MAX_DEPTH}")]) from None
-        except ValueError as exc:
-            # A flow-style YAML mapping also starts with "{": give YAML a chance, but report
-            # the JSON error if both fail (the author most likely meant JSON).
-            try:
-                doc = _load_yaml(text)
-            except ManifestError:
-                raise ManifestError([Issue("$", f"invalid JSON: {exc}")]) from None
-    else:
-        doc = _load_yaml(text)
-    _check_shape(doc)
-    return doc
-
-
-def _load_yaml(text: str) -> Any:
-    loader = _SafeLoader(text)
-    try:
-        return loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = exc.problem or exc.context or "syntax error"
-        raise ManifestError([Issue("$", f"invalid YAML: {problem}{where}")]) from None
-    except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        reason = "nesting too deep" if isinstance(exc, RecursionError) else str(exc)[:200]
-        raise ManifestError([Issue("$", f"invalid YAML: {reason}")]) from None
-    finally:
-        loader.dispose()
-
-
-def _check_shape(doc: Any) -> None:
-    """Walk the loaded value once, bounding depth and the number of values (aliases expanded)."""
-    stack: list[tuple[Any, int]] = [(doc, 1)]
-    count = 0
-    while stack:
-        value, depth = stack.pop()
-        count += 1
-        if count > MAX_VALUES:
-            raise ManifestError([Issue("$", f"manifest holds more than {MAX_VALUES} values")])
-        if depth > MAX_DEPTH:
-            raise ManifestError([Issue("$", f"nested deeper than {MAX_DEPTH}")])
-        if isinstance(value, dict | list):
-            children = value.values() if isinstance(value, dict) else value
-            stack.extend((child, depth + 1) for child in children)
-
-
 # --------------------------------------------------------------------------------- validation
 
 _T = TypeVar("_T")
@@ -332,8 +190,70 @@ def parse_manifest(text: str | bytes) -> Manifest:
     return manifest_from_obj(load_document(text))
 
 
+@dataclass(frozen=True, slots=True)
+class ManifestParcel:
+    """A validated manifest on its way out of a parsing worker process.
+
+    :class:`Secret` refuses to be pickled, so the secrets travel beside a skeleton whose
+    services have none, and :meth:`open` wraps them again. (The request body holding them went
+    to the worker the same way: the plaintext only ever moves between the admin's processes.)"""
+
+    skeleton: Manifest
+    secrets: Mapping[str, Mapping[str, str]] = field(repr=False)
+
+    @classmethod
+    def pack(cls, manifest: Manifest) -> ManifestParcel:
+        empty: Mapping[str, Secret[str]] = MappingProxyType({})
+        services = {n: dataclasses.replace(s, secrets=empty) for n, s in manifest.services.items()}
+        return cls(
+            skeleton=dataclasses.replace(manifest, services=MappingProxyType(services)),
+            secrets={
+                n: {k: v.reveal() for k, v in s.secrets.items()}
+                for n, s in manifest.services.items()
+            },
+        )
+
+    def open(self) -> Manifest:
+        services = {
+            name: dataclasses.replace(
+                svc,
+                secrets=MappingProxyType(
+                    {k: Secret(v) for k, v in self.secrets.get(name, {}).items()}
+                ),
+            )
+            for name, svc in self.skeleton.services.items()
+        }
+        return dataclasses.replace(self.skeleton, services=MappingProxyType(services))
+
+
+def manifest_body(raw: bytes) -> ManifestParcel:
+    """An app deployment's request body as a manifest, or 422 ``invalid_manifest`` listing
+    every problem (run by the framework in a parsing worker, before any transaction)."""
+    if not raw.strip():
+        raise Unprocessable(
+            "a manifest body is required", [{"path": "body", "message": "required"}]
+        )
+    try:
+        return ManifestParcel.pack(parse_manifest(raw))
+    except ManifestError as exc:
+        raise Unprocessable(str(exc), exc.as_details(), code="invalid_manifest") from None
+
+
 def manifest_from_obj(doc: Any) -> Manifest:
-    """Validate an already-loaded manifest object (e.g. a JSON request body)."""
+    """Validate an already-loaded manifest object (e.g. a JSON request body).
+
+    Takos forms get their hints first (they are the most actionable problems: each names the
+    Turnout equivalent), then every other issue that no hint already explains."""
+    hints = takos_hints(doc)
+    try:
+        return _validate(doc, bool(hints))
+    except ManifestError as exc:
+        explained = {h.issue.path for h in hints} | {p for h in hints for p in h.replaces}
+        rest = [i for i in exc.issues if i.path not in explained]
+        raise ManifestError([h.issue for h in hints] + rest) from None
+
+
+def _validate(doc: Any, hinted: bool) -> Manifest:
     issues = _Issues()
     root = issues.check(_object, doc, "$")
     if root is None:
@@ -364,7 +284,7 @@ def manifest_from_obj(doc: Any) -> Manifest:
             routes = _routes(issues, spec["routes"], declared)
         if "rollout" in spec:
             rollout = _rollout(issues, spec["rollout"], "spec.rollout") or rollout
-    if issues.items or api_version is None or name is None:
+    if issues.items or hinted or api_version is None or name is None:
         raise ManifestError(issues.items or [Issue("$", "invalid manifest")])
     return Manifest(
         api_version=api_version,
@@ -386,7 +306,7 @@ def _services(issues: _Issues, value: Any, declared: set[str]) -> dict[str, Serv
         issues.add(path, f"at most {MAX_SERVICES} services")
     services: dict[str, Service] = {}
     for key, svc_obj in obj.items():
-        spath = f"{path}.{_key_text(key)}"
+        spath = f"{path}.{key_text(key)}"
         if not isinstance(key, str) or not _NAME.fullmatch(key):
             issues.add(spath, "service name must be a DNS label ([a-z0-9-], at most 63 chars)")
             continue
@@ -402,8 +322,8 @@ def _service(issues: _Issues, name: str, value: Any, path: str) -> Service | Non
     if obj is None:
         return None
     kind = obj.get("type")
-    if kind == "worker":
-        issues.add(f"{path}.type", _WORKER_MESSAGE)
+    if kind == "worker":  # its hint (admin.manifest_hints) says what to write instead
+        issues.add(f"{path}.type", "worker services are not supported")
         return None
     before = len(issues.items)
     _keys(
@@ -488,7 +408,7 @@ def _string_map(
         return {}
     out: dict[str, str] = {}
     for key, item in obj.items():
-        kpath = f"{path}.{_key_text(key)}"
+        kpath = f"{path}.{key_text(key)}"
         if not isinstance(key, str) or not key_pattern.fullmatch(key):
             issues.add(kpath, f"name must be {key_rule}")
             continue
@@ -736,7 +656,7 @@ def _keys(
     for key in obj:
         if key not in required and key not in optional:
             allowed = ", ".join((*required, *optional))
-            issues.add(f"{prefix}{_key_text(key)}", f"unknown field (allowed: {allowed})")
+            issues.add(f"{prefix}{key_text(key)}", f"unknown field (allowed: {allowed})")
     for key in required:
         if key not in obj:
             issues.add(f"{prefix}{key}", "is required")
@@ -781,7 +701,8 @@ def _int(value: Any, path: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise RecordError(path, f"must be an integer, not {_type_name(value)}")
     if not lo <= value <= hi:
-        raise RecordError(path, f"must be between {lo} and {hi}, got {value}")
+        shown = value if abs(value) < 10**15 else f"a number of {len(str(abs(value)))} digits"
+        raise RecordError(path, f"must be between {lo} and {hi}, got {shown}")
     return value
 
 
@@ -791,11 +712,6 @@ def _rate(value: Any, path: str) -> float:
     if not math.isfinite(value) or not 0 <= value <= 1:
         raise RecordError(path, f"must be between 0 and 1, got {value}")
     return float(value)
-
-
-def _key_text(key: object) -> str:
-    text = key if isinstance(key, str) else str(key)
-    return text if len(text) <= 64 else f"{text[:61]}..."
 
 
 def _type_name(value: object) -> str:

@@ -29,6 +29,9 @@ class Settings:
     lease_seconds: float = 3.0
     max_body_bytes: int = 1024 * 1024
     migrate_on_start: bool = True
+    parse_workers: int = 1  # TURNOUT_PARSE_WORKERS: processes parsing manifests (admin.limits)
+    parses_per_principal: int = 2  # TURNOUT_PARSES_PER_PRINCIPAL: more in flight → 429
+    audit_failures_per_minute: int = 60  # TURNOUT_AUDIT_FAILURES_PER_MINUTE, per principal
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -60,6 +63,18 @@ class Settings:
         raw_ttl = env.get("TURNOUT_CLAIM_TTL_HOURS")
         if raw_ttl:
             values["claim_ttl_hours"] = _claim_ttl(raw_ttl)
+        for var, key in (
+            ("TURNOUT_PARSE_WORKERS", "parse_workers"),
+            ("TURNOUT_PARSES_PER_PRINCIPAL", "parses_per_principal"),
+            ("TURNOUT_AUDIT_FAILURES_PER_MINUTE", "audit_failures_per_minute"),
+        ):
+            raw = env.get(var)
+            if raw:
+                if not (
+                    len(raw) <= 5 and raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 10_000
+                ):
+                    raise SystemExit(f"turnout admin: {var} must be an integer 1..10000")
+                values[key] = int(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "keys" not in values:
             values["keys"] = KeyRing.parse(keys_spec) if keys_spec else None

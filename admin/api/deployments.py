@@ -39,7 +39,7 @@ from admin.db import (
 )
 from admin.errors import Conflict, NotFound, Unprocessable
 from admin.framework import Ctx, endpoint, etag, paged
-from admin.manifest import Manifest, ManifestError, parse_manifest
+from admin.manifest import Manifest, manifest_body
 
 ROUTED = ("active", "canary", "rollback")
 
@@ -67,7 +67,7 @@ class DeploymentOut(Strict):
 
 
 class RollbackIn(Strict):
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)  # an INTEGER column
 
 
 class SnapshotOut(Strict):
@@ -115,19 +115,13 @@ async def _service_by_name(ctx: Ctx, name: str) -> Any:
     scope="deployments:write",
     role="editor",
     raw_body=True,
+    parse=manifest_body,
     response=AppDeploymentOut,
     status=201,
     summary="Deploy an app from a manifest (YAML or JSON): strategies direct and canary",
 )
 async def create_app_deployment(ctx: Ctx) -> dict[str, Any]:
-    if not ctx.raw.strip():
-        raise Unprocessable(
-            "a manifest body is required", [{"path": "body", "message": "required"}]
-        )
-    try:
-        manifest = parse_manifest(ctx.raw)
-    except ManifestError as exc:
-        raise Unprocessable(str(exc), exc.as_details(), code="invalid_manifest") from None
+    manifest: Manifest = ctx.body.open()  # a ManifestParcel from the parsing worker
     _one_service_per_hostname(manifest, ctx.state.settings.base_domain)
     strategy = manifest.rollout.strategy
     if strategy == "staged":

@@ -22,9 +22,10 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from admin.api.models import Strict
+from admin.audit import record_event
 from admin.db import memberships, new_id, now_ms, spaces
 from admin.errors import Conflict, NotFound, field_error
-from admin.framework import Ctx, endpoint, etag, paged, record_event
+from admin.framework import Ctx, endpoint, etag, paged
 from admin.invitations.schema import invitations
 from admin.invitations.states import (
     INVITATION_TTL_MS,

@@ -1,11 +1,14 @@
-"""Operator endpoints: full route republish, and the audit log (per space and platform-wide)."""
+"""Operator endpoints: full route republish, and the audit log (per space and platform-wide).
+
+What a row means (and which space it belongs to) is explained in :mod:`admin.audit`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from admin.api.models import Strict
 from admin.db import audit_log
@@ -24,13 +27,22 @@ class ResyncResult(Strict):
 
 class AuditRow(Strict):
     id: str
-    at: int
-    principal_id: str | None
-    space_id: str | None
-    action: str
+    at: int = Field(description="milliseconds since the epoch")
+    principal_id: str | None = Field(description="who made the request")
+    space_id: str | None = Field(
+        description="the space, once the caller was checked to be its member; null for "
+        "platform actions and for requests refused before that (another space's, made-up)"
+    )
+    action: str = Field(description="the endpoint's operationId")
     resource: str
-    request_id: str
-    outcome: str
+    request_id: str = Field(description="the server's id for the request (its X-Request-Id)")
+    client_request_id: str | None = Field(
+        description="the X-Request-Id the client sent, if it was valid"
+    )
+    outcome: str = Field(
+        description="success, the error code of a failure, or audit_rate_limited (further "
+        "failures of this principal in this minute are not recorded)"
+    )
 
 
 class AuditPage(BaseModel):
@@ -53,6 +65,7 @@ def _audit_row(row: Any) -> dict[str, Any]:
         "action": row.action,
         "resource": row.resource,
         "request_id": row.request_id,
+        "client_request_id": row.client_request_id,
         "outcome": row.outcome,
     }
 
@@ -82,7 +95,7 @@ async def resync(ctx: Ctx) -> dict[str, Any]:
     response=AuditPage,
     paged=True,
     tag="audit",
-    summary="The space's audit log, oldest first",
+    summary="The space's audit log, oldest first: mutations by callers admitted to the space",
 )
 async def space_audit(ctx: Ctx) -> dict[str, Any]:
     q = sa.select(audit_log).where(audit_log.c.space_id == ctx.space_id)
@@ -96,7 +109,7 @@ async def space_audit(ctx: Ctx) -> dict[str, Any]:
     response=AuditPage,
     paged=True,
     tag="audit",
-    summary="The whole audit log, oldest first",
+    summary="The whole audit log, oldest first (also requests refused before a space was known)",
 )
 async def system_audit(ctx: Ctx) -> dict[str, Any]:
     _require_system(ctx)

@@ -669,7 +669,7 @@ BAD_MANIFESTS: dict[str, tuple[dict[str, Any] | str, str, str]] = {
         "spec.routes[0].service",
         "unknown service",
     ),
-    "yaml_syntax": ("apiVersion: takos.dev/v1alpha1\nkind: [App\nmetadata: {", "$", "YAML"),
+    "yaml_syntax": ("apiVersion: takos.dev/v1alpha1\nkind: [App\nmetadata: {", "kind", "YAML"),
     "not_a_mapping": ("- apiVersion\n- kind\n", "$", "mapping"),
     "timeout_out_of_range": (
         _with(("spec", "services", "web", "limits", "timeout_ms"), 30001),

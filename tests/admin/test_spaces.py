@@ -305,7 +305,7 @@ def test_audit_rows(client: TestClient) -> None:
     assert ("add_member", "success") in by_action
     assert ("patch_space", "success") in by_action
     assert ("patch_space", "forbidden") in by_action
-    assert not any(r.request_id == "read-1" for r in log)  # reads are not audited
+    assert not any(r.client_request_id == "read-1" for r in log)  # reads are not audited
 
     (denied,) = [r for r in log if r.outcome == "forbidden"]
     assert denied.principal_id == viewer_id and denied.space_id == space
@@ -316,7 +316,10 @@ def test_audit_rows(client: TestClient) -> None:
     r = client.post(
         "/api/spaces", json={"name": "n"}, headers={**auth(system), "x-request-id": "req-42"}
     )
-    assert r.headers["x-request-id"] == "req-42"
-    (row,) = rows(client, sa.select(audit_log).where(audit_log.c.request_id == "req-42"))
+    # The answer carries the server's own id; the client's is stored beside it.
+    server_id = r.headers["x-request-id"]
+    assert server_id != "req-42" and len(server_id) == 32
+    (row,) = rows(client, sa.select(audit_log).where(audit_log.c.client_request_id == "req-42"))
+    assert row.request_id == server_id
     assert row.action == "create_space" and row.outcome == "success"
     assert row.resource == f"space:{r.json()['id']}"

@@ -189,6 +189,7 @@ def test_space_audit(client: TestClient) -> None:
         "action",
         "resource",
         "request_id",
+        "client_request_id",
         "outcome",
     }
     actions = [(i["action"], i["outcome"]) for i in items if i["action"] != "add_member"]
@@ -202,7 +203,7 @@ def test_space_audit(client: TestClient) -> None:
     assert all(isinstance(i["at"], int) and i["request_id"] for i in items)
     assert not any(i["resource"].endswith("elsewhere") for i in items)
 
-    # The request id of a call is the one in its audit row.
+    # The answer's request id is the server's, in the audit row beside the client's own.
     r = client.post(
         f"/api/spaces/{a}/services",
         json={"name": "api"},
@@ -210,7 +211,9 @@ def test_space_audit(client: TestClient) -> None:
     )
     assert r.status_code == 201
     last = _audit(client, f"/api/spaces/{a}/audit", admin)[-1]
-    assert last["request_id"] == "req-trace-1" and last["action"] == "create_service"
+    assert last["action"] == "create_service"
+    assert last["request_id"] == r.headers["x-request-id"]
+    assert last["client_request_id"] == "req-trace-1"
 
 
 def test_space_audit_access(client: TestClient) -> None:

@@ -1,7 +1,7 @@
 """hostname claims per space with expiry, token lineage, invitations, explicit routes
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-01
 
 - hostnames: primary key (host, space_id) — several spaces may wait on the same name — with at
@@ -25,7 +25,7 @@ from alembic import op
 from admin.db import new_id
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
