@@ -115,9 +115,12 @@ def serves(s: Stack, version: str, timeout: float = 20.0) -> float:
 
 
 def usage(s: Stack, space: str) -> int:
+    """Requests counted in Redis: the sum of every gateway worker's cumulative field
+    (``wfp_requests:<writer>``, docs/billing.md)."""
     with s.cluster.client(s.cluster.primary()) as c:
-        raw: Any = c.hget(f"{{{PREFIX}}}:usage:{space}:{usage_month(time.time())}", USAGE_METER)
-    return int(raw or 0)
+        raw: Any = c.hgetall(f"{{{PREFIX}}}:usage:{space}:{usage_month(time.time())}")
+    prefix = USAGE_METER.encode() + b":"
+    return sum(int(v) for k, v in raw.items() if k.startswith(prefix))
 
 
 def in_sync(s: Stack) -> bool:

@@ -29,6 +29,7 @@ environment, and :meth:`AdminProcess.query` reads the SQLite file read-only (``s
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -41,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
+
+import asyncpg
 
 from admin.crypto import KeyRing
 from tests.support.net import free_port, kill, terminate, wait_ready
@@ -199,13 +202,23 @@ class AdminProcess:
         return self.boot
 
     def _set_request_quota(self, quota: int) -> None:
+        sql = "UPDATE plan_quotas SET quota = {} WHERE meter = 'wfp_requests' AND quota > 0"
+        if self.db_url is not None:  # PostgreSQL
+            dsn = "postgresql://" + self.db_url.split("://", 1)[1]
+
+            async def update() -> None:
+                conn = await asyncpg.connect(dsn, timeout=10)
+                try:
+                    await conn.execute(sql.format("$1"), quota)
+                finally:
+                    await conn.close()
+
+            asyncio.run(update())
+            return
         conn = sqlite3.connect(self.db_path, timeout=10.0)
         try:
             with conn:
-                conn.execute(
-                    "UPDATE plan_quotas SET quota = ? WHERE meter = 'wfp_requests' AND quota > 0",
-                    (quota,),
-                )
+                conn.execute(sql.format("?"), (quota,))
         finally:
             conn.close()
 
