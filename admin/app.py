@@ -26,6 +26,7 @@ from admin.framework import REGISTRY, Endpoint, error_response, make_route_handl
 from admin.leader import LeaderLoops, Lease
 from admin.migrate import upgrade
 from admin.publisher import Publisher
+from admin.rollouts.reconciler import RolloutReconciler
 from admin.settings import Settings
 from routing.redis_store import RedisRouteStore
 from routing.runtime_state import RuntimeState, runtime_for
@@ -39,6 +40,7 @@ RESOURCE_MODULES = (
     "admin.api.tokens",
     "admin.api.services",
     "admin.api.deployments",
+    "admin.api.rollouts",
     "admin.api.system",
 )
 
@@ -82,7 +84,7 @@ def build_state(
         )
     runtime = runtime or runtime_for(store)
     lease = Lease(runtime, "publisher", settings.lease_ms)
-    return AdminState(
+    state = AdminState(
         settings=settings,
         keys=keys,
         engine=engine,
@@ -99,6 +101,13 @@ def build_state(
         runtime=runtime,
         loops=LeaderLoops(lease),
     )
+    # Staged rollouts: the reconciler is a leader job (its clock can be swapped in tests).
+    rollouts = RolloutReconciler(
+        engine, runtime, state.publisher, interval=settings.rollout_interval
+    )
+    state.extras["rollouts"] = rollouts
+    state.loops.add("rollouts", rollouts.run, settings.rollout_interval)
+    return state
 
 
 def create_app(

@@ -19,6 +19,7 @@ class Settings:
     max_hostnames_per_service: int = 20
     publish_retry_seconds: float = 1.0
     reconcile_interval: float = 5.0
+    rollout_interval: float = 60.0  # TURNOUT_ROLLOUT_INTERVAL: the rollout reconciler's period
     # TTL of the leader lease (admin/leader.py); 0: derived from reconcile_interval (>= 30 s).
     lease_seconds: float = 0.0
     max_body_bytes: int = 1024 * 1024
@@ -40,6 +41,7 @@ class Settings:
             ("TURNOUT_RECONCILE_INTERVAL", "reconcile_interval"),
             ("TURNOUT_PUBLISH_RETRY", "publish_retry_seconds"),
             ("TURNOUT_LEASE_SECONDS", "lease_seconds"),
+            ("TURNOUT_ROLLOUT_INTERVAL", "rollout_interval"),
         ):
             raw = env.get(var)
             if raw:

@@ -8,7 +8,8 @@ it to a :class:`CounterSink`, which writes everything in one round trip:
 
 * ``{prefix}:usage:<space>:<yyyymm>``: ``HINCRBY wfp_requests`` per space (rows summed first);
 * ``{prefix}:health:<deployment>:<epoch-minute>``: ``HINCRBY`` of ``total``, ``2xx``, ``4xx``,
-  ``5xx``, ``timeouts`` and ``latency_ms_sum`` (integer ms), then ``EXPIRE 1800``.
+  ``5xx``, ``timeouts``, ``latency_ms_sum`` (integer ms) and the latency histogram's non-empty
+  ``lat_<i>`` buckets, then ``EXPIRE 1800`` (the format: :mod:`routing.health`).
 
 Month and minute are those of the flush time (UTC), not of each request: a request counted in
 the last second of a minute may land in the next one. Absent hash fields mean zero.
@@ -41,6 +42,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.counters import C2, C4, C5, LAT, REQ, TIMEOUTS, Counters, Key, Row, epoch_minute
+from routing.health import HEALTH_TTL, LATENCY_FIELDS
 from routing.keys import Keys
 from routing.runtime_state import MemoryRuntimeState
 
@@ -49,7 +51,6 @@ log = logging.getLogger("turnout.gateway.flusher")
 Batch = dict[Key, Row]
 
 USAGE_METER: Final = "wfp_requests"
-HEALTH_TTL: Final = 30 * 60  # seconds; spec: health keys expire after 30 min
 # Health hash field -> row index; "latency_ms_sum" is written as rounded integer milliseconds.
 _HEALTH_FIELDS: Final = (
     ("total", REQ),
@@ -128,6 +129,9 @@ def plan_writes(batch: Batch, now: float, keys: Keys) -> list[HashIncrements]:
         fields = {name: round(sums[i]) for name, i in _HEALTH_FIELDS}
         # Zero increments are skipped (absent means 0); "total" is kept so the key exists.
         fields = {k: v for k, v in fields.items() if v or k == "total"}
+        for i, n in enumerate(acc.hist):
+            if n:
+                fields[LATENCY_FIELDS[i]] = n
         plan.append(
             HashIncrements(keys.health(_decode(deployment), minute), fields, ttl=HEALTH_TTL)
         )

@@ -61,6 +61,17 @@ def _str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _ints(raw: dict[Any, Any]) -> dict[str, int]:
+    """A hash reply as ``field -> int``; fields that are not integers are skipped."""
+    out: dict[str, int] = {}
+    for field, value in raw.items():
+        try:
+            out[_str(field)] = int(value)
+        except ValueError:
+            continue
+    return out
+
+
 class RuntimeState(abc.ABC):
     """Async interface shared by the Redis and in-process implementations."""
 
@@ -99,6 +110,10 @@ class RuntimeState(abc.ABC):
     @abc.abstractmethod
     async def hgetall(self, key: str) -> dict[str, int]:
         """A counter hash as ``field -> int`` (non-integer fields are skipped); {} if absent."""
+
+    async def hgetall_many(self, keys: list[str]) -> list[dict[str, int]]:
+        """:meth:`hgetall` of every key, in order (one round trip on Redis)."""
+        return [await self.hgetall(key) for key in keys]
 
     @abc.abstractmethod
     async def hincrby(self, key: str, fields: dict[str, int], ttl_s: int | None = None) -> None:
@@ -172,14 +187,19 @@ class RedisRuntimeState(RuntimeState):
         return sorted(set(found))
 
     async def hgetall(self, key: str) -> dict[str, int]:
-        raw = await self._run("hgetall", self.redis.hgetall(key))
-        out: dict[str, int] = {}
-        for field, value in raw.items():
-            try:
-                out[_str(field)] = int(value)
-            except ValueError:
-                continue
-        return out
+        return _ints(await self._run("hgetall", self.redis.hgetall(key)))
+
+    async def hgetall_many(self, keys: list[str]) -> list[dict[str, int]]:
+        if not keys:
+            return []
+
+        async def read() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)
+                return list(await pipe.execute())
+
+        return [_ints(raw) for raw in await self._run("hgetall", read())]
 
     async def hincrby(self, key: str, fields: dict[str, int], ttl_s: int | None = None) -> None:
         async def write() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from alembic import context
 from sqlalchemy.engine import Connection
 
+import admin.rollouts.schema  # noqa: F401  (its tables join admin.db.metadata)
 from admin.db import make_engine, metadata
 
 config = context.config
