@@ -48,6 +48,7 @@ from admin.rollouts.machine import (
     plan_deploy,
     plan_rollback,
 )
+from admin.rollouts.reconciler import reconciler_of
 
 
 class RolloutRef(Strict):
@@ -180,7 +181,7 @@ async def create_app_deployment(ctx: Ctx) -> dict[str, Any]:
             legs=legs,
             principal_id=ctx.principal.id,
             request_id=ctx.request_id,
-            now=now,
+            now=reconciler_of(ctx.state).now_ms(),
         )
         rollout = {
             "id": rollout_id,

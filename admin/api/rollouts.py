@@ -20,13 +20,12 @@ from typing import Any
 from pydantic import Field
 
 from admin.api.models import Strict
-from admin.db import now_ms
 from admin.errors import NotFound
 from admin.framework import Ctx, endpoint, etag
 from admin.rollouts import store
 from admin.rollouts.gate import Measurement
 from admin.rollouts.machine import RUNNING, Action, transition
-from admin.rollouts.reconciler import measure
+from admin.rollouts.reconciler import measure, reconciler_of
 from admin.rollouts.store import LegRow, Rollout
 
 BASE = "/api/spaces/{space}/app-deployments/{id}/rollout"
@@ -169,7 +168,7 @@ async def _load(ctx: Ctx) -> tuple[Rollout, list[LegRow]]:
 async def _live(ctx: Ctx, rollout: Rollout, legs: list[LegRow]) -> Measurement | None:
     if rollout.state not in RUNNING or not legs:
         return None
-    return await measure(ctx.state.runtime, rollout, legs, now_ms())
+    return await measure(ctx.state.runtime, rollout, legs, reconciler_of(ctx.state).now_ms())
 
 
 @endpoint(
@@ -199,7 +198,7 @@ async def _act(ctx: Ctx, action: Action) -> dict[str, Any]:
         transition(rollout.state, action)  # 409 before anything is measured
     # What the gate sees now goes into the history with the operator's action.
     measured = await _live(ctx, rollout, legs)
-    now = now_ms()
+    now = reconciler_of(ctx.state).now_ms()
     async with ctx.transaction() as conn:
         rollout, legs = await _load(ctx)
         ctx.if_match(etag(rollout.id, rollout.version))

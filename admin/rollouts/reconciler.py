@@ -19,6 +19,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -155,3 +156,11 @@ class RolloutReconciler:
 
     def __repr__(self) -> str:
         return f"RolloutReconciler(interval={self.interval}, outcomes={dict(self.outcomes)})"
+
+
+def reconciler_of(state: Any) -> RolloutReconciler:
+    """The admin's reconciler (``AdminState.extras["rollouts"]``): its clock is the one every
+    rollout decision and timestamp uses, so a test that swaps it moves them all."""
+    reconciler = state.extras["rollouts"]
+    assert isinstance(reconciler, RolloutReconciler)
+    return reconciler
