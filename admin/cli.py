@@ -8,6 +8,7 @@ Subcommands (``serve`` when none is given)::
     keygen   print a new ``kid:base64key`` entry for TURNOUT_KEYS (``*`` marks it active)
     resync   republish every route record from SQL to Redis; print the counts
     rekey    re-encrypt snapshot secrets under the active key
+    rollout  a staged rollout's status (live view) and actions, over the API (admin/rollouts/cli.py)
 
 ``--db`` / ``--redis`` override ``TURNOUT_DB`` / ``TURNOUT_REDIS_URL``. Commands that open the
 admin proper (serve, init, rekey) refuse to run without ``TURNOUT_KEYS`` (exit 2). Secrets never
@@ -33,7 +34,7 @@ from admin.db import make_engine
 from admin.migrate import upgrade
 from admin.settings import Settings
 
-COMMANDS = ("serve", "init", "migrate", "keygen", "resync", "rekey")
+COMMANDS = ("serve", "init", "migrate", "keygen", "resync", "rekey", "rollout")
 
 
 class CliError(Exception):
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     db_opts(subs.add_parser("resync", help="republish all route records to Redis"), redis=True)
     db_opts(subs.add_parser("rekey", help="re-encrypt snapshot secrets under the active key"))
+    subs.add_parser(
+        "rollout", help="status (live view) and actions of a staged rollout", add_help=False
+    )
     return parser
 
 
@@ -73,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or (args[0] not in COMMANDS and args[0] not in ("-h", "--help")):
         args.insert(0, "serve")
+    if args[0] == "rollout":  # a client of the API with its own flags
+        from admin.rollouts.cli import main as rollout_main
+
+        return rollout_main(args[1:])
     ns = build_parser().parse_args(args)
     try:
         return _COMMANDS[ns.command](ns)

@@ -342,6 +342,8 @@ def plan_step(
         if stage + 1 >= len(stages):  # the reconciler promotes instead (next_automatic)
             raise ValueError("there is no stage after the last one")
         to_stage = stage + 1
+    elif action is Action.PROMOTE:
+        to_stage = len(stages) - 1  # the walk's end: the final 100 % stage
     after = canary_weight(to_state, stages, to_stage)
     restart = action in (Action.ADVANCE, Action.RESUME)
     return Step(action, state, to_state, stage, to_stage, before, after, restart)

@@ -122,8 +122,8 @@ def moves_of(step_moves_out: list[Any]) -> dict[str, tuple[str, int]]:
         (IN, 2, Action.ABORT, 2, (25, 0), False),
         (PAUSED, 2, Action.ABORT, 2, (25, 0), False),
         (IN, 1, Action.FAIL, 1, (5, 0), False),
-        (IN, 1, Action.PROMOTE, 1, (5, 100), False),
-        (PAUSED, 3, Action.PROMOTE, 3, (50, 100), False),
+        (IN, 1, Action.PROMOTE, 4, (5, 100), False),  # a promote ends at the last stage
+        (PAUSED, 3, Action.PROMOTE, 4, (50, 100), False),
     ],
 )
 def test_plan_step(
