@@ -10,10 +10,11 @@ The environment carries ``TURNOUT_KEYS`` (a fresh key ring per instance unless o
 ``TURNOUT_BASE_DOMAIN`` and ``TURNOUT_REDIS_PREFIX``; inherited ``TURNOUT_DB`` and
 ``TURNOUT_REDIS_URL`` are dropped so flags are the only source of those.
 
-Timing knobs: ``admin/settings.py`` has ``reconcile_interval`` (5 s) and
-``publish_retry_seconds`` (1 s), but neither ``Settings.from_env`` nor ``turnout admin serve``
-exposes them, so the child always runs with the defaults; tests must allow for a reconciler
-period of 5 s.
+Timing knobs: ``TURNOUT_RECONCILE_INTERVAL`` (route store check, 5 s), ``TURNOUT_PUBLISH_RETRY``
+(1 s), ``TURNOUT_LEASE_SECONDS`` and ``TURNOUT_ROLLOUT_INTERVAL`` (60 s) through ``extra_env``.
+
+The database is a SQLite file by default; pass a ``postgresql+asyncpg://`` URL as ``db`` to run
+several instances on one PostgreSQL database (``query`` then is not available).
 
 :meth:`AdminProcess.call` speaks HTTP to the API (``http.client``: no third-party client in the
 way), :meth:`AdminProcess.cli` runs another ``turnout admin`` subcommand with the same
@@ -78,7 +79,7 @@ class AdminProcess:
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: Path | str,
         redis_url: str,
         workdir: Path,
         *,
@@ -89,7 +90,9 @@ class AdminProcess:
         name: str = "admin",
         boot: Bootstrap | None = None,
     ) -> None:
-        self.db_path = Path(db_path)
+        # A database URL (PostgreSQL) is passed through as is; anything else is a SQLite file.
+        self.db = str(db_path) if "://" in str(db_path) else str(Path(db_path))
+        self.db_path = Path(db_path) if "://" not in str(db_path) else Path(workdir) / "no-file"
         self.redis_url = redis_url
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +170,7 @@ class AdminProcess:
 
     def init(self) -> Bootstrap:
         """``turnout admin init --db <file> --json``: migrate, bootstrap, a new ``*`` token."""
-        done = self.cli("init", "--db", str(self.db_path), "--json")
+        done = self.cli("init", "--db", self.db, "--json")
         if done.returncode != 0:
             raise AdminStartError(
                 f"turnout admin init exited with {done.returncode}:\n{done.stderr[-4000:]}"
@@ -204,7 +207,7 @@ class AdminProcess:
 
     def resync_cli(self) -> dict[str, Any]:
         """``turnout admin resync --db <file> --redis <url>``; returns its JSON report."""
-        done = self.cli("resync", "--db", str(self.db_path), "--redis", self.redis_url)
+        done = self.cli("resync", "--db", self.db, "--redis", self.redis_url)
         if done.returncode != 0:
             raise AssertionError(
                 f"turnout admin resync exited with {done.returncode}:\n{done.stderr[-4000:]}"
@@ -224,7 +227,7 @@ class AdminProcess:
             "--listen",
             f"127.0.0.1:{self.port}",
             "--db",
-            str(self.db_path),
+            self.db,
             "--redis",
             self.redis_url,
         ]
@@ -347,6 +350,8 @@ class AdminProcess:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Rows of ``sql`` from the admin's SQLite file, opened read-only."""
+        if "://" in self.db:
+            raise RuntimeError("query() reads SQLite files only; this admin runs on a URL")
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10.0)
         try:
             conn.row_factory = sqlite3.Row
