@@ -66,6 +66,12 @@ _BINDING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _METHOD = re.compile(r"[A-Z][A-Z0-9!#$%&'*+.^_`|~-]{0,31}")
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
+# A canary is not gated: saying it is would be a promise nothing keeps.
+_GATED_ONLY: Final = (
+    "only valid with strategy: staged (a canary is not health-gated; for a gated canary use "
+    "strategy: staged with one stage, e.g. stages: [{weight: 20, pause_minutes: 30}])"
+)
+
 _WORKER_MESSAGE: Final = (
     "worker services (built from .takos/workflows/) are not supported: Turnout runs HTTP "
     "runtimes; run the worker as an HTTP server and declare it as type: http with upstreams"
@@ -625,15 +631,15 @@ def _rollout(issues: _Issues, value: Any, path: str) -> Rollout | None:
         stages = DEFAULT_STAGES
     health = HealthCheck()
     if "health_check" in obj:
-        if strategy == "direct":
-            issues.add(f"{path}.health_check", "only valid with strategy: canary or staged")
+        if strategy in ("direct", "canary"):
+            issues.add(f"{path}.health_check", _GATED_ONLY)
         else:
             health = _health_check(issues, obj["health_check"], f"{path}.health_check") or health
     auto_promote = True
     if "auto_promote" in obj:
         flag = obj["auto_promote"]
-        if strategy == "direct":
-            issues.add(f"{path}.auto_promote", "only valid with strategy: canary or staged")
+        if strategy in ("direct", "canary"):
+            issues.add(f"{path}.auto_promote", _GATED_ONLY)
         elif not isinstance(flag, bool):
             issues.add(f"{path}.auto_promote", f"must be a boolean, not {_type_name(flag)}")
         else:

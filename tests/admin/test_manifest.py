@@ -505,6 +505,16 @@ RO = "spec.rollout"
             "must be a boolean, not string",
         ),
         ({"strategy": "direct", "auto_promote": True}, f"{RO}.auto_promote", "only valid"),
+        (
+            {"strategy": "canary", "canary_weight": 5, "health_check": {"min_requests": 10}},
+            f"{RO}.health_check",
+            "only valid with strategy: staged (a canary is not health-gated",
+        ),
+        (
+            {"strategy": "canary", "canary_weight": 5, "auto_promote": False},
+            f"{RO}.auto_promote",
+            "use strategy: staged with one stage",
+        ),
         ({"strategy": "direct", "speed": 1}, f"{RO}.speed", "unknown field"),
     ],
 )
@@ -514,7 +524,7 @@ def test_rollout_errors(rollout: Any, issue_path: str, fragment: str) -> None:
 
 
 def test_health_check_partial_keeps_defaults() -> None:
-    rollout = {"strategy": "canary", "canary_weight": 5, "health_check": {"min_requests": 10}}
+    rollout = {"strategy": "staged", "health_check": {"min_requests": 10}}
     m = manifest_from_obj(with_change(RO, rollout))
     assert m.rollout.health_check == HealthCheck(0.05, 10, 5)
 
