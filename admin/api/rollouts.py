@@ -182,11 +182,10 @@ async def _live(ctx: Ctx, rollout: Rollout, legs: list[LegRow]) -> Measurement |
     summary="A staged rollout: state, stage, weight, the gate's inputs now, and its history",
 )
 async def get_rollout(ctx: Ctx) -> dict[str, Any]:
-    async with ctx.transaction():
+    async with ctx.transaction() as conn:  # one consistent read of the rollout and its history
         rollout, legs = await _load(ctx)
-    gate = await _live(ctx, rollout, legs)
-    async with ctx.transaction() as conn:
         history = await store.load_history(conn, rollout.id)
+    gate = await _live(ctx, rollout, legs)
     ctx.headers["etag"] = etag(rollout.id, rollout.version)
     return render(rollout, legs, history, gate)
 
@@ -202,18 +201,14 @@ async def _act(ctx: Ctx, action: Action) -> dict[str, Any]:
     async with ctx.transaction() as conn:
         rollout, legs = await _load(ctx)
         ctx.if_match(etag(rollout.id, rollout.version))
-        step = await store.apply(
-            conn,
-            rollout,
-            legs,
-            action,
-            now=now,
-            actor="principal",
-            principal_id=ctx.principal.id,
-            request_id=ctx.request_id,
-            reason=body.reason or f"{action.value} requested by {ctx.principal.name}",
-            inputs=measured,
+        cause = store.Cause(
+            "principal",
+            body.reason or f"{action.value} requested by {ctx.principal.name}",
+            ctx.principal.id,
+            ctx.request_id,
+            measured,
         )
+        step = await store.apply(conn, rollout, legs, action, cause, now)
         ctx.enqueue_publish(await store.hosts_of(conn, [leg.service_id for leg in legs]))
         ctx.resource = f"rollout:{rollout.id}/{step.action.value}"
         rollout, legs = await _load(ctx)

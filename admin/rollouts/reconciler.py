@@ -138,18 +138,8 @@ class RolloutReconciler:
             if current is None or current.version != rollout.version:
                 return "changed"  # decided on a state that is gone: decide again next time
             legs = await store.load_legs(conn, rollout.id)
-            await store.apply(
-                conn,
-                current,
-                legs,
-                action,
-                now=now,
-                actor="reconciler",
-                principal_id=None,
-                request_id=None,
-                reason=reason,
-                inputs=measurement,
-            )
+            cause = store.Cause("reconciler", reason, inputs=measurement)
+            await store.apply(conn, current, legs, action, cause, now)
             await enqueue_hosts(conn, await store.hosts_of(conn, [leg.service_id for leg in legs]))
         log.info("rollout %s: %s (%s)", rollout.id, action.value, reason)
         return action.value

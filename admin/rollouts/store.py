@@ -63,6 +63,17 @@ class Rollout:
 
 
 @dataclass(frozen=True, slots=True)
+class Cause:
+    """Who takes a step and why: the history event's author and its evidence."""
+
+    actor: str  # principal | reconciler
+    reason: str
+    principal_id: str | None = None
+    request_id: str | None = None
+    inputs: Measurement | None = None  # what the gate measured for this step
+
+
+@dataclass(frozen=True, slots=True)
 class LegRow:
     service_id: str
     service: str
@@ -236,17 +247,9 @@ async def apply_moves(conn: AsyncConnection, moves: Sequence[Move], now: int) ->
 
 
 async def _event(
-    conn: AsyncConnection,
-    rollout_id: str,
-    step: Step,
-    *,
-    now: int,
-    actor: str,
-    principal_id: str | None,
-    request_id: str | None,
-    reason: str,
-    inputs: Measurement | None,
+    conn: AsyncConnection, rollout_id: str, step: Step, now: int, cause: Cause
 ) -> None:
+    inputs = cause.inputs
     await conn.execute(
         sa.insert(rollout_events).values(
             id=new_id("rev"),
@@ -259,10 +262,10 @@ async def _event(
             to_stage=step.to_stage,
             from_weight=step.from_weight,
             to_weight=step.to_weight,
-            actor=actor,
-            principal_id=principal_id,
-            request_id=request_id,
-            reason=reason,
+            actor=cause.actor,
+            principal_id=cause.principal_id,
+            request_id=cause.request_id,
+            reason=cause.reason,
             inputs=None if inputs is None else orjson.dumps(inputs.to_json()).decode(),
         )
     )
@@ -315,17 +318,10 @@ async def create(
                 active_service_id=service_id,
             )
         )
-    await _event(
-        conn,
-        rollout_id,
-        step,
-        now=now,
-        actor="principal",
-        principal_id=principal_id,
-        request_id=request_id,
-        reason=f"staged rollout started at {step.to_weight} %",
-        inputs=None,
+    cause = Cause(
+        "principal", f"staged rollout started at {step.to_weight} %", principal_id, request_id
     )
+    await _event(conn, rollout_id, step, now, cause)
     return rollout_id, step
 
 
@@ -334,13 +330,8 @@ async def apply(
     rollout: Rollout,
     legs: Sequence[LegRow],
     action: Action,
-    *,
+    cause: Cause,
     now: int,
-    actor: str,
-    principal_id: str | None,
-    request_id: str | None,
-    reason: str,
-    inputs: Measurement | None,
 ) -> Step:
     """Take ``action`` on ``rollout`` as read in this transaction: the rollout row (locked on
     its version), every deployment move, the history event. 409 when anything moved."""
@@ -361,7 +352,7 @@ async def apply(
         "updated_at": now,
     }
     if step.to_state is State.FAILED:
-        values["fail_reason"] = reason
+        values["fail_reason"] = cause.reason
     if step.to_state in FINAL:
         values["finished_at"] = now
     res = await conn.execute(
@@ -378,17 +369,7 @@ async def apply(
             .where(rollout_services.c.rollout_id == rollout.id)
             .values(active_service_id=None)
         )
-    await _event(
-        conn,
-        rollout.id,
-        step,
-        now=now,
-        actor=actor,
-        principal_id=principal_id,
-        request_id=request_id,
-        reason=reason,
-        inputs=inputs,
-    )
+    await _event(conn, rollout.id, step, now, cause)
     return step
 
 

@@ -36,6 +36,7 @@ from tests.admin.conftest import postgres_url  # noqa: F401  (the fixture, for t
 from tests.support.admin_proc import AdminProcess, ApiResponse
 from tests.support.gateway_proc import GatewayProcess
 from tests.support.loadgen import LoadThread, Reply, run_load
+from tests.support.net import wait_until as poll
 from tests.support.rawhttp import build_request, request
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import UpstreamProcess, started_upstreams
@@ -115,18 +116,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def wait_until(
     probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02
 ) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            got = probe()
-        except AssertionError as exc:
-            got, last = None, exc
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last}")
-        time.sleep(interval)
+    return poll(probe, timeout, what, interval)[0]
 
 
 def manifest(app: str, upstream: str, rollout: dict[str, Any]) -> dict[str, Any]:
