@@ -104,7 +104,8 @@ class RolloutOut(Strict):
     stages: list[StageOut]
     health_check: HealthCheckOut
     auto_promote: bool
-    stage_started_at: int
+    stage_started_at: int  # when the current weight took effect (the gate's evidence starts)
+    pause_started_at: int  # when the current stage's pause (re)started
     next_decision_at: int | None
     waiting: str | None
     fail_reason: str | None
@@ -134,6 +135,7 @@ def render(
         "health_check": rollout.gate.to_json(),
         "auto_promote": rollout.auto_promote,
         "stage_started_at": rollout.stage_started_at,
+        "pause_started_at": rollout.pause_started_at,
         "next_decision_at": rollout.next_decision_at,
         "waiting": rollout.waiting,
         "fail_reason": rollout.fail_reason,

@@ -3,8 +3,9 @@
 What it reads. The gateways count every forwarded request per deployment per minute into
 ``{p}:health:<deployment>:<epoch-minute>`` hashes (format: :mod:`routing.health`). For a canary
 the gate adds up the minutes of its *window*: the last ``window_minutes`` minutes up to and
-including the current one, but none that ended before the current stage began — evidence is
-taken at the weight being judged. Minutes are whole: the oldest one may hold up to 59 s from
+including the current one, but none that ended before the current stage's weight took effect —
+evidence is taken at the weight being judged (a pause and resume keep the weight, so the
+evidence gathered while paused counts). Minutes are whole: the oldest one may hold up to 59 s from
 before the stage, the current one is still filling (the gateways flush every second).
 
 What it measures per canary: ``requests`` (every forwarded request, 4xx included), ``errors``
@@ -264,8 +265,8 @@ class Decision:
     waiting: str | None = None
 
 
-def pause_ends(stages: Sequence[Stage], stage: int, stage_started_at: int) -> int:
-    return stage_started_at + stages[stage].pause_minutes * MINUTE_MS
+def pause_ends(stages: Sequence[Stage], stage: int, pause_started_at: int) -> int:
+    return pause_started_at + stages[stage].pause_minutes * MINUTE_MS
 
 
 def decide(
@@ -274,7 +275,7 @@ def decide(
     stages: Sequence[Stage],
     stage: int,
     auto_promote: bool,
-    stage_started_at: int,
+    pause_started_at: int,
     measurement: Measurement,
     now_ms: int,
     recheck_ms: int,
@@ -285,7 +286,7 @@ def decide(
     verdict = measurement.verdict
     if verdict in FAILING:
         return Decision(Action.FAIL, measurement.reason, None)
-    due = pause_ends(stages, stage, stage_started_at)
+    due = pause_ends(stages, stage, pause_started_at)
     if now_ms < due:
         return Decision(None, f"stage {stage + 1} pauses until {due}", due)
     recheck = now_ms + max(1, recheck_ms)

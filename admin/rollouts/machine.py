@@ -238,10 +238,11 @@ def plan_rollback(deps: Sequence[Dep], version: int | None) -> RollbackPlan:
 
     During a canary (a stable deployment next to a canary) a rollback without a version — or
     to the stable deployment's own version — drops the canary: the stable deployment serves
-    100 % with its status unchanged, the canary is ``rolled_back``. Otherwise the target is the
-    named version, or the newest successful deployment older than the current stable one that
-    carries no traffic; it serves 100 % as ``rollback``, the previous stable deployment becomes
-    ``rolled_back`` and any canary ``archived``.
+    100 % (as ``rollback``, like every rollback target), the canary is ``archived`` (as a
+    canary is by every rollback).
+    Otherwise the target is the named version, or the newest successful deployment older than
+    the current stable one that carries no traffic; it serves 100 % as ``rollback``, the previous
+    stable deployment becomes ``rolled_back`` and any canary ``archived``.
     """
     routed = [d for d in deps if d.routed]
     canaries = [d for d in routed if d.routing_status == "canary"]
@@ -275,9 +276,9 @@ def plan_rollback(deps: Sequence[Dep], version: int | None) -> RollbackPlan:
     if current is not None and target.id == current.id:
         if not canaries:
             raise NoRollbackTarget(f"version {target.number} is already serving all traffic")
-        moves = [m for d in canaries for m in _move(d, "rolled_back", 0)]
-        moves += _move(current, current.routing_status, TOTAL)
-        return RollbackPlan(current, current.routing_status, tuple(moves), True)
+        moves = [m for d in canaries for m in _move(d, "archived", 0)]
+        moves += _move(current, "rollback", TOTAL)
+        return RollbackPlan(current, "rollback", tuple(moves), True)
     moves = []
     for d in routed:
         if d.id != target.id:

@@ -106,7 +106,7 @@ class RolloutReconciler:
             stages=rollout.stages,
             stage=rollout.stage,
             auto_promote=rollout.auto_promote,
-            stage_started_at=rollout.stage_started_at,
+            pause_started_at=rollout.pause_started_at,
             measurement=measurement,
             now_ms=now,
             recheck_ms=int(self.interval * 1000),

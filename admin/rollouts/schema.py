@@ -36,7 +36,10 @@ rollouts = sa.Table(
     sa.Column("stages", sa.Text, nullable=False),  # JSON [{weight, pause_minutes}], ends at 100
     sa.Column("health_check", sa.Text, nullable=False),  # JSON, as the manifest declared it
     sa.Column("auto_promote", sa.Boolean, nullable=False),
-    sa.Column("stage_started_at", sa.BigInteger, nullable=False),  # ms; reset by resume
+    # ms: when the current stage's weight took effect (the gate's evidence starts there) ...
+    sa.Column("stage_started_at", sa.BigInteger, nullable=False),
+    # ... and when its pause (re)started: the same, or the last resume.
+    sa.Column("pause_started_at", sa.BigInteger, nullable=False),
     sa.Column("next_decision_at", sa.BigInteger, nullable=True),  # ms; None unless in_progress
     sa.Column("waiting", sa.Text, nullable=True),  # why an elapsed stage did not advance
     sa.Column("fail_reason", sa.Text, nullable=True),

@@ -47,6 +47,7 @@ class Rollout:
     gate: Gate
     auto_promote: bool
     stage_started_at: int
+    pause_started_at: int
     next_decision_at: int | None
     waiting: str | None
     fail_reason: str | None
@@ -102,6 +103,7 @@ def _decode(row: Any) -> Rollout:
         gate=Gate.from_json(orjson.loads(row.health_check)),
         auto_promote=bool(row.auto_promote),
         stage_started_at=row.stage_started_at,
+        pause_started_at=row.pause_started_at,
         next_decision_at=row.next_decision_at,
         waiting=row.waiting,
         fail_reason=row.fail_reason,
@@ -301,6 +303,7 @@ async def create(
             health_check=orjson.dumps(gate.to_json()).decode(),
             auto_promote=auto_promote,
             stage_started_at=now,
+            pause_started_at=now,
             next_decision_at=pause_ends(stages, 0, now),
             principal_id=principal_id,
             version=1,
@@ -337,13 +340,15 @@ async def apply(
     its version), every deployment move, the history event. 409 when anything moved."""
     step = plan_step(rollout.state, rollout.stages, rollout.stage, action)
     moves = step_moves(step, [leg.leg for leg in legs])
-    started = now if step.restart_pause else rollout.stage_started_at
+    paused_from = now if step.restart_pause else rollout.pause_started_at
+    new_stage = step.to_stage != step.from_stage
     values: dict[str, Any] = {
         "state": step.to_state.value,
         "stage": step.to_stage,
-        "stage_started_at": started,
+        "stage_started_at": now if new_stage else rollout.stage_started_at,
+        "pause_started_at": paused_from,
         "next_decision_at": (
-            pause_ends(rollout.stages, step.to_stage, started)
+            pause_ends(rollout.stages, step.to_stage, paused_from)
             if step.to_state is State.IN_PROGRESS
             else None
         ),

@@ -540,13 +540,13 @@ def test_rollback_to_the_previous_deployment_then_to_a_named_version(api: Api) -
     assert r.status_code == 200, r.text
     assert (r.json()["number"], r.json()["routing_status"], r.json()["routing_weight"]) == (
         2,
-        "active",
+        "rollback",
         10000,
     )
-    assert routing(c, sid) == {1: ("archived", 0), 2: ("active", 10000), 3: ("rolled_back", 0)}
+    assert routing(c, sid) == {1: ("archived", 0), 2: ("rollback", 10000), 3: ("archived", 0)}
     record = published(c, host)
     assert record is not None
-    assert targets_of(record) == [(v2["deployment_id"], 10000, "active")]
+    assert targets_of(record) == [(v2["deployment_id"], 10000, "rollback")]
 
     r = api.rollback()
     assert r.status_code == 200, r.text
@@ -557,7 +557,7 @@ def test_rollback_to_the_previous_deployment_then_to_a_named_version(api: Api) -
     assert routing(c, sid) == {
         1: ("rollback", 10000),
         2: ("rolled_back", 0),
-        3: ("rolled_back", 0),
+        3: ("archived", 0),
     }
     record = published(c, host)
     assert record is not None
@@ -622,15 +622,15 @@ def test_rollback_during_a_first_canary_drops_the_canary(api: Api) -> None:
     r = api.rollback()
     assert r.status_code == 200, r.text
     assert (r.json()["id"], r.json()["routing_weight"]) == (v1["deployment_id"], 10000)
-    assert routing(c, sid) == {1: ("active", 10000), 2: ("rolled_back", 0)}
+    assert routing(c, sid) == {1: ("rollback", 10000), 2: ("archived", 0)}
     record = published(c, f"web.shop.{BASE}")
     assert record is not None
-    assert targets_of(record) == [(v1["deployment_id"], 10000, "active")]
+    assert targets_of(record) == [(v1["deployment_id"], 10000, "rollback")]
     # Naming the stable version during a canary means the same.
     api.deploy_ok(manifest(strategy="canary", canary_weight=30))
     r = api.rollback(body={"version": 1})
     assert r.status_code == 200, r.text
-    assert routing(c, sid) == {1: ("active", 10000), 2: ("rolled_back", 0), 3: ("rolled_back", 0)}
+    assert routing(c, sid) == {1: ("rollback", 10000), 2: ("archived", 0), 3: ("archived", 0)}
     # With no canary left, nothing is older than version 1.
     assert_error(api.rollback(), 409, "no_rollback_target")
     assert v2["number"] == 2

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import io
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -179,3 +181,20 @@ def test_turnout_admin_dispatches_rollout(capsys: pytest.CaptureFixture[str]) ->
         admin_main(["rollout", "--help"])
     assert info.value.code == 0
     assert "status" in capsys.readouterr().out
+
+
+def test_turnout_admin_rollout_loads_without_the_admin_planes_imports() -> None:
+    """The client starts at once: no SQLAlchemy, Alembic or crypto behind ``--help``."""
+    code = (
+        "import sys\n"
+        "from gateway.cli import main\n"
+        "try:\n"
+        "    main(['admin', 'rollout', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('sqlalchemy', 'alembic', 'cryptography') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "turnout admin rollout" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"

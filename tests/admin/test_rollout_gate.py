@@ -140,7 +140,7 @@ def run(
         stages=STAGES,
         stage=stage,
         auto_promote=auto,
-        stage_started_at=started,
+        pause_started_at=started,
         measurement=m,
         now_ms=now,
         recheck_ms=60_000,

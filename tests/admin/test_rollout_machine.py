@@ -254,8 +254,8 @@ def test_rollback_during_a_canary_drops_the_canary() -> None:
     deps = [dep("v1", "active", 8000, 1), dep("v2", "canary", 2000, 2)]
     for version in (None, 1):
         plan = plan_rollback(deps, version)
-        assert plan.dropped_canary and plan.target.id == "v1" and plan.target_status == "active"
-        assert moves_of(list(plan.moves)) == {"v1": ("active", 10000), "v2": ("rolled_back", 0)}
+        assert plan.dropped_canary and plan.target.id == "v1" and plan.target_status == "rollback"
+        assert moves_of(list(plan.moves)) == {"v1": ("rollback", 10000), "v2": ("archived", 0)}
 
 
 def test_rollback_to_the_previous_or_a_named_version() -> None:

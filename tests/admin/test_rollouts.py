@@ -240,7 +240,7 @@ def test_a_staged_deploy_starts_a_rollout_at_the_first_stage(rig: Rig) -> None:
     assert doc["stages"] == [*STAGES, {"weight": 100, "pause_minutes": 0}]
     assert doc["health_check"] == {**GATE, "p99_latency_ms": None}
     assert doc["auto_promote"] is True
-    assert doc["stage_started_at"] == int(T0 * 1000)
+    assert doc["stage_started_at"] == doc["pause_started_at"] == int(T0 * 1000)
     assert doc["next_decision_at"] == int((T0 + 5 * MINUTE) * 1000)
     assert (doc["waiting"], doc["fail_reason"], doc["finished_at"]) == (None, None, None)
     assert doc["services"] == [
@@ -309,7 +309,7 @@ def test_a_healthy_canary_walks_every_stage_and_is_promoted(rig: Rig) -> None:
     assert rig.targets() == [(d1, 9500, "active"), (d2, 500, "canary")]
     doc = rig.doc(app)
     assert (doc["stage"], doc["weight"]) == (2, 5)
-    assert doc["stage_started_at"] == int(rig.now() * 1000)
+    assert doc["stage_started_at"] == doc["pause_started_at"] == int(rig.now() * 1000)
     advance = doc["history"][-1]
     assert (advance["action"], advance["actor"], advance["principal_id"]) == (
         "advance",
@@ -510,7 +510,8 @@ def test_pause_resume_abort_and_illegal_transitions(rig: Rig) -> None:
     rig.advance(MINUTE)
     doc = rig.act(app, "resume").json()
     assert doc["state"] == "in_progress"
-    assert doc["stage_started_at"] == int(rig.now() * 1000)  # the pause restarts
+    assert doc["pause_started_at"] == int(rig.now() * 1000)  # the pause restarts ...
+    assert doc["stage_started_at"] == int((rig.now() - MINUTE) * 1000)  # ... the stage does not
     assert doc["history"][-1]["reason"].startswith("resume requested by ")
     rig.traffic(d2, 300)
     assert rig.reconcile() == {"advance": 1}

@@ -425,8 +425,8 @@ def test_deploy_direct_canary_rollback(stack: Stack) -> None:
     # Sticky: the same clients get the same answers again.
     assert sweep(stack.gw.port, host, ips[:300]) == answers[:300]
 
-    # --- rollback to version 1 (v1), 100 %. (Without a version the admin answers 409 here:
-    # during a canary v1 is still the active deployment and nothing older exists.)
+    # --- rollback to version 1 (v1), 100 %. (Without a version it is the same: during a canary
+    # a rollback drops the canary, issue 15 N2.)
     resp = admin.call(
         "POST", f"/api/spaces/{space}/services/{service_id}/rollback", json_body={"version": 1}
     )

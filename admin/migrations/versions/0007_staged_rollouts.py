@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("health_check", sa.Text(), nullable=False),
         sa.Column("auto_promote", sa.Boolean(), nullable=False),
         sa.Column("stage_started_at", sa.BigInteger(), nullable=False),
+        sa.Column("pause_started_at", sa.BigInteger(), nullable=False),
         sa.Column("next_decision_at", sa.BigInteger(), nullable=True),
         sa.Column("waiting", sa.Text(), nullable=True),
         sa.Column("fail_reason", sa.Text(), nullable=True),
