@@ -188,6 +188,18 @@ def doc_of(admin: AdminProcess, space: str, app_id: str) -> dict[str, Any]:
     return out
 
 
+def wait_state(
+    admin: AdminProcess, space: str, app_id: str, ok: Callable[[str], bool], timeout: float
+) -> dict[str, Any]:
+    """The rollout's document once its state satisfies ``ok``."""
+
+    def probe() -> dict[str, Any] | None:
+        doc = doc_of(admin, space, app_id)
+        return doc if ok(doc["state"]) else None
+
+    return wait_until(probe, timeout, f"rollout {app_id} to change state", interval=0.1)
+
+
 def act(admin: AdminProcess, space: str, app_id: str, action: str) -> ApiResponse:
     return admin.call("POST", rollout_path(space, app_id, action), json_body={})
 
@@ -307,11 +319,7 @@ def test_a_healthy_v2_walks_every_stage_and_is_promoted(stack: Stack) -> None:
         assert nxt
         if k < len(weights):
             assert act(s.admin, s.space, app_id, "pause").status == 200
-    doc = wait_until(
-        lambda: (d := doc_of(s.admin, s.space, app_id))["state"] == "completed" and d,
-        5,
-        "completion",
-    )
+    doc = wait_state(s.admin, s.space, app_id, "completed".__eq__, 5)
     assert doc["weight"] == 100 and doc["services"][0]["canary_weight"] == 10000
     assert_walked_once(doc, len(weights))
     wait_until(lambda: who_serves(s.gw, host, clients[-1]) == "v2", 10, "100 % v2")
@@ -332,12 +340,7 @@ def test_twenty_percent_500s_are_reverted_within_one_interval(stack: Stack) -> N
     offset = time.time() - time.monotonic()
     traffic = background(s.gw, host, clients)
     try:
-        doc = wait_until(
-            lambda: (d := doc_of(s.admin, s.space, app_id))["state"] != "in_progress" and d,
-            20,
-            "the gate to decide",
-            interval=0.1,
-        )
+        doc = wait_state(s.admin, s.space, app_id, lambda st: st != "in_progress", 20)
         fail_at = doc["history"][-1]["at"] / 1000
         time.sleep(INTERVAL + 1.0)  # the revert must be done by now: keep measuring
         stats = traffic.stop()
@@ -404,12 +407,7 @@ def test_a_v2_that_adds_300_ms_is_reverted_by_the_latency_gate(
     try:
         traffic = background(s.gw, host, stratified_clients(s.space, 1000), connections=16)
         try:
-            doc = wait_until(
-                lambda: (d := doc_of(s.admin, s.space, app_id))["state"] != "in_progress" and d,
-                30,
-                "the latency gate",
-                interval=0.1,
-            )
+            doc = wait_state(s.admin, s.space, app_id, lambda st: st != "in_progress", 30)
         finally:
             traffic.stop()
         out_text, err_text = watch.communicate(timeout=30)
@@ -495,12 +493,7 @@ def test_an_admin_restarted_mid_rollout_resumes_from_sql(stack: Stack) -> None:
         wait_until(lambda: doc_of(s.admin, s.space, app_id)["stage"] >= 2, 20, "stage 2")
         s.admin.kill()  # SIGKILL: no chance to finish anything
         s.admin.start()
-        doc = wait_until(
-            lambda: (d := doc_of(s.admin, s.space, app_id))["state"] == "completed" and d,
-            30,
-            "completion after the restart",
-            interval=0.2,
-        )
+        doc = wait_state(s.admin, s.space, app_id, "completed".__eq__, 30)
     finally:
         traffic.stop()
     assert_walked_once(doc, 3)
@@ -550,12 +543,7 @@ def test_leader_failover_continues_without_a_double_step(
             assert before["state"] == "in_progress", actions(before)
             killed_at = time.time()
             leader.kill()
-            doc = wait_until(
-                lambda: (d := doc_of(survivor, space, app_id))["state"] == "completed" and d,
-                40,
-                "completion on the survivor",
-                interval=0.2,
-            )
+            doc = wait_state(survivor, space, app_id, "completed".__eq__, 40)
         finally:
             traffic.stop()
         assert_walked_once(doc, 4)
