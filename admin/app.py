@@ -29,6 +29,7 @@ from admin.leader import LeaderLoops, Lease
 from admin.limits import BodyParsers, WindowLimit
 from admin.migrate import upgrade
 from admin.publisher import Publisher
+from admin.rollouts.reconciler import RolloutReconciler
 from admin.settings import Settings
 from routing.redis_conn import scrub, url_secrets
 from routing.redis_store import RedisRouteStore
@@ -44,6 +45,7 @@ RESOURCE_MODULES = (
     "admin.api.tokens",
     "admin.api.services",
     "admin.api.deployments",
+    "admin.api.rollouts",
     "admin.api.system",
     "admin.api.plans",
     "admin.api.billing",
@@ -102,7 +104,7 @@ def build_state(
     loops = LeaderLoops(lease)
     billing = Billing(engine, runtime, publisher.kick, interval=settings.usage_interval)
     loops.add("usage-collector", billing.collector.run, settings.usage_interval)
-    return AdminState(
+    state = AdminState(
         settings=settings,
         keys=keys,
         engine=engine,
@@ -116,6 +118,13 @@ def build_state(
         parsers=BodyParsers(settings.parse_workers, settings.parses_per_principal),
         audit_failures=WindowLimit(settings.audit_failures_per_minute),
     )
+    # Staged rollouts: the reconciler is a leader job (its clock can be swapped in tests).
+    rollouts = RolloutReconciler(
+        engine, runtime, state.publisher, interval=settings.rollout_interval
+    )
+    state.extras["rollouts"] = rollouts
+    state.loops.add("rollouts", rollouts.run, settings.rollout_interval)
+    return state
 
 
 def create_app(

@@ -9,6 +9,7 @@ Subcommands (``serve`` when none is given)::
     resync   republish every route record from SQL to Redis; print the counts
     rekey    re-encrypt snapshot secrets under the active key
     usage    a space's usage per meter in a month, with a bar per meter (or --json)
+    rollout  a staged rollout's status (live view) and actions, over the API (admin/rollouts/cli.py)
 
 ``--db`` / ``--redis`` override ``TURNOUT_DB`` / ``TURNOUT_REDIS_URL``. Commands that open the
 admin proper (serve, init, rekey) refuse to run without ``TURNOUT_KEYS`` (exit 2). Secrets never
@@ -34,7 +35,7 @@ from admin.db import make_engine
 from admin.migrate import upgrade
 from admin.settings import Settings
 
-COMMANDS = ("serve", "init", "migrate", "keygen", "resync", "rekey", "usage")
+COMMANDS = ("serve", "init", "migrate", "keygen", "resync", "rekey", "usage", "rollout")
 
 
 class CliError(Exception):
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--space", required=True, help="space id")
     usage.add_argument("--period", help="YYYY-MM (UTC month; default the current one)")
     usage.add_argument("--json", action="store_true", help="the API's JSON instead of bars")
+    subs.add_parser(
+        "rollout", help="status (live view) and actions of a staged rollout", add_help=False
+    )
     return parser
 
 
@@ -80,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or (args[0] not in COMMANDS and args[0] not in ("-h", "--help")):
         args.insert(0, "serve")
+    if args[0] == "rollout":  # a client of the API with its own flags
+        from admin.rollouts.cli import main as rollout_main
+
+        return rollout_main(args[1:])
     ns = build_parser().parse_args(args)
     try:
         return _COMMANDS[ns.command](ns)

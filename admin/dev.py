@@ -3,8 +3,10 @@
 SQLite under ``./.turnout/``, the in-process route store instead of Redis, the admin on :8081,
 the gateway on :8080, demo runtimes v1 and v2 on :9101/:9102. Prints a token and copy-paste
 ``curl`` lines. ``--demo`` deploys v1, then a 20 % canary of v2, and reports the split it
-observes through the gateway. For trying Turnout out; not for production (one process, a key
-ring kept in a local file, the gateway trusts loopback peers as proxies).
+observes through the gateway; then it walks a staged rollout of v2 (10 → 25 → 50 → 100 %, no
+pauses, the reconciler every 2 s) under live traffic and prints each step the gate takes with
+what it measured. For trying Turnout out; not for production (one process, a key ring kept in a
+local file, the gateway trusts loopback peers as proxies).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections import Counter
 from typing import Any
 
@@ -26,6 +29,7 @@ import uvicorn
 from admin.app import AdminState, create_app
 from admin.bootstrap import bootstrap_system
 from admin.crypto import KeyRing
+from admin.rollouts.cli import FINAL, event_line, summary
 from admin.settings import Settings
 from gateway.config import GatewayConfig
 from gateway.flusher import MemoryCounterSink
@@ -49,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--demo",
         action="store_true",
-        help="deploy v1, then a 20%% canary of v2, and show the observed split",
+        help="deploy v1, a 20%% canary of v2 (showing the observed split), then walk a staged "
+        "rollout of v2",
     )
     p.add_argument("--requests", type=int, default=2000, help="requests the demo sends")
     p.add_argument("--exit-after-demo", action="store_true", help="stop when the demo is done")
@@ -152,6 +157,7 @@ async def run(args: argparse.Namespace, directory: str, keys: KeyRing) -> int:
         base_domain=BASE_DOMAIN,
         reconcile_interval=2.0,
         publish_retry_seconds=0.5,
+        rollout_interval=2.0,  # fast enough for the demo's staged rollout
     )
     ready: asyncio.Future[AdminState] = asyncio.get_running_loop().create_future()
     app = create_app(settings, store=store, runtime=runtime, on_ready=ready.set_result)
@@ -221,8 +227,31 @@ Try:
     )
 
 
-def manifest(version: str, upstream: str, strategy: str, weight: int | None = None) -> bytes:
-    rollout: dict[str, Any] = {"strategy": strategy}
+# The demo's staged rollout: no pauses, a small evidence bar, one-minute windows.
+DEMO_ROLLOUT: dict[str, Any] = {
+    "strategy": "staged",
+    "stages": [
+        {"weight": 10, "pause_minutes": 0},
+        {"weight": 25, "pause_minutes": 0},
+        {"weight": 50, "pause_minutes": 0},
+    ],
+    "health_check": {
+        "error_rate_threshold": 0.05,
+        "min_requests": 20,
+        "window_minutes": 1,
+        "p99_latency_ms": 500,
+    },
+}
+
+
+def manifest(
+    version: str,
+    upstream: str,
+    strategy: str,
+    weight: int | None = None,
+    rollout: dict[str, Any] | None = None,
+) -> bytes:
+    rollout = dict(rollout or {"strategy": strategy})
     if weight is not None:
         rollout["canary_weight"] = weight
     return orjson.dumps(
@@ -290,7 +319,90 @@ async def _demo(
     split = ", ".join(f"{k}: {v} ({100 * v / total:.1f}%)" for k, v in sorted(seen.items()))
     print(f"[demo] {total} requests from {total} client addresses through the gateway -> {split}")
     print("[demo] expected about 80% v1 / 20% v2; each client address sticks to its version")
-    return 0
+    return await _demo_rollout(args, token, space, v2)
+
+
+async def _demo_rollout(args: argparse.Namespace, token: str, space: str, v2: str) -> int:
+    """Walk a staged rollout of v2 under live traffic, printing what the gate decides."""
+    ahost, aport = _split(args.admin)
+    ghost, gport = _split(args.gateway)
+    host = f"web.hello.{BASE_DOMAIN}"
+    status, body = await _http(
+        ahost,
+        aport,
+        "POST",
+        f"/api/spaces/{space}/app-deployments",
+        token=token,
+        headers={"Content-Type": "application/json"},
+        body=manifest("v2", v2, "staged", rollout=DEMO_ROLLOUT),
+    )
+    print(f"[demo] deploy v2 as a staged rollout (10% → 25% → 50% → 100%): HTTP {status}")
+    if status != 201:
+        print(body.decode(), file=sys.stderr)
+        return 1
+    path = f"/api/spaces/{space}/app-deployments/{orjson.loads(body)['id']}/rollout"
+    print(f"[demo] watch it yourself: turnout admin rollout status {path.split('/')[-2]} --watch")
+    stage: list[Any] = [1]
+    seen: dict[Any, Counter[str]] = {}
+
+    async def traffic() -> None:
+        conn = await asyncio.open_connection(ghost, gport)
+        try:
+            for i in range(1 << 62):
+                client = f"10.8.{(i % 2000) >> 8}.{i % 256}"
+                st, data = await _http(
+                    ghost,
+                    gport,
+                    "GET",
+                    "/",
+                    conn=conn,
+                    headers={"Host": host, "X-Forwarded-For": client},
+                )
+                runtime = orjson.loads(data)["runtime"] if st == 200 else f"HTTP {st}"
+                seen.setdefault(stage[0], Counter())[runtime] += 1
+        finally:
+            conn[1].close()
+
+    load = asyncio.create_task(traffic(), name="demo-traffic")
+    doc: dict[str, Any] = {}
+    try:
+        events, last = 0, ""
+        deadline = asyncio.get_running_loop().time() + 90
+        while asyncio.get_running_loop().time() < deadline:
+            status, body = await _http(ahost, aport, "GET", path, token=token)
+            if status != 200:
+                print(f"[demo] rollout: HTTP {status} {body.decode()}", file=sys.stderr)
+                return 1
+            doc = orjson.loads(body)
+            for event in doc["history"][events:]:
+                print(f"[demo]   {event_line(event)}")
+            events = len(doc["history"])
+            line = summary(doc, int(time.time() * 1000))
+            if line.split(" · ")[0] != last:
+                print(f"[demo] rollout {line}")
+                last = line.split(" · ")[0]
+            stage[0] = doc["stage"] if doc["state"] not in FINAL else doc["state"]
+            if doc["state"] in FINAL:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        load.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError, asyncio.IncompleteReadError):
+            await load
+    weights = [s["weight"] for s in doc.get("stages", [])]
+    for key, counts in seen.items():
+        total = sum(counts.values())
+        if isinstance(key, int) and total:
+            share = 100 * counts["v2"] / total
+            print(
+                f"[demo] while at stage {key} ({weights[key - 1]}%): v2 served {share:.1f}% "
+                f"of {total} requests"
+            )
+    state = doc.get("state")
+    print(
+        f"[demo] staged rollout {state}: v2 is {'now active at 100%' if state == 'completed' else 'not promoted'}"
+    )
+    return 0 if state == "completed" else 1
 
 
 async def _wait_routable(host: str, port: int, vhost: str, runtime: str) -> None:

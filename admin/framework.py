@@ -594,6 +594,13 @@ async def _idempotency_lookup(conn: AsyncConnection, ep: Endpoint, ctx: Ctx) -> 
     )
 
 
+async def enqueue_hosts(conn: AsyncConnection, hosts: set[str] | list[str]) -> None:
+    """Queue ``hosts`` for publishing in the caller's transaction: the outbox write for work
+    done outside a request (background jobs); kick the publisher after the commit."""
+    for host in sorted(set(hosts)):
+        await _enqueue(conn, host)
+
+
 async def _enqueue(conn: AsyncConnection, host: str) -> None:
     """Queue ``host`` for publishing in the caller's transaction.
 

@@ -40,6 +40,7 @@ from admin.manifest_load import (
     load_document,
 )
 from routing.errors import RecordError
+from routing.health import HEALTH_TTL
 from routing.hostnames import validate_hostname
 from routing.models import Upstream, normalize_prefix, parse_upstream
 
@@ -79,7 +80,9 @@ MAX_VALUE_LEN: Final = 32 * 1024
 MAX_TIMEOUT_MS: Final = 30_000
 MAX_BODY_BYTES: Final = 1024 * 1024 * 1024
 MAX_PAUSE_MINUTES: Final = 7 * 24 * 60
-MAX_WINDOW_MINUTES: Final = 24 * 60
+# The gateway's health hashes live HEALTH_TTL seconds: a longer window would read nothing more.
+MAX_WINDOW_MINUTES: Final = HEALTH_TTL // 60
+MAX_P99_LATENCY_MS: Final = 600_000
 MAX_MIN_REQUESTS: Final = 1_000_000_000
 
 Strategy = Literal["direct", "canary", "staged"]
@@ -89,6 +92,11 @@ _NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
 _BINDING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _METHOD = re.compile(r"[A-Z][A-Z0-9!#$%&'*+.^_`|~-]{0,31}")
+# A canary is not gated: saying it is would be a promise nothing keeps.
+_GATED_ONLY: Final = (
+    "only valid with strategy: staged (a canary is not health-gated; for a gated canary use "
+    "strategy: staged with one stage, e.g. stages: [{weight: 20, pause_minutes: 30}])"
+)
 
 
 # --------------------------------------------------------------------------------- values
@@ -132,6 +140,7 @@ class HealthCheck:
     error_rate_threshold: float = 0.05
     min_requests: int = 100
     window_minutes: int = 5
+    p99_latency_ms: int | None = None  # None: no latency gate
 
 
 DEFAULT_STAGES: Final = (
@@ -541,15 +550,15 @@ def _rollout(issues: _Issues, value: Any, path: str) -> Rollout | None:
         stages = DEFAULT_STAGES
     health = HealthCheck()
     if "health_check" in obj:
-        if strategy == "direct":
-            issues.add(f"{path}.health_check", "only valid with strategy: canary or staged")
+        if strategy in ("direct", "canary"):
+            issues.add(f"{path}.health_check", _GATED_ONLY)
         else:
             health = _health_check(issues, obj["health_check"], f"{path}.health_check") or health
     auto_promote = True
     if "auto_promote" in obj:
         flag = obj["auto_promote"]
-        if strategy == "direct":
-            issues.add(f"{path}.auto_promote", "only valid with strategy: canary or staged")
+        if strategy in ("direct", "canary"):
+            issues.add(f"{path}.auto_promote", _GATED_ONLY)
         elif not isinstance(flag, bool):
             issues.add(f"{path}.auto_promote", f"must be a boolean, not {_type_name(flag)}")
         else:
@@ -612,7 +621,12 @@ def _health_check(issues: _Issues, value: Any, path: str) -> HealthCheck | None:
     if obj is None:
         return None
     before = len(issues.items)
-    _keys(issues, obj, path, optional=("error_rate_threshold", "min_requests", "window_minutes"))
+    _keys(
+        issues,
+        obj,
+        path,
+        optional=("error_rate_threshold", "min_requests", "window_minutes", "p99_latency_ms"),
+    )
     default = HealthCheck()
     threshold = issues.check(
         _rate,
@@ -627,16 +641,20 @@ def _health_check(issues: _Issues, value: Any, path: str) -> HealthCheck | None:
         MAX_MIN_REQUESTS,
     )
     window = issues.check(
-        _int,
-        obj.get("window_minutes", default.window_minutes),
-        f"{path}.window_minutes",
-        1,
-        MAX_WINDOW_MINUTES,
+        _window, obj.get("window_minutes", default.window_minutes), f"{path}.window_minutes"
     )
+    p99 = None
+    if obj.get("p99_latency_ms") is not None:
+        p99 = issues.check(
+            _int, obj["p99_latency_ms"], f"{path}.p99_latency_ms", 1, MAX_P99_LATENCY_MS
+        )
     if len(issues.items) != before or threshold is None or min_requests is None or window is None:
         return None
     return HealthCheck(
-        error_rate_threshold=threshold, min_requests=min_requests, window_minutes=window
+        error_rate_threshold=threshold,
+        min_requests=min_requests,
+        window_minutes=window,
+        p99_latency_ms=p99,
     )
 
 
@@ -704,6 +722,19 @@ def _int(value: Any, path: str, lo: int, hi: int) -> int:
         shown = value if abs(value) < 10**15 else f"a number of {len(str(abs(value)))} digits"
         raise RecordError(path, f"must be between {lo} and {hi}, got {shown}")
     return value
+
+
+def _window(value: Any, path: str) -> int:
+    try:
+        return _int(value, path, 1, MAX_WINDOW_MINUTES)
+    except RecordError as exc:
+        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_WINDOW_MINUTES:
+            raise RecordError(
+                path,
+                f"{exc.reason} (the gateway keeps health counters for "
+                f"{MAX_WINDOW_MINUTES} minutes)",
+            ) from None
+        raise
 
 
 def _rate(value: Any, path: str) -> float:

@@ -25,6 +25,7 @@ class Settings:
     publish_retry_seconds: float = 1.0
     reconcile_interval: float = 5.0
     usage_interval: float = 10.0  # TURNOUT_USAGE_INTERVAL: the usage collector's period
+    rollout_interval: float = 60.0  # TURNOUT_ROLLOUT_INTERVAL: the rollout reconciler's period
     # TTL of the leader lease (admin/leader.py): a dead leader is replaced within about this.
     lease_seconds: float = 3.0
     max_body_bytes: int = 1024 * 1024
@@ -50,6 +51,7 @@ class Settings:
             ("TURNOUT_PUBLISH_RETRY", "publish_retry_seconds"),
             ("TURNOUT_LEASE_SECONDS", "lease_seconds"),
             ("TURNOUT_USAGE_INTERVAL", "usage_interval"),
+            ("TURNOUT_ROLLOUT_INTERVAL", "rollout_interval"),
         ):
             raw = env.get(var)
             if raw:

@@ -24,6 +24,10 @@ _TARGETS: Final[dict[str, tuple[str, str]]] = {
     "dev": ("admin.dev", "run a local all-in-one stack (try: turnout dev --demo)"),
 }
 
+# ``turnout admin rollout …`` is a small client of the admin API: loaded without the admin
+# plane's own imports (SQLAlchemy, Alembic, crypto), so the live view starts at once.
+_SUBTARGETS: Final[dict[tuple[str, str], str]] = {("admin", "rollout"): "admin.rollouts.cli"}
+
 _BENCH_HELP: Final = (
     "compare the gateway with nginx and Python peers (benchmarks/throughput.py; needs wrk)"
 )
@@ -66,8 +70,8 @@ def _is_missing(exc: ModuleNotFoundError, module: str) -> bool:
     return missing == module or module.startswith(missing + ".")
 
 
-def _load(command: str) -> EntryPoint | None:
-    module_name = _TARGETS[command][0]
+def _load(command: str, module_name: str | None = None) -> EntryPoint | None:
+    module_name = module_name or _TARGETS[command][0]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -95,7 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "bench":
         return _bench(rest)
 
-    entry = _load(command)
+    sub = _SUBTARGETS.get((command, rest[0])) if rest else None
+    entry = _load(command, sub)
+    if sub is not None:
+        rest = rest[1:]
     if entry is None:
         print(f"turnout: '{command}' is not available in this build yet", file=sys.stderr)
         return 2

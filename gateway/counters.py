@@ -9,7 +9,10 @@ from __future__ import annotations
 import time
 from typing import Final
 
+from routing.health import LATENCY_BUCKETS, latency_bucket
+
 # (space, service, deployment) -> Row: requests, 2xx, 4xx, 5xx, other, timeouts, bytes, latency_ms
+# (+ the latency histogram, routing/health.py)
 N_FIELDS: Final = 8
 REQ, C2, C4, C5, COTHER, TIMEOUTS, BYTES, LAT = range(N_FIELDS)
 
@@ -18,9 +21,10 @@ Key = tuple[bytes, bytes, bytes]
 
 class Row:
     """One key's counts. Attributes, not a list: compiled, the ints and the float are stored
-    unboxed, so counting a request allocates nothing. ``row[i]`` reads field ``i`` (REQ …)."""
+    unboxed, so counting a request allocates nothing. ``row[i]`` reads field ``i`` (REQ …).
+    ``hist`` counts requests per latency bucket (:func:`routing.health.latency_bucket`)."""
 
-    __slots__ = ("bytes", "c2", "c4", "c5", "cother", "latency_ms", "requests", "timeouts")
+    __slots__ = ("bytes", "c2", "c4", "c5", "cother", "hist", "latency_ms", "requests", "timeouts")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -31,6 +35,7 @@ class Row:
         self.timeouts = 0
         self.bytes = 0
         self.latency_ms = 0.0
+        self.hist = [0] * LATENCY_BUCKETS
 
     def values(self) -> list[float]:
         """The fields in index order (REQ, C2, C4, C5, COTHER, TIMEOUTS, BYTES, LAT)."""
@@ -57,6 +62,10 @@ class Row:
         self.timeouts += other.timeouts
         self.bytes += other.bytes
         self.latency_ms += other.latency_ms
+        hist = self.hist
+        for i, n in enumerate(other.hist):
+            if n:
+                hist[i] += n
 
     def __repr__(self) -> str:
         return f"Row({self.values()})"
@@ -113,6 +122,7 @@ class Counters:
             row.timeouts += 1
         row.bytes += nbytes
         row.latency_ms += latency_ms
+        row.hist[latency_bucket(latency_ms)] += 1
 
     def answered(self, status: int, timeout: bool = False) -> None:
         """Every answer the gateway sends (forwarded or its own), for /metrics."""

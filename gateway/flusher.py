@@ -10,7 +10,8 @@ it to a :class:`CounterSink`, which writes everything in one round trip:
   from the sink's :class:`~gateway.usage.UsageLedger` (idempotent: see :mod:`gateway.usage`),
   then ``EXPIRE`` (35 days);
 * ``{prefix}:health:<deployment>:<epoch-minute>``: ``HINCRBY`` of ``total``, ``2xx``, ``4xx``,
-  ``5xx``, ``timeouts`` and ``latency_ms_sum`` (integer ms), then ``EXPIRE 1800``.
+  ``5xx``, ``timeouts``, ``latency_ms_sum`` (integer ms) and the latency histogram's non-empty
+  ``lat_<i>`` buckets, then ``EXPIRE 1800`` (the format: :mod:`routing.health`).
 
 Month and minute are those of the flush time (UTC), not of each request: a request counted in
 the last second of a minute may land in the next one. Absent hash fields mean zero.
@@ -46,6 +47,7 @@ from redis.exceptions import RedisError
 
 from gateway.counters import C2, C4, C5, LAT, REQ, TIMEOUTS, Counters, Key, Row, epoch_minute
 from gateway.usage import USAGE_METER, USAGE_TTL, Staged, UsageLedger
+from routing.health import HEALTH_TTL, LATENCY_FIELDS
 from routing.keys import Keys
 from routing.runtime_state import MemoryRuntimeState
 
@@ -53,7 +55,6 @@ log = logging.getLogger("turnout.gateway.flusher")
 
 Batch = dict[Key, Row]
 
-HEALTH_TTL: Final = 30 * 60  # seconds; spec: health keys expire after 30 min
 # Health hash field -> row index; "latency_ms_sum" is written as rounded integer milliseconds.
 _HEALTH_FIELDS: Final = (
     ("total", REQ),
@@ -146,6 +147,9 @@ def plan_writes(
         fields = {name: round(sums[i]) for name, i in _HEALTH_FIELDS}
         # Zero increments are skipped (absent means 0); "total" is kept so the key exists.
         fields = {k: v for k, v in fields.items() if v or k == "total"}
+        for i, n in enumerate(acc.hist):
+            if n:
+                fields[LATENCY_FIELDS[i]] = n
         plan.append(
             HashIncrements(keys.health(_decode(deployment), minute), fields, ttl=HEALTH_TTL)
         )

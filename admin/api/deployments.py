@@ -12,7 +12,11 @@ keeps its claim (and proof) but is withdrawn from routing. A hostname the manife
 of the app's services to another moves with its claim.
 
 Routing statuses: ``active`` | ``canary`` | ``rollback`` carry traffic (weights in basis points
-summing to 10000 per service); ``archived`` and ``rolled_back`` carry none.
+summing to 10000 per service); ``archived`` and ``rolled_back`` carry none. Which deployment
+gets which status and weight is planned in :mod:`admin.rollouts.machine` (deploys, rollback and
+every staged-rollout step alike); the handlers here load the rows and apply the plan. A
+``staged`` deploy also starts a rollout (:mod:`admin.api.rollouts`); while one runs on a service,
+other deploys and rollbacks of that service answer 409 ``rollout_in_progress``.
 """
 
 from __future__ import annotations
@@ -40,8 +44,24 @@ from admin.db import (
 from admin.errors import Conflict, NotFound, Unprocessable
 from admin.framework import Ctx, endpoint, etag, paged
 from admin.manifest import Manifest, manifest_body
+from admin.rollouts import store as rollout_store
+from admin.rollouts.gate import Gate
+from admin.rollouts.machine import (
+    ROUTED,
+    Dep,
+    RolloutInProgress,
+    Stage,
+    plan_deploy,
+    plan_rollback,
+)
+from admin.rollouts.reconciler import reconciler_of
 
-ROUTED = ("active", "canary", "rollback")
+
+class RolloutRef(Strict):
+    id: str
+    state: str
+    stage: int
+    weight: int
 
 
 class AppDeploymentOut(Strict):
@@ -50,6 +70,7 @@ class AppDeploymentOut(Strict):
     strategy: str
     created_at: int
     services: list[dict[str, Any]]
+    rollout: RolloutRef | None  # strategy staged, when a service had a baseline to roll against
 
 
 class DeploymentOut(Strict):
@@ -118,18 +139,13 @@ async def _service_by_name(ctx: Ctx, name: str) -> Any:
     parse=manifest_body,
     response=AppDeploymentOut,
     status=201,
-    summary="Deploy an app from a manifest (YAML or JSON): strategies direct and canary",
+    summary="Deploy an app from a manifest (YAML or JSON): strategies direct, canary, staged",
 )
 async def create_app_deployment(ctx: Ctx) -> dict[str, Any]:
     manifest: Manifest = ctx.body.open()  # a ManifestParcel from the parsing worker
     _one_service_per_hostname(manifest, ctx.state.settings.base_domain)
     strategy = manifest.rollout.strategy
-    if strategy == "staged":
-        raise Unprocessable(
-            "staged rollouts are not implemented yet; use strategy direct or canary",
-            [{"path": "spec.rollout.strategy", "message": "staged is not implemented yet"}],
-            code="not_implemented",
-        )
+    await _refuse_running_rollouts(ctx, list(manifest.services))
     now = now_ms()
     app_id = new_id("app")
     await ctx.conn.execute(
@@ -144,8 +160,36 @@ async def create_app_deployment(ctx: Ctx) -> dict[str, Any]:
         )
     )
     out = []
+    legs: list[tuple[str, str, str]] = []  # staged: (service, canary, baseline) deployment ids
     for name, svc in manifest.services.items():
-        out.append(await _deploy_service(ctx, manifest, app_id, name, svc, now))
+        result, baseline = await _deploy_service(ctx, manifest, app_id, name, svc, now)
+        out.append(result)
+        if baseline is not None:
+            legs.append((result["service_id"], result["deployment_id"], baseline))
+    rollout = None
+    if legs:
+        ro = manifest.rollout
+        hc = ro.health_check
+        rollout_id, step = await rollout_store.create(
+            ctx.conn,
+            space_id=str(ctx.space_id),
+            app_deployment_id=app_id,
+            stages=[Stage(s.weight, s.pause_minutes) for s in ro.stages],
+            gate=Gate(
+                hc.error_rate_threshold, hc.min_requests, hc.window_minutes, hc.p99_latency_ms
+            ),
+            auto_promote=ro.auto_promote,
+            legs=legs,
+            principal_id=ctx.principal.id,
+            request_id=ctx.request_id,
+            now=reconciler_of(ctx.state).now_ms(),
+        )
+        rollout = {
+            "id": rollout_id,
+            "state": step.to_state.value,
+            "stage": step.to_stage + 1,
+            "weight": step.to_weight,
+        }
     ctx.resource = f"app-deployment:{app_id}"
     return {
         "id": app_id,
@@ -153,6 +197,7 @@ async def create_app_deployment(ctx: Ctx) -> dict[str, Any]:
         "strategy": strategy,
         "created_at": now,
         "services": out,
+        "rollout": rollout,
     }
 
 
@@ -177,9 +222,32 @@ def _one_service_per_hostname(manifest: Manifest, base_domain: str) -> None:
             )
 
 
+async def _refuse_running_rollouts(ctx: Ctx, names: list[str]) -> None:
+    """409 ``rollout_in_progress`` when one of these services (by name) has a running rollout."""
+    rows = (
+        await ctx.conn.execute(
+            sa.select(services.c.id, services.c.name).where(
+                services.c.space_id == ctx.space_id, services.c.name.in_(names)
+            )
+        )
+    ).all()
+    running = await rollout_store.running_for(ctx.conn, [r.id for r in rows])
+    for r in rows:
+        ro = running.get(r.id)
+        if ro is not None:
+            raise RolloutInProgress(
+                f"service {r.name} is in staged rollout {ro.id} ({ro.state.value}, stage "
+                f"{ro.stage + 1} of {len(ro.stages)}); promote or abort it first: POST "
+                f"/api/spaces/{ctx.space_id}/app-deployments/{ro.app_deployment_id}/rollout/"
+                "promote or …/abort",
+                details={"service": r.name, "rollout_id": ro.id, "state": ro.state.value},
+            )
+
+
 async def _deploy_service(
     ctx: Ctx, manifest: Manifest, app_id: str, name: str, svc: Any, now: int
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], str | None]:
+    """Deploy one service; returns its result and, for a staged rollout, the baseline's id."""
     state = ctx.state
     row = await _service_by_name(ctx, name)
     if row is not None and row.app_name is not None and row.app_name != manifest.name:
@@ -246,26 +314,17 @@ async def _deploy_service(
             )
         )
     ).all()
-    stable = [d for d in current if d.routing_status in ("active", "rollback")]
-    strategy = manifest.rollout.strategy
-    applied = strategy
+    ro = manifest.rollout
+    plan = plan_deploy(
+        ro.strategy,
+        [Dep.of(d) for d in current],
+        ro.canary_weight
+        if ro.strategy == "canary"
+        else (ro.stages[0].weight if ro.stages else None),
+    )
+    applied, new_status, weight = plan.applied, plan.routing_status, plan.routing_weight
     dep_id = new_id("dep")
-    if strategy == "canary" and stable:
-        weight = (manifest.rollout.canary_weight or 0) * 100
-        new_status = "canary"
-        # The stable deployment keeps the rest; an older canary is replaced (archived).
-        base = max(stable, key=lambda d: d.number)
-        for d in current:
-            if d.id == base.id:
-                await _move(ctx, d, d.routing_status, 10000 - weight, now)
-            else:
-                await _move(ctx, d, "archived", 0, now)
-    else:
-        applied = "direct"  # a first deployment has no baseline to canary against
-        weight = 10000
-        new_status = "active"
-        for d in current:
-            await _move(ctx, d, "archived", 0, now)
+    await rollout_store.apply_moves(ctx.conn, plan.moves, now)
     await ctx.conn.execute(
         sa.insert(deployments).values(
             id=dep_id,
@@ -322,7 +381,7 @@ async def _deploy_service(
         )
     hosts = await service_hosts(ctx.conn, service_id)
     ctx.enqueue_publish(hosts)
-    return {
+    result = {
         "service_id": service_id,
         "name": name,
         "deployment_id": dep_id,
@@ -334,19 +393,8 @@ async def _deploy_service(
         "hostnames": sorted(hosts),
         "verification": verification,
     }
-
-
-async def _move(ctx: Ctx, row: Any, status: str, weight: int, now: int) -> None:
-    """Change a deployment's routing under optimistic locking (409 if it moved meanwhile)."""
-    res = await ctx.conn.execute(
-        sa.update(deployments)
-        .where(deployments.c.id == row.id, deployments.c.version == row.version)
-        .values(
-            routing_status=status, routing_weight=weight, version=row.version + 1, updated_at=now
-        )
-    )
-    if res.rowcount != 1:
-        raise Conflict("a deployment changed concurrently; retry")
+    baseline = plan.baseline.id if applied == "staged" and plan.baseline is not None else None
+    return result, baseline
 
 
 @endpoint(
@@ -423,68 +471,23 @@ async def get_deployment(ctx: Ctx) -> dict[str, Any]:
     role="editor",
     body=RollbackIn,
     response=DeploymentOut,
-    summary="Roll back to a named version or the previous active deployment",
+    summary="Roll back: drop a canary, or go to a named version or the previous deployment",
 )
 async def rollback(ctx: Ctx) -> dict[str, Any]:
     body: RollbackIn = ctx.body
     svc = await load_service(ctx, ctx.params["service"])
+    await _refuse_running_rollouts(ctx, [svc.name])
     rows = (
-        await ctx.conn.execute(
-            sa.select(deployments)
-            .where(deployments.c.service_id == svc.id)
-            .order_by(deployments.c.number.desc())
-        )
+        await ctx.conn.execute(sa.select(deployments).where(deployments.c.service_id == svc.id))
     ).all()
-    routed = [d for d in rows if d.routing_status in ROUTED]
-    current = max(
-        (d for d in routed if d.routing_status in ("active", "rollback")),
-        key=lambda d: d.number,
-        default=None,
-    )
-    if body.version is not None:
-        target = next((d for d in rows if d.number == body.version), None)
-        if target is None:
-            raise NotFound(f"version {body.version} of {svc.name} not found")
-        if target.status != "success":
-            raise Conflict(
-                f"version {body.version} did not deploy successfully", code="no_rollback_target"
-            )
-    else:
-        # The previous successful deployment that is not carrying traffic now.
-        below = current.number if current is not None else 1 << 62
-        target = next(
-            (
-                d
-                for d in rows
-                if d.status == "success"
-                and d.number < below
-                and d.routing_status in ("archived", "rolled_back")
-            ),
-            None,
-        )
-        if target is None:
-            raise Conflict(
-                "no previous successful deployment to roll back to", code="no_rollback_target"
-            )
-    if current is not None and target.id == current.id and len(routed) == 1:
-        raise Conflict(
-            f"version {target.number} is already serving all traffic", code="no_rollback_target"
-        )
-    now = now_ms()
-    for d in routed:
-        if d.id == target.id:
-            continue
-        await _move(
-            ctx,
-            d,
-            "rolled_back" if d.routing_status in ("active", "rollback") else "archived",
-            0,
-            now,
-        )
-    await _move(ctx, target, "rollback", 10000, now)
+    try:
+        plan = plan_rollback([Dep.of(d) for d in rows], body.version)
+    except NotFound:
+        raise NotFound(f"version {body.version} of {svc.name} not found") from None
+    await rollout_store.apply_moves(ctx.conn, plan.moves, now_ms())
     ctx.enqueue_publish(await service_hosts(ctx.conn, svc.id))
-    ctx.resource = f"service:{svc.id}/deployment:{target.id}"
-    row = await _load_deployment(ctx, target.id)
+    ctx.resource = f"service:{svc.id}/deployment:{plan.target.id}"
+    row = await _load_deployment(ctx, plan.target.id)
     return _dep(row)
 
 

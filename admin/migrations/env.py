@@ -9,7 +9,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 import admin.billing.schema
-import admin.invitations.schema  # noqa: F401  (its table joins admin.db.metadata)
+import admin.invitations.schema
+import admin.rollouts.schema  # noqa: F401  (its tables join admin.db.metadata)
 from admin.db import make_engine, metadata
 
 config = context.config

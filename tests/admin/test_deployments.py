@@ -508,13 +508,17 @@ def test_a_canary_never_sets_the_policy_even_when_the_stable_one_has_no_limits(a
     assert record.policy.max_body_bytes == 25 * 1024 * 1024
 
 
-def test_staged_strategy_is_not_implemented(api: Api) -> None:
-    r = api.deploy(manifest(strategy="staged"))
-    err = assert_error(r, 422, "not_implemented")
-    assert "staged" in err["message"]
-    assert [f["path"] for f in err["details"]["fields"]] == ["spec.rollout.strategy"]
-    assert count(api.client, app_deployments) == 0
-    assert count(api.client, deployments) == 0
+def test_staged_as_the_first_deployment_is_applied_as_direct_without_a_rollout(api: Api) -> None:
+    out = api.deploy_ok(manifest(strategy="staged"))
+    assert (out["strategy"], out["rollout"]) == ("staged", None)
+    [svc] = out["services"]
+    assert (svc["strategy_applied"], svc["routing_status"], svc["routing_weight"]) == (
+        "direct",
+        "active",
+        10000,
+    )
+    r = api.get(f"/api/spaces/{api.space}/app-deployments/{out['id']}/rollout")
+    assert "no rollout" in assert_error(r, 404, "not_found")["message"]
 
 
 # ------------------------------------------------------------------------------ rollback
@@ -530,6 +534,19 @@ def test_rollback_to_the_previous_deployment_then_to_a_named_version(api: Api) -
     )["services"][0]
     sid = v1["service_id"]
     assert routing(c, sid) == {1: ("archived", 0), 2: ("active", 9000), 3: ("canary", 1000)}
+
+    # During a canary a rollback drops the canary: the stable deployment serves 100 %.
+    r = api.rollback()
+    assert r.status_code == 200, r.text
+    assert (r.json()["number"], r.json()["routing_status"], r.json()["routing_weight"]) == (
+        2,
+        "rollback",
+        10000,
+    )
+    assert routing(c, sid) == {1: ("archived", 0), 2: ("rollback", 10000), 3: ("archived", 0)}
+    record = published(c, host)
+    assert record is not None
+    assert targets_of(record) == [(v2["deployment_id"], 10000, "rollback")]
 
     r = api.rollback()
     assert r.status_code == 200, r.text
@@ -589,7 +606,34 @@ def test_rollback_to_the_previous_deployment_then_to_a_named_version(api: Api) -
         "success",
         "success",
         "success",
+        "success",
     ]
+
+
+def test_rollback_during_a_first_canary_drops_the_canary(api: Api) -> None:
+    """Issue 15 N2: v1 active 80 %, v2 canary 20 % — rollback means "drop the canary"."""
+    c = api.client
+    v1 = api.deploy_ok(manifest(upstreams=("http://127.0.0.1:9001",)))["services"][0]
+    v2 = api.deploy_ok(
+        manifest(strategy="canary", canary_weight=20, upstreams=("http://127.0.0.1:9002",))
+    )["services"][0]
+    sid = v1["service_id"]
+    assert routing(c, sid) == {1: ("active", 8000), 2: ("canary", 2000)}
+    r = api.rollback()
+    assert r.status_code == 200, r.text
+    assert (r.json()["id"], r.json()["routing_weight"]) == (v1["deployment_id"], 10000)
+    assert routing(c, sid) == {1: ("rollback", 10000), 2: ("archived", 0)}
+    record = published(c, f"web.shop.{BASE}")
+    assert record is not None
+    assert targets_of(record) == [(v1["deployment_id"], 10000, "rollback")]
+    # Naming the stable version during a canary means the same.
+    api.deploy_ok(manifest(strategy="canary", canary_weight=30))
+    r = api.rollback(body={"version": 1})
+    assert r.status_code == 200, r.text
+    assert routing(c, sid) == {1: ("rollback", 10000), 2: ("archived", 0), 3: ("archived", 0)}
+    # With no canary left, nothing is older than version 1.
+    assert_error(api.rollback(), 409, "no_rollback_target")
+    assert v2["number"] == 2
 
 
 def test_rollback_without_a_previous_deployment_is_409(api: Api) -> None:
@@ -1080,6 +1124,7 @@ def test_plaintext_never_reaches_responses_sql_audit_or_logs(
         assert (
             api.get(f"/api/spaces/{space}/deployments/{second['deployment_id']}").status_code == 200
         )
+        assert api.rollback().status_code == 200  # drops the canary (version 2)
         assert api.rollback().status_code == 409  # nothing older than 1 is archived
         assert api.rollback(body={"version": 2}).status_code == 200
         # Idempotent replay stores and returns only the (masked-free) response.

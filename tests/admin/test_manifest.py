@@ -181,6 +181,16 @@ def test_staged_default_stages() -> None:
     ]
 
 
+def test_staged_latency_gate() -> None:
+    hc = {"min_requests": 20, "window_minutes": 30, "p99_latency_ms": 250}
+    m = manifest_from_obj(with_change("spec.rollout", {"strategy": "staged", "health_check": hc}))
+    assert m.rollout.health_check == HealthCheck(0.05, 20, 30, 250)
+    hc = {"p99_latency_ms": None}  # explicitly no latency gate
+    m = manifest_from_obj(with_change("spec.rollout", {"strategy": "staged", "health_check": hc}))
+    assert m.rollout.health_check == HealthCheck()
+    assert m.rollout.health_check.p99_latency_ms is None
+
+
 def test_canary() -> None:
     m = manifest_from_obj(with_change("spec.rollout", {"strategy": "canary", "canary_weight": 10}))
     assert m.rollout.strategy == "canary"
@@ -459,6 +469,26 @@ RO = "spec.rollout"
             "between 1 and",
         ),
         (
+            {"strategy": "staged", "health_check": {"window_minutes": 31}},
+            f"{RO}.health_check.window_minutes",
+            "between 1 and 30, got 31 (the gateway keeps health counters for 30 minutes)",
+        ),
+        (
+            {"strategy": "staged", "health_check": {"p99_latency_ms": 0}},
+            f"{RO}.health_check.p99_latency_ms",
+            "between 1 and 600000",
+        ),
+        (
+            {"strategy": "staged", "health_check": {"p99_latency_ms": "250ms"}},
+            f"{RO}.health_check.p99_latency_ms",
+            "must be an integer, not string",
+        ),
+        (
+            {"strategy": "staged", "health_check": {"p99_latency_ms": 2.5}},
+            f"{RO}.health_check.p99_latency_ms",
+            "must be an integer, not number",
+        ),
+        (
             {"strategy": "staged", "health_check": {"interval": 1}},
             f"{RO}.health_check.interval",
             "unknown field",
@@ -475,6 +505,16 @@ RO = "spec.rollout"
             "must be a boolean, not string",
         ),
         ({"strategy": "direct", "auto_promote": True}, f"{RO}.auto_promote", "only valid"),
+        (
+            {"strategy": "canary", "canary_weight": 5, "health_check": {"min_requests": 10}},
+            f"{RO}.health_check",
+            "only valid with strategy: staged (a canary is not health-gated",
+        ),
+        (
+            {"strategy": "canary", "canary_weight": 5, "auto_promote": False},
+            f"{RO}.auto_promote",
+            "use strategy: staged with one stage",
+        ),
         ({"strategy": "direct", "speed": 1}, f"{RO}.speed", "unknown field"),
     ],
 )
@@ -484,7 +524,7 @@ def test_rollout_errors(rollout: Any, issue_path: str, fragment: str) -> None:
 
 
 def test_health_check_partial_keeps_defaults() -> None:
-    rollout = {"strategy": "canary", "canary_weight": 5, "health_check": {"min_requests": 10}}
+    rollout = {"strategy": "staged", "health_check": {"min_requests": 10}}
     m = manifest_from_obj(with_change(RO, rollout))
     assert m.rollout.health_check == HealthCheck(0.05, 10, 5)
 

@@ -54,6 +54,19 @@ MANIFEST = {
 }
 
 
+def rollout_manifest(strategy: str) -> dict[str, Any]:
+    """A second app whose staged deploys give the rollout endpoints a real ``{id}``."""
+    return {
+        "apiVersion": "turnout/v1",
+        "kind": "App",
+        "metadata": {"name": "fuzzroll"},
+        "spec": {
+            "services": {"roll": {"type": "http", "upstreams": ["http://127.0.0.1:9"]}},
+            "rollout": {"strategy": strategy},
+        },
+    }
+
+
 def _ok(resp: requests.Response, *codes: int) -> Any:
     assert resp.status_code in codes, (
         f"{resp.request.method} {resp.url}: {resp.status_code} {resp.text}"
@@ -77,6 +90,8 @@ class World:
         self.invitation = ""  # a pending invitation of the caller (the system principal)
         self.invitation_space = ""
         self.inviter = ""  # a user's token: it invites the system principal to its spaces
+        self.rollout_app = ""  # an app deployment with a running staged rollout
+        self.rollout_space = ""
         self.examples = 0
         self.dirty = True  # a mutation ran since the last ensure()
 
@@ -161,6 +176,23 @@ class World:
             self.deployment_id = dep["deployment_id"]
             self.snapshot_id = dep["snapshot_id"]
             self.host = dep["hostnames"][0]
+        self._ensure_rollout(space)
+
+    def _ensure_rollout(self, space: str) -> None:
+        if self.rollout_space != space:
+            self.rollout_space, self.rollout_app = space, ""
+        if self.rollout_app:
+            path = f"/api/spaces/{space}/app-deployments/{self.rollout_app}/rollout"
+            r = self.client.get(path, headers=self.auth)
+            if r.status_code == 200 and r.json()["state"] in ("in_progress", "paused"):
+                return
+        else:
+            path = f"/api/spaces/{space}/app-deployments"
+            self._call("POST", path, 201, json=rollout_manifest("direct"))
+        path = f"/api/spaces/{space}/app-deployments"
+        body = self._call("POST", path, 201, json=rollout_manifest("staged"))
+        assert body["rollout"] is not None, body
+        self.rollout_app = body["id"]
 
     def prepare(self, case: Case[Any]) -> None:
         """Authenticate the case as the system principal and give most examples real path ids.
@@ -192,6 +224,7 @@ class World:
             "principal": self.user_id,
             "plan": "plan_plus",
             "invitation": self.invitation,
+            "id": self.rollout_app,
         }
         if "invitation" in names:
             real["space"] = self.invitation_space

@@ -17,7 +17,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ from redis import Redis
 from routing.compiled import bucket_of
 from tests.support.admin_proc import AdminProcess, ApiResponse
 from tests.support.gateway_proc import GatewayProcess
+from tests.support.net import wait_until
 from tests.support.rawhttp import ConnectionClosed, RawConnection, RawResponse, request
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import UpstreamProcess, started_upstreams
@@ -105,25 +106,6 @@ def stack(
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def wait_until(
-    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
-) -> tuple[T, float]:
-    """Poll ``probe`` until it returns something truthy; returns it and the seconds it took."""
-    started = time.monotonic()
-    deadline = started + timeout
-    last: Any = None
-    while True:
-        try:
-            got = probe()
-        except AssertionError as exc:
-            got, last = None, exc
-        if got:
-            return got, time.monotonic() - started
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last}")
-        time.sleep(interval)
 
 
 def manifest(
@@ -443,8 +425,8 @@ def test_deploy_direct_canary_rollback(stack: Stack) -> None:
     # Sticky: the same clients get the same answers again.
     assert sweep(stack.gw.port, host, ips[:300]) == answers[:300]
 
-    # --- rollback to version 1 (v1), 100 %. (Without a version the admin answers 409 here:
-    # during a canary v1 is still the active deployment and nothing older exists.)
+    # --- rollback to version 1 (v1), 100 %. (Without a version it is the same: during a canary
+    # a rollback drops the canary, issue 15 N2.)
     resp = admin.call(
         "POST", f"/api/spaces/{space}/services/{service_id}/rollback", json_body={"version": 1}
     )

@@ -444,6 +444,7 @@ async def test_bad_gateway_on_refused_port() -> None:
         assert app.counters.connect_errors == 1
         row = app.counters.pending[(b"space-1", b"svc-1", b"dep-1")]
         assert row[3] == 1  # 5xx, recorded against the deployment
+        assert sum(row.hist) == 1  # and its latency
 
 
 async def test_connect_failure_moves_to_another_replica(up: UpstreamServer) -> None:
@@ -464,6 +465,10 @@ async def test_gateway_timeout_on_slow_upstream(up: UpstreamServer) -> None:
         assert resp.json()["error"]["code"] == "gateway_timeout"
         assert time.monotonic() - started < 2.0
         assert app.counters.timeouts_total == 1
+        # An error of the deployment for the rollout gate: a 5xx that is also a timeout.
+        row = app.counters.pending[(b"space-1", b"svc-1", b"dep-1")]
+        assert (row[3], row[5]) == (1, 1)  # 5xx, timeouts
+        assert sum(row.hist) == 1 and 150 <= row.latency_ms < 2000
 
 
 async def test_stale_keepalive_connection_is_retried_fresh() -> None:

@@ -578,6 +578,8 @@ def test_counters_exact_after_flush(
                 for field in ("total", "2xx", "4xx", "5xx"):
                     assert got.get(field, 0) == expected.get(field, 0), (dep, field, got, expected)
                 assert got.get("timeouts", 0) == 0, got
+                # every request counted once in the latency histogram (routing/health.py)
+                assert sum(v for k, v in got.items() if k.startswith("lat_")) == got["total"], got
             # the barrier host is blocked: answered by the gateway, never counted
             assert usage_total(client, keys, "space-e2e")[0] == 0
         finally:

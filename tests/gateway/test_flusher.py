@@ -26,6 +26,7 @@ from gateway.flusher import (
     usage_sums,
 )
 from gateway.usage import USAGE_TTL, UsageLedger
+from routing.health import LATENCY_FIELDS, latency_bucket
 from routing.keys import Keys
 from tests.support.net import free_port
 from tests.support.redis_server import RedisServer
@@ -80,6 +81,7 @@ def expected_health(n: int) -> dict[bytes, bytes]:
         b"5xx": c5,
         b"timeouts": c5,
         b"latency_ms_sum": round(10.4 * n),
+        LATENCY_FIELDS[latency_bucket(10.4)].encode(): n,  # lat_22: [10.4, 12.0) ms
     }
     return {k: str(v).encode() for k, v in fields.items() if v or k == b"total"}
 
@@ -123,10 +125,25 @@ def test_plan_aggregates_usage_per_space_and_health_per_deployment() -> None:
     assert plan[usage_key("sp-2")].fields == {"wfp_requests:w1": 1}
     assert plan[usage_key("sp-1")].ttl == USAGE_TTL and plan[usage_key("sp-1")].set
     dep1 = plan[health_key("dep-1")]
-    assert dep1.fields == {"total": 2, "2xx": 1, "4xx": 1, "timeouts": 1, "latency_ms_sum": 5}
+    assert dep1.fields == {
+        "total": 2,
+        "2xx": 1,
+        "4xx": 1,
+        "timeouts": 1,
+        "latency_ms_sum": 5,
+        "lat_11": 1,  # 1.4 ms: [1.4, 1.6)
+        "lat_16": 1,  # 3.4 ms: [3.2, 4.0)
+    }
     assert dep1.ttl == HEALTH_TTL == 1800
     assert not dep1.set
-    assert plan[health_key("dep-2")].fields == {"total": 2, "2xx": 1, "5xx": 1, "latency_ms_sum": 2}
+    assert plan[health_key("dep-2")].fields == {
+        "total": 2,
+        "2xx": 1,
+        "5xx": 1,
+        "latency_ms_sum": 2,
+        "lat_0": 1,  # 0.0 ms
+        "lat_14": 1,  # 2.4 ms: [2.4, 2.8)
+    }
     assert len(plan) == 4
     assert [p.key for p in plan_writes(batch, NOW, KEYS)] == [health_key(), health_key("dep-2")]
 

@@ -16,10 +16,11 @@ The environment carries ``TURNOUT_KEYS`` (a fresh key ring per instance unless o
 ``TURNOUT_BASE_DOMAIN`` and ``TURNOUT_REDIS_PREFIX``; inherited ``TURNOUT_DB`` and
 ``TURNOUT_REDIS_URL`` are dropped so flags are the only source of those.
 
-Timing knobs: ``admin/settings.py`` has ``reconcile_interval`` (5 s) and
-``publish_retry_seconds`` (1 s), but neither ``Settings.from_env`` nor ``turnout admin serve``
-exposes them, so the child always runs with the defaults; tests must allow for a reconciler
-period of 5 s.
+Timing knobs: ``TURNOUT_RECONCILE_INTERVAL`` (route store check, 5 s), ``TURNOUT_PUBLISH_RETRY``
+(1 s), ``TURNOUT_LEASE_SECONDS`` and ``TURNOUT_ROLLOUT_INTERVAL`` (60 s) through ``extra_env``.
+
+The database is a SQLite file by default; pass a ``postgresql+asyncpg://`` URL as ``db`` to run
+several instances on one PostgreSQL database (``query`` then is not available).
 
 :meth:`AdminProcess.call` speaks HTTP to the API (``http.client``: no third-party client in the
 way), :meth:`AdminProcess.cli` runs another ``turnout admin`` subcommand with the same

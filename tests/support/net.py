@@ -7,7 +7,9 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -67,3 +69,23 @@ def wait_ready(
             last = f"{what} answered {status}: {body[:200]!r}"
         time.sleep(0.05)
     return False, last
+
+
+def wait_until(
+    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
+) -> tuple[T, float]:
+    """Poll ``probe`` until it returns something truthy; returns it and the seconds it took.
+    An ``AssertionError`` from the probe counts as "not yet" and is reported on timeout."""
+    started = time.monotonic()
+    deadline = started + timeout
+    last: Any = None
+    while True:
+        try:
+            got = probe()
+        except AssertionError as exc:
+            got, last = None, exc
+        if got:
+            return got, time.monotonic() - started
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last}")
+        time.sleep(interval)

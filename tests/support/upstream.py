@@ -3,7 +3,7 @@
 Run it as a subprocess (the usual way, see :class:`UpstreamProcess`)::
 
     python -m tests.support.upstream --port 0 --name v1 [--mode normal|drop|stale]
-                                     [--idle-close-ms N]
+                                     [--idle-close-ms N] [--fail-every N] [--delay-ms N]
 
 It prints ``ready <port>`` on stdout once listening (``--port 0`` picks a free port).
 
@@ -35,6 +35,9 @@ connection closed without an answer: the request reached the server, no response
 that connection is read and dropped, which is what a server that closed an idle keep-alive
 connection at the moment a request arrived looks like). ``--idle-close-ms N`` closes a
 kept-alive connection that stays idle for N ms (a short server-side keep-alive timeout).
+``--fail-every N`` answers every N-th request (control paths aside) with a 500 instead
+(``N = 5``: exactly 20 % errors); ``--delay-ms N`` answers every such request N ms late — a bad
+or a slow version of a service, for the rollout gate's tests.
 """
 
 from __future__ import annotations
@@ -113,10 +116,19 @@ class Request:
 class UpstreamServer:
     """The server itself; :func:`main` runs one on a port."""
 
-    def __init__(self, name: str, mode: str = "normal", idle_close_ms: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        mode: str = "normal",
+        idle_close_ms: int = 0,
+        fail_every: int = 0,
+        delay_ms: int = 0,
+    ) -> None:
         self.name = name
         self.mode = mode
         self.idle_close = idle_close_ms / 1000 if idle_close_ms > 0 else None
+        self.fail_every = fail_every
+        self.delay = delay_ms / 1000
         self.connections = 0
         self.seen: list[list[str]] = []
 
@@ -150,6 +162,18 @@ class UpstreamServer:
                     ):
                         return  # read, never answered: the connection just closes
                 served += 1
+                if not control and self.delay:
+                    await asyncio.sleep(self.delay)
+                if not control and self.fail_every and len(self.seen) % self.fail_every == 0:
+                    close = "close" in req.tokens("connection") or req.version == "HTTP/1.0"
+                    body = f"injected failure ({self.name})\n".encode()
+                    writer.write(
+                        _response(500, [("Content-Type", "text/plain")], body, close=close)
+                    )
+                    await writer.drain()
+                    if close:
+                        return
+                    continue
                 keep = await self._respond(req, reader, writer)
                 if not keep:
                     return
@@ -496,8 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="upstream")
     p.add_argument("--mode", choices=("normal", "drop", "stale"), default="normal")
     p.add_argument("--idle-close-ms", type=int, default=0)
+    p.add_argument("--fail-every", type=int, default=0)
+    p.add_argument("--delay-ms", type=int, default=0)
     args = p.parse_args(argv)
-    server = UpstreamServer(args.name, args.mode, args.idle_close_ms)
+    server = UpstreamServer(
+        args.name, args.mode, args.idle_close_ms, args.fail_every, args.delay_ms
+    )
     asyncio.run(serve(args.port, server, args.host))
     return 0
 
@@ -521,10 +549,14 @@ class UpstreamProcess:
         mode: str = "normal",
         idle_close_ms: int = 0,
         workdir: Path | None = None,
+        fail_every: int = 0,
+        delay_ms: int = 0,
     ) -> None:
         self.name = name
         self.mode = mode
         self.idle_close_ms = idle_close_ms
+        self.fail_every = fail_every
+        self.delay_ms = delay_ms
         self._workdir = workdir
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr_path: Path | None = None
@@ -560,6 +592,10 @@ class UpstreamProcess:
             self.mode,
             "--idle-close-ms",
             str(self.idle_close_ms),
+            "--fail-every",
+            str(self.fail_every),
+            "--delay-ms",
+            str(self.delay_ms),
         ]
         self._proc = subprocess.Popen(
             cmd,
