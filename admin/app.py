@@ -25,6 +25,7 @@ from admin.errors import ApiError, NotFound
 from admin.framework import REGISTRY, Endpoint, error_response, make_route_handler, openapi
 from admin.leader import LeaderLoops, Lease
 from admin.migrate import upgrade
+from admin.pods.service import PodService
 from admin.publisher import Publisher
 from admin.settings import Settings
 from routing.redis_store import RedisRouteStore
@@ -40,6 +41,7 @@ RESOURCE_MODULES = (
     "admin.api.services",
     "admin.api.deployments",
     "admin.api.system",
+    "admin.api.pods",
 )
 
 
@@ -59,6 +61,7 @@ class AdminState:
     resolver: TxtResolver
     runtime: RuntimeState  # leases, mirrors, counter hashes (Redis, or in-process)
     loops: LeaderLoops  # background jobs that run on the leader lease's holder only
+    pods: PodService  # the pod scope authority's clock, lease TTL, mirror and reaper
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,6 +85,9 @@ def build_state(
         )
     runtime = runtime or runtime_for(store)
     lease = Lease(runtime, "publisher", settings.lease_ms)
+    pods = PodService(engine, runtime, keys, lease_seconds=settings.pod_lease_seconds)
+    loops = LeaderLoops(lease)
+    loops.add("pod-reaper", pods.reap, settings.pod_reap_interval)
     return AdminState(
         settings=settings,
         keys=keys,
@@ -97,7 +103,8 @@ def build_state(
         last_used=LastUsed(engine),
         resolver=resolver or make_resolver(settings.dns_fixture),
         runtime=runtime,
-        loops=LeaderLoops(lease),
+        loops=loops,
+        pods=pods,
     )
 
 
@@ -167,6 +174,7 @@ def create_app(
             "# TYPE turnout_admin_resyncs_total counter",
             f"turnout_admin_resyncs_total {p.resyncs}",
             *state.loops.metrics(),
+            *state.pods.metrics(),
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 

@@ -22,6 +22,8 @@ class Settings:
     # TTL of the leader lease (admin/leader.py); 0: derived from reconcile_interval (>= 30 s).
     lease_seconds: float = 0.0
     max_body_bytes: int = 1024 * 1024
+    pod_lease_seconds: float = 30.0  # TURNOUT_POD_LEASE_TTL: a pod lease's TTL (heartbeats extend)
+    pod_reap_interval: float = 5.0  # TURNOUT_POD_REAP_INTERVAL: the lease reaper's period
     migrate_on_start: bool = True
 
     @classmethod
@@ -40,6 +42,8 @@ class Settings:
             ("TURNOUT_RECONCILE_INTERVAL", "reconcile_interval"),
             ("TURNOUT_PUBLISH_RETRY", "publish_retry_seconds"),
             ("TURNOUT_LEASE_SECONDS", "lease_seconds"),
+            ("TURNOUT_POD_LEASE_TTL", "pod_lease_seconds"),
+            ("TURNOUT_POD_REAP_INTERVAL", "pod_reap_interval"),
         ):
             raw = env.get(var)
             if raw:

@@ -8,6 +8,7 @@ from typing import Any
 from alembic import context
 from sqlalchemy.engine import Connection
 
+import admin.pods.schema  # noqa: F401  (registers the pod tables on the one metadata)
 from admin.db import make_engine, metadata
 
 config = context.config

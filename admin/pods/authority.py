@@ -1,0 +1,730 @@
+"""The pod scope authority's operations, each inside one SQL transaction.
+
+Every function here runs in the caller's transaction (an API request's, or one the lease reaper
+or rebuild opened) through a :class:`PodTx`: the transaction starts with the space lock
+(:func:`admin.pods.records.lock_space`), decides from what SQL holds *now*, writes, and finally
+(:meth:`PodTx.finish`) bumps the version of every pod whose mirror changed and computes those
+mirrors — which the caller writes to the runtime state only after the commit. Nothing here reads
+a mirror.
+
+Operations (``shared/spec/pod-scope.md``): :func:`create`, :func:`attach` (restore by name,
+with the reconcile that prunes dead children), :func:`heartbeat`, :func:`release`,
+:func:`new_segment` (compact / fork), :func:`spawn` (delegate), :func:`stop_child`,
+:func:`shutdown`, and :func:`reclaim` with its cascade, which the lease reaper and rebuild
+(:mod:`admin.pods.maintenance`) use too.
+
+Write conflicts. A spawned region must not overlap the write region of any *live* pod (one with
+an unexpired lease) other than the parent; an attach must not make a pod live whose effective
+write overlaps another live pod's. A pod whose own denies cover the request (it handed that
+region to a child) does not hold it; among the pods that do, the one deepest in the delegation
+tree is named as the owner. Candidates come from ``pod_write_targets`` (targets related to the
+request by ancestry) and are decided exactly by :func:`admin.pods.algebra.write_overlap`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from admin.db import new_id
+from admin.pods.algebra import (
+    Perm,
+    Rule,
+    Scope,
+    ancestors_or_self,
+    dedupe,
+    render_path,
+    rules_json,
+    shortfall,
+    write_overlap,
+    write_rule_at,
+)
+from admin.pods.edges import EdgeEvent, EdgeState, LeaseEnd, ReclaimReason, transition
+from admin.pods.errors import (
+    LeaseExpired,
+    LeaseMismatch,
+    NotAChild,
+    NotSubset,
+    PodExists,
+    PodInactive,
+    PodPending,
+    SegmentConflict,
+    SegmentMissing,
+    SnapshotCorrupt,
+    WriteConflict,
+)
+from admin.pods.mirror import MirrorRecord, record_of
+from admin.pods.records import (
+    EdgeRow,
+    LeaseRow,
+    PodRow,
+    PodState,
+    depth_of,
+    edge_row,
+    get_pod,
+    lease_row,
+    load_state,
+    load_states,
+    lock_space,
+    pod_names,
+)
+from admin.pods.schema import (
+    pod_edges,
+    pod_leases,
+    pod_segments,
+    pod_sessions,
+    pod_write_targets,
+    pods,
+)
+
+MAX_NAME: Final = 128
+
+
+def check_name(name: str) -> str:
+    """Pod names: non-empty, at most 128 characters, no ``/``, not ``.``/``..``, no control
+    characters. Returns the name; raises ValueError with the reason."""
+    if not name:
+        raise ValueError("must not be empty")
+    if len(name) > MAX_NAME:
+        raise ValueError(f"at most {MAX_NAME} characters")
+    if "/" in name:
+        raise ValueError("must not contain '/'")
+    if name in (".", ".."):
+        raise ValueError("must not be '.' or '..'")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise ValueError("must not contain control characters")
+    return name
+
+
+@dataclass(slots=True)
+class PodTx:
+    """One pod transaction: connection, space, the clock reading, and what it changed."""
+
+    conn: AsyncConnection
+    space_id: str
+    now: int
+    lease_ms: int
+    touched: dict[str, None] = field(default_factory=dict)
+    reclaimed: list[dict[str, Any]] = field(default_factory=list)
+
+    async def lock(self) -> None:
+        await lock_space(self.conn, self.space_id)
+
+    def touch(self, *pod_ids: str | None) -> None:
+        for pid in pod_ids:
+            if pid is not None:
+                self.touched[pid] = None
+
+    async def finish(self) -> list[MirrorRecord]:
+        """Bump the version of every touched pod; the mirrors to write after commit."""
+        ids = list(self.touched)
+        if not ids:
+            return []
+        await self.conn.execute(
+            sa.update(pods)
+            .where(pods.c.id.in_(ids))
+            .values(version=pods.c.version + 1, updated_at=self.now)
+        )
+        states = await load_states(self.conn, self.space_id, ids)
+        return [record_of(st) for st in states.values()]
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+async def _insert_pod(
+    tx: PodTx, name: str, allow: Sequence[Rule], deny: Sequence[Rule], grant: Sequence[Rule]
+) -> tuple[str, str]:
+    """A pod with its first session and root segment, the pointer set; (pod id, segment id)."""
+    taken = (
+        await tx.conn.execute(
+            sa.select(pods.c.id).where(pods.c.space_id == tx.space_id, pods.c.name == name)
+        )
+    ).first()
+    if taken is not None:
+        raise PodExists(f"a pod named {name} already exists in this space", details={"pod": name})
+    pod_id, session_id, segment_id = new_id("pod"), new_id("pss"), new_id("seg")
+    await tx.conn.execute(
+        sa.insert(pods).values(
+            id=pod_id,
+            space_id=tx.space_id,
+            name=name,
+            base_allow=orjson.dumps(rules_json(allow)).decode(),
+            base_deny=orjson.dumps(rules_json(deny)).decode(),
+            grant_rules=orjson.dumps(rules_json(grant)).decode(),
+            session_id=session_id,
+            segment_id=segment_id,
+            version=0,  # finish() bumps every touched pod: the first visible version is 1
+            created_at=tx.now,
+            updated_at=tx.now,
+        )
+    )
+    await tx.conn.execute(
+        sa.insert(pod_sessions).values(
+            id=session_id, space_id=tx.space_id, pod_id=pod_id, created_at=tx.now
+        )
+    )
+    await tx.conn.execute(
+        sa.insert(pod_segments).values(
+            id=segment_id,
+            space_id=tx.space_id,
+            pod_id=pod_id,
+            session_id=session_id,
+            kind="root",
+            created_at=tx.now,
+        )
+    )
+    targets = sorted({r.target for r in allow if r.permission is Perm.WRITE})
+    if targets:
+        await tx.conn.execute(
+            sa.insert(pod_write_targets),
+            [{"pod_id": pod_id, "target": t, "space_id": tx.space_id} for t in targets],
+        )
+    tx.touch(pod_id)
+    return pod_id, segment_id
+
+
+async def _open_lease(tx: PodTx, pod_id: str, segment_id: str, parent: str | None) -> LeaseRow:
+    lease = LeaseRow(
+        id=new_id("lse"),
+        pod_id=pod_id,
+        segment_id=segment_id,
+        parent_pod_id=parent,
+        created_at=tx.now,
+        expires_at=tx.now + tx.lease_ms,
+        ended_at=None,
+        end_reason=None,
+    )
+    await tx.conn.execute(
+        sa.insert(pod_leases).values(
+            id=lease.id,
+            space_id=tx.space_id,
+            pod_id=pod_id,
+            segment_id=segment_id,
+            parent_pod_id=parent,
+            created_at=tx.now,
+            expires_at=lease.expires_at,
+        )
+    )
+    return lease
+
+
+async def _end_leases(tx: PodTx, pod_id: str, reason: LeaseEnd) -> int:
+    res = await tx.conn.execute(
+        sa.update(pod_leases)
+        .where(pod_leases.c.pod_id == pod_id, pod_leases.c.ended_at.is_(None))
+        .values(ended_at=tx.now, end_reason=reason.value)
+    )
+    return int(res.rowcount or 0)
+
+
+async def _live_leases(tx: PodTx, pod_ids: Sequence[str]) -> dict[str, LeaseRow]:
+    if not pod_ids:
+        return {}
+    rows = await tx.conn.execute(
+        sa.select(pod_leases).where(
+            pod_leases.c.pod_id.in_(list(pod_ids)),
+            pod_leases.c.ended_at.is_(None),
+            pod_leases.c.expires_at > tx.now,
+        )
+    )
+    return {r.pod_id: lease_row(r) for r in rows}
+
+
+async def _segment(conn: AsyncConnection, space_id: str, segment_id: str) -> Any:
+    return (
+        await conn.execute(
+            sa.select(pod_segments).where(
+                pod_segments.c.space_id == space_id, pod_segments.c.id == segment_id
+            )
+        )
+    ).first()
+
+
+async def _segment_holder(tx: PodTx, segment_id: str, pod_id: str) -> tuple[str, str] | None:
+    """(pod name, lease id) of another pod's live lease on the segment, if any."""
+    row = (
+        await tx.conn.execute(
+            sa.select(pod_leases.c.id, pods.c.name)
+            .join(pods, pods.c.id == pod_leases.c.pod_id)
+            .where(
+                pod_leases.c.segment_id == segment_id,
+                pod_leases.c.pod_id != pod_id,
+                pod_leases.c.ended_at.is_(None),
+                pod_leases.c.expires_at > tx.now,
+            )
+        )
+    ).first()
+    return None if row is None else (str(row.name), str(row.id))
+
+
+def _not_segment_writer(tx: PodTx, holder: tuple[str, str] | None, segment_id: str) -> None:
+    if holder is not None:
+        raise SegmentConflict(
+            f"segment {segment_id} is written by live pod {holder[0]} (lease {holder[1]})",
+            details={"segment_id": segment_id, "pod": holder[0], "lease_id": holder[1]},
+        )
+
+
+def _require_active(state: PodState) -> None:
+    pod = state.pod
+    if state.retired:
+        edge = state.in_edge
+        assert edge is not None
+        raise PodInactive(
+            f"pod {pod.name} was reclaimed ({edge.reason}) by "
+            f"{state.names.get(edge.parent_pod_id, edge.parent_pod_id)}: its pointer was cleared "
+            "and it holds no scope",
+            details={"pod": pod.name, "reason": edge.reason},
+        )
+    if pod.session_id is None:
+        raise PodInactive(
+            f"pod {pod.name} has no active session pointer", details={"pod": pod.name}
+        )
+    if pod.segment_id is None:
+        raise PodPending(
+            f"the active session {pod.session_id} of pod {pod.name} has no first segment yet",
+            details={"pod": pod.name, "session_id": pod.session_id},
+        )
+
+
+async def _pointer_segment(tx: PodTx, pod: PodRow) -> Any:
+    """The segment the pod's pointer names; SnapshotCorrupt when the pointer dangles."""
+    assert pod.segment_id is not None
+    seg = await _segment(tx.conn, tx.space_id, pod.segment_id)
+    if seg is None or seg.session_id != pod.session_id:
+        raise SnapshotCorrupt(
+            f"the active pointer of pod {pod.name} names segment {pod.segment_id} of session "
+            f"{pod.session_id}, which SQL does not hold",
+            details={"pod": pod.name, "segment_id": pod.segment_id},
+        )
+    return seg
+
+
+def lease_json(lease: LeaseRow | None, now: int, names: dict[str, str]) -> dict[str, Any] | None:
+    if lease is None:
+        return None
+    return {
+        "id": lease.id,
+        "segment_id": lease.segment_id,
+        "parent": names.get(lease.parent_pod_id) if lease.parent_pod_id else None,
+        "created_at": lease.created_at,
+        "expires_at": lease.expires_at,
+        "ended_at": lease.ended_at,
+        "end_reason": lease.end_reason,
+        "status": lease.status(now),
+    }
+
+
+# ------------------------------------------------------------------------------ reclaim
+
+
+async def reclaim(tx: PodTx, edge: EdgeRow, reason: ReclaimReason) -> bool:
+    """Reclaim ``edge`` exactly once: the edge becomes ``reclaimed``, the child's lease ends and
+    its pointer is cleared, its outstanding edges are re-parented to ``edge``'s parent. False
+    (and nothing written) when the edge was reclaimed already."""
+    _, changed = transition(edge.state, EdgeEvent.RECLAIM)
+    if not changed:
+        return False
+    res = await tx.conn.execute(
+        sa.update(pod_edges)
+        .where(pod_edges.c.id == edge.id, pod_edges.c.state == EdgeState.OUTSTANDING.value)
+        .values(state=EdgeState.RECLAIMED.value, reason=reason.value, reclaimed_at=tx.now)
+    )
+    if res.rowcount != 1:
+        return False
+    child, parent = edge.child_pod_id, edge.parent_pod_id
+    await _end_leases(tx, child, LeaseEnd.RECLAIMED)
+    await tx.conn.execute(
+        sa.update(pods).where(pods.c.id == child).values(session_id=None, segment_id=None)
+    )
+    grandchildren = (
+        await tx.conn.execute(
+            sa.select(pod_edges).where(
+                pod_edges.c.parent_pod_id == child,
+                pod_edges.c.state == EdgeState.OUTSTANDING.value,
+            )
+        )
+    ).all()
+    for row in grandchildren:
+        transition(row.state, EdgeEvent.REPARENT)
+        await tx.conn.execute(
+            sa.update(pod_edges)
+            .where(pod_edges.c.id == row.id, pod_edges.c.state == EdgeState.OUTSTANDING.value)
+            .values(parent_pod_id=parent, reparented_at=tx.now)
+        )
+    await tx.conn.execute(
+        sa.update(pod_leases)
+        .where(pod_leases.c.parent_pod_id == child, pod_leases.c.ended_at.is_(None))
+        .values(parent_pod_id=parent)
+    )
+    names = await pod_names(tx.conn, [child, parent])
+    tx.reclaimed.append(
+        {
+            "edge_id": edge.id,
+            "child": names.get(child, child),
+            "parent": names.get(parent, parent),
+            "rules": rules_json(edge.rules),
+            "reason": reason.value,
+            "reparented": len(grandchildren),
+        }
+    )
+    tx.touch(child, parent)
+    return True
+
+
+async def prune_dead_children(tx: PodTx, state: PodState, reason: ReclaimReason) -> None:
+    """Reclaim every outstanding child of ``state``'s pod that has no live lease."""
+    live = await _live_leases(tx, [e.child_pod_id for e in state.out_edges])
+    for edge in state.out_edges:
+        if edge.child_pod_id not in live:
+            await reclaim(tx, edge, reason)
+
+
+# ------------------------------------------------------------------------------ conflicts
+
+
+async def _write_conflicts(
+    tx: PodTx, request: Scope, exclude: set[str]
+) -> list[tuple[int, PodState, str]]:
+    """Live pods (not in ``exclude``) whose effective write overlaps ``request``'s write:
+    (depth, state, a shared path), deepest first."""
+    conds = []
+    for rule in request.allow:
+        if rule.permission is not Perm.WRITE:
+            continue
+        below = rule.target.rstrip("/") + "/"
+        escaped = below.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conds.append(pod_write_targets.c.target.in_(ancestors_or_self(rule.target)))
+        conds.append(pod_write_targets.c.target.like(escaped + "%", escape="\\"))
+    if not conds:
+        return []
+    rows = await tx.conn.execute(
+        sa.select(pod_write_targets.c.pod_id)
+        .distinct()
+        .join(pod_leases, pod_leases.c.pod_id == pod_write_targets.c.pod_id)
+        .where(
+            pod_write_targets.c.space_id == tx.space_id,
+            sa.or_(*conds),
+            pod_leases.c.ended_at.is_(None),
+            pod_leases.c.expires_at > tx.now,
+        )
+    )
+    ids = [str(r.pod_id) for r in rows if r.pod_id not in exclude]
+    found: list[tuple[int, PodState, str]] = []
+    for st in (await load_states(tx.conn, tx.space_id, ids)).values():
+        where = write_overlap(request, st.effective())
+        if where is not None:
+            found.append((await depth_of(tx.conn, st.pod.id), st, where))
+    found.sort(key=lambda f: (-f[0], f[1].pod.name))
+    return found
+
+
+def _conflict_error(
+    request: Scope, found: list[tuple[int, PodState, str]], asker: str
+) -> WriteConflict:
+    _depth, owner, where = found[0]
+    theirs = write_rule_at(owner.effective(), where)
+    ours = write_rule_at(request, where)
+    via = ""
+    if owner.in_edge is not None:
+        via = f", delegated by {owner.names.get(owner.in_edge.parent_pod_id, '?')}"
+    return WriteConflict(
+        f"{asker} ({ours}) overlaps the write region of live pod {owner.pod.name} "
+        f"({theirs}{via}) at {render_path(where)}",
+        details={
+            "competitor": owner.pod.name,
+            "competitor_rule": theirs.to_json() if theirs else None,
+            "rule": ours.to_json() if ours else None,
+            "path": render_path(where),
+            "others": [st.pod.name for _d, st, _w in found[1:]],
+        },
+    )
+
+
+# ------------------------------------------------------------------------------ operations
+
+
+async def create(
+    tx: PodTx, name: str, allow: Sequence[Rule], deny: Sequence[Rule], grant: Sequence[Rule]
+) -> str:
+    """A root pod with base scope and grant (the grant within the base allow); its id."""
+    await tx.lock()
+    allow, grant = dedupe(allow), dedupe(grant)
+    short = shortfall(grant, Scope.of(allow))
+    if short is not None:
+        raise NotSubset(
+            f"grant[{short.rule_index}]: " + short.describe("the base allow"),
+            f"body.grant[{short.rule_index}]",
+            rule=short.rule.to_json(),
+            path=render_path(short.path),
+        )
+    pod_id, _segment_id = await _insert_pod(tx, name, allow, deny, grant)
+    return pod_id
+
+
+async def spawn(
+    tx: PodTx, parent_name: str, child_name: str, rules: Sequence[Rule], grant: Sequence[Rule]
+) -> tuple[PodState, LeaseRow, str]:
+    """Delegate ``rules`` from the parent to a new child pod (with its first lease).
+
+    Rules must lie within the parent's grant and its current effective scope (422
+    ``not_subset``); no live pod other than the parent may hold an overlapping write region
+    (409 ``write_conflict``). Returns the parent's state before, the child's lease, the edge id.
+    """
+    await tx.lock()
+    parent = await get_pod(tx.conn, tx.space_id, parent_name)
+    state = await load_state(tx.conn, parent)
+    if state.retired:
+        _require_active(state)  # raises: a reclaimed pod holds nothing to hand on
+    rules, grant = dedupe(rules), dedupe(grant)
+    for scope, whose in (
+        (Scope.of(parent.grant), f"the grant of {parent.name}"),
+        (state.effective(), f"the effective scope of {parent.name}"),
+    ):
+        short = shortfall(rules, scope)
+        if short is not None:
+            raise NotSubset(
+                f"rules[{short.rule_index}]: " + short.describe(whose),
+                f"body.rules[{short.rule_index}]",
+                rule=short.rule.to_json(),
+                path=render_path(short.path),
+                holder=short.decision.layer.child if short.decision.layer else None,
+            )
+    short = shortfall(grant, Scope.of(rules))
+    if short is not None:
+        raise NotSubset(
+            f"grant[{short.rule_index}]: " + short.describe("the delegated rules"),
+            f"body.grant[{short.rule_index}]",
+            rule=short.rule.to_json(),
+            path=render_path(short.path),
+        )
+    request = Scope.of(r for r in rules if r.permission is Perm.WRITE)
+    found = await _write_conflicts(tx, request, {parent.id})
+    if found:
+        raise _conflict_error(request, found, f"delegating to {child_name}")
+    child_id, segment_id = await _insert_pod(tx, child_name, rules, (), grant)
+    edge_id = new_id("edg")
+    await tx.conn.execute(
+        sa.insert(pod_edges).values(
+            id=edge_id,
+            space_id=tx.space_id,
+            parent_pod_id=parent.id,
+            child_pod_id=child_id,
+            rules=orjson.dumps(rules_json(rules)).decode(),
+            state=EdgeState.OUTSTANDING.value,
+            created_at=tx.now,
+            first_parent_id=parent.id,
+        )
+    )
+    lease = await _open_lease(tx, child_id, segment_id, parent.id)
+    tx.touch(parent.id, child_id)
+    return state, lease, edge_id
+
+
+async def attach(tx: PodTx, name: str, segment_id: str | None) -> tuple[PodState, LeaseRow, Scope]:
+    """Restore by name: resolve the pod, register a lease with its effective scope on its
+    segment (or ``segment_id``), and reclaim its dead children (``restore_prune``). Live
+    children keep their regions. Returns the state after, the lease and the effective scope."""
+    await tx.lock()
+    pod = await get_pod(tx.conn, tx.space_id, name)
+    state = await load_state(tx.conn, pod)
+    _require_active(state)
+    if segment_id is None:
+        seg = await _pointer_segment(tx, pod)
+    else:
+        seg = await _segment(tx.conn, tx.space_id, segment_id)
+        if seg is None:
+            raise SegmentMissing(
+                f"no segment {segment_id} in this space", details={"segment_id": segment_id}
+            )
+    _not_segment_writer(tx, await _segment_holder(tx, seg.id, pod.id), seg.id)
+    await _end_leases(tx, pod.id, LeaseEnd.SUPERSEDED)
+    await prune_dead_children(tx, state, ReclaimReason.RESTORE_PRUNE)
+    state = await load_state(tx.conn, pod)
+    scope = state.effective()
+    found = await _write_conflicts(tx, scope, {pod.id})
+    if found:
+        raise _conflict_error(scope, found, f"pod {pod.name}")
+    if seg.id != pod.segment_id:
+        await tx.conn.execute(
+            sa.update(pods)
+            .where(pods.c.id == pod.id)
+            .values(session_id=seg.session_id, segment_id=seg.id)
+        )
+    lease = await _open_lease(tx, pod.id, seg.id, state.parent_id)
+    tx.touch(pod.id)
+    return state, lease, scope
+
+
+async def heartbeat(
+    conn: AsyncConnection, space_id: str, name: str, lease_id: str, now: int, lease_ms: int
+) -> LeaseRow:
+    """Extend a live lease by the TTL (no space lock: one conditional UPDATE, see records)."""
+    pod = await get_pod(conn, space_id, name)
+    lease = await _lease_of(conn, pod, lease_id)
+    _require_live(lease, pod.name, now)
+    res = await conn.execute(
+        sa.update(pod_leases)
+        .where(
+            pod_leases.c.id == lease.id,
+            pod_leases.c.ended_at.is_(None),
+            pod_leases.c.expires_at > now,
+        )
+        .values(expires_at=now + lease_ms)
+    )
+    if res.rowcount != 1:  # ended or expired between the read and the update
+        raise LeaseExpired(
+            f"lease {lease.id} of pod {pod.name} ended meanwhile; attach again",
+            details={"lease_id": lease.id},
+        )
+    return await _lease_of(conn, pod, lease_id)
+
+
+async def _lease_of(conn: AsyncConnection, pod: PodRow, lease_id: str) -> LeaseRow:
+    row = (
+        await conn.execute(
+            sa.select(pod_leases).where(pod_leases.c.id == lease_id, pod_leases.c.pod_id == pod.id)
+        )
+    ).first()
+    if row is None:
+        raise LeaseMismatch(
+            f"{lease_id} is not a lease of pod {pod.name}", details={"lease_id": lease_id}
+        )
+    return lease_row(row)
+
+
+def _require_live(lease: LeaseRow, name: str, now: int) -> None:
+    if lease.end_reason == LeaseEnd.SUPERSEDED.value:
+        raise LeaseMismatch(
+            f"lease {lease.id} of pod {name} was superseded by a later attach",
+            details={"lease_id": lease.id},
+        )
+    if lease.ended_at is not None:
+        raise LeaseExpired(
+            f"lease {lease.id} of pod {name} ended ({lease.end_reason}); attach again",
+            details={"lease_id": lease.id, "end_reason": lease.end_reason},
+        )
+    if lease.expires_at <= now:
+        raise LeaseExpired(
+            f"lease {lease.id} of pod {name} expired {now - lease.expires_at} ms ago; attach again",
+            details={"lease_id": lease.id},
+        )
+
+
+async def release(tx: PodTx, name: str, lease_id: str | None) -> LeaseRow | None:
+    """End the pod's lease; its children's live allocations are re-parented to its parent.
+    Delegations stay outstanding (a released pod's restore must still deny its live children's
+    regions). Returns the lease that ended (None: there was none)."""
+    await tx.lock()
+    pod = await get_pod(tx.conn, tx.space_id, name)
+    state = await load_state(tx.conn, pod)
+    lease = state.lease
+    if lease_id is not None and (lease is None or lease.id != lease_id):
+        current = await _lease_of(tx.conn, pod, lease_id)
+        _require_live(current, pod.name, tx.now)  # raises: ended, superseded or expired
+    if lease is None:
+        return None
+    await _end_leases(tx, pod.id, LeaseEnd.RELEASED)
+    await tx.conn.execute(
+        sa.update(pod_leases)
+        .where(pod_leases.c.parent_pod_id == pod.id, pod_leases.c.ended_at.is_(None))
+        .values(parent_pod_id=state.parent_id)
+    )
+    tx.touch(pod.id)
+    return lease
+
+
+async def new_segment(tx: PodTx, name: str, kind: str) -> tuple[str, str]:
+    """Compact (a new segment in the session) or fork (a new session whose first segment
+    continues the current one); the pointer and the pod's lease move. Scope is untouched.
+    Returns (session id, segment id)."""
+    assert kind in ("compact", "fork")
+    await tx.lock()
+    pod = await get_pod(tx.conn, tx.space_id, name)
+    state = await load_state(tx.conn, pod)
+    _require_active(state)
+    current = await _pointer_segment(tx, pod)
+    _not_segment_writer(tx, await _segment_holder(tx, current.id, pod.id), current.id)
+    session_id = str(current.session_id)
+    if kind == "fork":
+        session_id = new_id("pss")
+        await tx.conn.execute(
+            sa.insert(pod_sessions).values(
+                id=session_id,
+                space_id=tx.space_id,
+                pod_id=pod.id,
+                forked_from=current.id,
+                created_at=tx.now,
+            )
+        )
+    segment_id = new_id("seg")
+    await tx.conn.execute(
+        sa.insert(pod_segments).values(
+            id=segment_id,
+            space_id=tx.space_id,
+            pod_id=pod.id,
+            session_id=session_id,
+            kind=kind,
+            parent_id=current.id,
+            created_at=tx.now,
+        )
+    )
+    await tx.conn.execute(
+        sa.update(pods)
+        .where(pods.c.id == pod.id)
+        .values(session_id=session_id, segment_id=segment_id)
+    )
+    await tx.conn.execute(
+        sa.update(pod_leases)
+        .where(pod_leases.c.pod_id == pod.id, pod_leases.c.ended_at.is_(None))
+        .values(segment_id=segment_id)
+    )
+    tx.touch(pod.id)
+    return session_id, segment_id
+
+
+async def _in_edge(tx: PodTx, child: PodRow) -> EdgeRow | None:
+    row = (
+        await tx.conn.execute(sa.select(pod_edges).where(pod_edges.c.child_pod_id == child.id))
+    ).first()
+    return None if row is None else edge_row(row)
+
+
+async def stop_child(tx: PodTx, parent_name: str, child_name: str) -> tuple[EdgeRow, bool]:
+    """The parent stops its child: reclaim (``stop``); a second stop changes nothing."""
+    await tx.lock()
+    parent = await get_pod(tx.conn, tx.space_id, parent_name)
+    child = await get_pod(tx.conn, tx.space_id, child_name)
+    edge = await _in_edge(tx, child)
+    if edge is None or edge.parent_pod_id != parent.id:
+        holder = None
+        if edge is not None:
+            holder = (await pod_names(tx.conn, [edge.parent_pod_id])).get(edge.parent_pod_id)
+        raise NotAChild(
+            f"pod {child.name} is not a child of {parent.name}"
+            + (f" (its delegation is held by {holder})" if holder else " (it is a root pod)"),
+            details={"pod": child.name, "parent": holder},
+        )
+    changed = await reclaim(tx, edge, ReclaimReason.STOP)
+    return edge, changed
+
+
+async def shutdown(tx: PodTx, name: str) -> tuple[EdgeRow, bool]:
+    """The child's own notice: reclaim its delegation (``shutdown``); twice is a no-op."""
+    await tx.lock()
+    child = await get_pod(tx.conn, tx.space_id, name)
+    edge = await _in_edge(tx, child)
+    if edge is None:
+        raise NotAChild(
+            f"pod {child.name} is a root pod: it holds no delegation to hand back "
+            "(release its lease instead)",
+            details={"pod": child.name},
+        )
+    changed = await reclaim(tx, edge, ReclaimReason.SHUTDOWN)
+    return edge, changed
