@@ -419,15 +419,50 @@ class Shortfall:
         return f"{self.rule} is not within {whose}: {why}"
 
 
-def shortfall(rules: Sequence[Rule], scope: Scope) -> Shortfall | None:
+def region_within(inner: Rule, outer: Rule) -> bool:
+    """Is every path of ``inner``'s region in ``outer``'s region?"""
+    if outer.recursive:
+        return is_within(inner.target, outer.target)
+    return not inner.recursive and inner.target == outer.target
+
+
+def _binding(scope: Scope, grant: Sequence[Rule], path: str) -> Scope:
+    """``scope`` without the explicit deny layers that do not bind delegation at ``path``:
+    those inside which a grant rule names ``path`` (see :func:`shortfall`)."""
+    kept = tuple(
+        d
+        for d in scope.deny
+        if d.origin is not Origin.EXPLICIT
+        or not any(g.covers(path) and region_within(g, d.rule) for g in grant)
+    )
+    return scope if len(kept) == len(scope.deny) else Scope(scope.allow, kept)
+
+
+def shortfall(
+    rules: Sequence[Rule], scope: Scope, grant: Sequence[Rule] | None = None
+) -> Shortfall | None:
     """The first place where ``scope`` gives less than one of ``rules`` asks, or None when
-    every rule lies within the scope (``write`` rules within its write, ``read`` within read)."""
+    every rule lies within the scope (``write`` rules within its write, ``read`` within read).
+
+    With ``grant``, what is measured is what a pod may *delegate* from its effective scope
+    ``scope``: everything, less what it has handed out already (delegated layers), less its
+    explicit denies — except inside an explicit deny where a grant rule lying within that deny
+    names the path. An operator who writes ``deny write /src/core`` and ``grant write
+    /src/core`` means "the pod must not write /src/core itself, but may hand it to a child";
+    an explicit deny that no such grant rule reopens binds the pod's children too (``deny
+    /src/secret`` with ``grant /src`` does not let it delegate /src/secret). This is how an
+    explicit deny can be identical to a delegated rule: two layers, of which a reclaim removes
+    only the delegated one.
+    """
     targets = scope.targets()
+    if grant:
+        targets |= {g.target for g in grant}
     for i, rule in enumerate(rules):
         for p in representatives(targets, rule):
-            have = scope.access(p)
+            at = _binding(scope, grant, p) if grant else scope
+            have = at.access(p)
             if have < rule.permission:
-                return Shortfall(i, rule, p, have, scope.decide(p, rule.permission))
+                return Shortfall(i, rule, p, have, at.decide(p, rule.permission))
     return None
 
 

@@ -474,7 +474,8 @@ async def spawn(
     """Delegate ``rules`` from the parent to a new child pod (with its first lease).
 
     Rules must lie within the parent's grant and its current effective scope (422
-    ``not_subset``); no live pod other than the parent may hold an overlapping write region
+    ``not_subset``; an explicit deny reopened by a grant rule inside it does not bind, see
+    :func:`admin.pods.algebra.shortfall`); no live pod other than the parent may hold an overlapping write region
     (409 ``write_conflict``). Returns the parent's state before, the child's lease, the edge id.
     """
     await tx.lock()
@@ -483,11 +484,11 @@ async def spawn(
     if state.retired:
         _require_active(state)  # raises: a reclaimed pod holds nothing to hand on
     rules, grant = dedupe(rules), dedupe(grant)
-    for scope, whose in (
-        (Scope.of(parent.grant), f"the grant of {parent.name}"),
-        (state.effective(), f"the effective scope of {parent.name}"),
+    for scope, grant_, whose in (
+        (Scope.of(parent.grant), None, f"the grant of {parent.name}"),
+        (state.effective(), parent.grant, f"the effective scope of {parent.name}"),
     ):
-        short = shortfall(rules, scope)
+        short = shortfall(rules, scope, grant_)
         if short is not None:
             raise NotSubset(
                 f"rules[{short.rule_index}]: " + short.describe(whose),
