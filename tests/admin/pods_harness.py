@@ -10,6 +10,7 @@ the middle of a test; tests run it with ``World.reap()`` (``LeaderLoops.run_once
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.testclient import TestClient
 
 from admin.app import AdminState, create_app
@@ -26,7 +28,16 @@ from admin.pods.mirror import MirrorRead, PodMirror
 from admin.settings import Settings
 from routing.runtime_state import MemoryRuntimeState, RedisRuntimeState, RuntimeState
 from routing.store import MemoryRouteStore
-from tests.admin.conftest import TEST_KEYS, assert_error, auth, bootstrap, call, create_space, rows
+from tests.admin.conftest import (
+    TEST_KEYS,
+    assert_error,
+    auth,
+    bootstrap,
+    call,
+    create_space,
+    rows,
+    sql,
+)
 
 T0 = 1_800_000_000_000  # the fake clock's start (ms)
 
@@ -174,7 +185,16 @@ class World:
     def sql(self, query: sa.Executable) -> list[Any]:
         return rows(self.client, query)
 
+    def sql_exec(self, statement: sa.Executable) -> None:
+        """Change SQL behind the API's back (to build states a test needs)."""
 
+        async def run(conn: AsyncConnection) -> None:
+            await conn.execute(statement)
+
+        sql(self.client, run)
+
+
+@contextlib.contextmanager
 def make_world(
     tmp_path: Path, runtime: RuntimeState, redis_client: redis.Redis | None
 ) -> Iterator[World]:
@@ -194,7 +214,8 @@ def world_fixture(tmp_path: Path, redis_url: str) -> Iterator[World]:
     """The admin with its pod mirrors in the session's (flushed) Redis."""
     client = redis.Redis.from_url(redis_url)
     try:
-        yield from make_world(tmp_path, RedisRuntimeState(redis_url), client)
+        with make_world(tmp_path, RedisRuntimeState(redis_url), client) as w:
+            yield w
     finally:
         client.close()
 
@@ -202,4 +223,5 @@ def world_fixture(tmp_path: Path, redis_url: str) -> Iterator[World]:
 @pytest.fixture(name="dev_world")
 def dev_world_fixture(tmp_path: Path) -> Iterator[World]:
     """As ``turnout dev`` runs it: no Redis, mirrors in the in-process runtime state."""
-    yield from make_world(tmp_path, MemoryRuntimeState(), None)
+    with make_world(tmp_path, MemoryRuntimeState(), None) as w:
+        yield w

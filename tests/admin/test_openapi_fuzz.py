@@ -10,7 +10,8 @@ The credentials are always the valid system token, so the fuzzing reaches the ha
 than stopping at 401.
 
 A request whose ids are all random only ever reaches the 404 branch, so a :class:`World` of real
-resources exists (a space with a deployed service, a member, spare tokens, spare spaces) and
+resources exists (a space with a deployed service, a member, spare tokens, spare spaces, a pod
+with a child) and
 two examples in three get real path ids (:meth:`World.prepare`). Destructive operations get
 their own victims (a spare space for ``DELETE /api/spaces/{space}``, a spare token for token
 revocation, never the caller's own), and the world is repaired after every mutation (a deleted
@@ -74,6 +75,8 @@ class World:
         self.snapshot_id = ""
         self.host = ""
         self.user_id = ""
+        self.pod_child = ""  # an outstanding child of the pod "fuzz"
+        self.spawned = 0
         self.examples = 0
         self.dirty = True  # a mutation ran since the last ensure()
 
@@ -129,6 +132,27 @@ class World:
             self.deployment_id = dep["deployment_id"]
             self.snapshot_id = dep["snapshot_id"]
             self.host = dep["hostnames"][0]
+        self.ensure_pods(space)
+
+    def ensure_pods(self, space: str) -> None:
+        """The pod "fuzz" (write /fuzz, may delegate it) with one outstanding child."""
+        base = f"/api/spaces/{space}/pods"
+        if self.client.get(f"{base}/fuzz", headers=self.auth).status_code != 200:
+            rule = {"target": "/fuzz", "permission": "write"}
+            body = {"name": "fuzz", "scope": {"allow": [rule]}, "grant": [rule]}
+            self._call("POST", base, 201, json=body)
+        view = self._call("GET", f"{base}/fuzz", 200)
+        live = [c["child"] for c in view["children"] if c["state"] == "outstanding"]
+        if self.pod_child in live:
+            return
+        for child in live:  # generated spawns may have taken /fuzz: hand it back
+            self._call("POST", f"{base}/fuzz/children/{child}/stop", 200)
+        self.spawned += 1
+        self.pod_child = f"kid{self.spawned}"
+        rule = {"target": f"/fuzz/{self.pod_child}", "permission": "write"}
+        self._call(
+            "POST", f"{base}/fuzz/children", 201, json={"name": self.pod_child, "rules": [rule]}
+        )
 
     def prepare(self, case: Case[Any]) -> None:
         """Authenticate the case as the system principal and give most examples real path ids.
@@ -158,6 +182,8 @@ class World:
             "snapshot": self.snapshot_id,
             "host": self.host,
             "principal": self.user_id,
+            "name": "fuzz",  # a pod
+            "child": self.pod_child,
         }
         for name in names:
             if name == "space" and method == "DELETE" and path == "/api/spaces/{space}":
