@@ -37,7 +37,7 @@ from admin.pods import authority, maintenance, views
 from admin.pods.algebra import Perm
 from admin.pods.authority import PodTx, lease_json
 from admin.pods.edges import EdgeState
-from admin.pods.records import EdgeRow, get_pod, load_state, load_states
+from admin.pods.records import EdgeRow, PodState, get_pod, load_state, load_states
 from admin.pods.schema import pods
 from admin.pods.service import PodService
 from routing.errors import StoreError
@@ -71,10 +71,10 @@ def _resource(ctx: Ctx, name: str) -> None:
     ctx.resource = f"space:{ctx.space_id}/pod:{name}"
 
 
-async def _view(ctx: Ctx, tx: PodTx, name: str) -> dict[str, Any]:
-    pod = await get_pod(tx.conn, tx.space_id, name)
-    state = await load_state(tx.conn, pod)
-    return await views.full(tx.conn, state, tx.now)
+def _after(tx: PodTx, name: str) -> PodState:
+    """A pod the transaction changed, as :meth:`PodTx.finish` left it."""
+    (state,) = [st for st in tx.states.values() if st.pod.name == name]
+    return state
 
 
 # ------------------------------------------------------------------------------ pods
@@ -103,7 +103,7 @@ async def create_pod(ctx: Ctx) -> dict[str, Any]:
     )
     await _commit(ctx, tx)
     _resource(ctx, body.name)
-    view = await _view(ctx, tx, body.name)
+    view = await views.full(tx.conn, _after(tx, body.name), tx.now)
     ctx.headers["etag"] = view["etag"]
     return view
 
@@ -167,7 +167,7 @@ async def attach_pod(ctx: Ctx) -> dict[str, Any]:
     state, lease, scope = await authority.attach(tx, name, body.segment_id)
     await _commit(ctx, tx)
     _resource(ctx, name)
-    pod = await get_pod(tx.conn, tx.space_id, name)
+    pod = _after(tx, name).pod
     return {
         "pod": name,
         "version": pod.version,
@@ -234,14 +234,13 @@ async def _move(ctx: Ctx, kind: str) -> dict[str, Any]:
     session_id, segment_id = await authority.new_segment(tx, name, kind)
     await _commit(ctx, tx)
     _resource(ctx, name)
-    pod = await get_pod(tx.conn, tx.space_id, name)
-    state = await load_state(tx.conn, pod)
+    state = _after(tx, name)
     return {
         "pod": name,
-        "version": pod.version,
+        "version": state.pod.version,
         "session_id": session_id,
         "segment_id": segment_id,
-        "lineage": await views.lineage(tx.conn, tx.space_id, segment_id),
+        "lineage": await views.lineage(tx.conn, tx.space_id, segment_id, state.names),
         "effective": state.effective().to_json(),
     }
 
@@ -298,8 +297,8 @@ async def spawn_child(ctx: Ctx) -> dict[str, Any]:
     )
     await _commit(ctx, tx)
     _resource(ctx, body.name)
-    child = await _view(ctx, tx, body.name)
-    parent_state = await load_state(tx.conn, await get_pod(tx.conn, tx.space_id, parent))
+    child = await views.full(tx.conn, _after(tx, body.name), tx.now)
+    parent_state = _after(tx, parent)
     ctx.headers["etag"] = child["etag"]
     return {
         "child": child,
@@ -311,7 +310,9 @@ async def spawn_child(ctx: Ctx) -> dict[str, Any]:
 
 async def _reclaimed(ctx: Ctx, tx: PodTx, edge: EdgeRow, changed: bool) -> dict[str, Any]:
     await _commit(ctx, tx)
-    states = await load_states(tx.conn, tx.space_id, [edge.parent_pod_id, edge.child_pod_id])
+    states = tx.states
+    if not changed:  # a repeat: nothing was touched, read them
+        states = await load_states(tx.conn, tx.space_id, [edge.parent_pod_id, edge.child_pod_id])
     parent, child = states[edge.parent_pod_id], states[edge.child_pod_id]
     assert child.in_edge is not None and child.in_edge.state is EdgeState.RECLAIMED
     return {

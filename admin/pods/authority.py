@@ -111,6 +111,7 @@ class PodTx:
     lease_ms: int
     touched: dict[str, None] = field(default_factory=dict)
     reclaimed: list[dict[str, Any]] = field(default_factory=list)
+    states: dict[str, PodState] = field(default_factory=dict)  # touched pods, after finish()
 
     async def lock(self) -> None:
         await lock_space(self.conn, self.space_id)
@@ -130,8 +131,8 @@ class PodTx:
             .where(pods.c.id.in_(ids))
             .values(version=pods.c.version + 1, updated_at=self.now)
         )
-        states = await load_states(self.conn, self.space_id, ids)
-        return [record_of(st) for st in states.values()]
+        self.states = await load_states(self.conn, self.space_id, ids)
+        return [record_of(st) for st in self.states.values()]
 
 
 # ------------------------------------------------------------------------------ helpers

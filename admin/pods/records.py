@@ -311,7 +311,8 @@ async def _fill_names(conn: AsyncConnection, states: Iterable[PodState]) -> None
             wanted.update((st.in_edge.parent_pod_id, st.in_edge.first_parent_id))
         if st.lease is not None and st.lease.parent_pod_id is not None:
             wanted.add(st.lease.parent_pod_id)
-    names = await pod_names(conn, [i for i in wanted if i not in known])
+    unknown = [i for i in wanted if i not in known]
+    names = await pod_names(conn, unknown) if unknown else {}
     names.update(known)
     for st in states:
         st.names = names

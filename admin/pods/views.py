@@ -62,7 +62,10 @@ def summary(state: PodState, now: int) -> dict[str, Any]:
 
 
 async def lineage(
-    conn: AsyncConnection, space_id: str, segment_id: str | None
+    conn: AsyncConnection,
+    space_id: str,
+    segment_id: str | None,
+    known: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The active segment and the segments it continues, newest first (at most 100)."""
     if segment_id is None:
@@ -97,7 +100,10 @@ async def lineage(
         )
     )
     rows = (await conn.execute(sa.select(walk).order_by(walk.c.depth))).all()
-    names = await pod_names(conn, list({r.pod_id for r in rows}))
+    names = dict(known or {})
+    unknown_pods = {r.pod_id for r in rows} - names.keys()
+    if unknown_pods:
+        names.update(await pod_names(conn, list(unknown_pods)))
     return [
         {
             "id": r.id,
@@ -139,9 +145,9 @@ async def full(conn: AsyncConnection, state: PodState, now: int) -> dict[str, An
             )
         }
     names = dict(state.names)
-    names.update(
-        await pod_names(conn, [i for e in edges for i in (e.child_pod_id, e.first_parent_id)])
-    )
+    unknown = {i for e in edges for i in (e.child_pod_id, e.first_parent_id)} - names.keys()
+    if unknown:
+        names.update(await pod_names(conn, list(unknown)))
     if state.lease is None:  # show the last lease that ended, if any
         last = (
             await conn.execute(
@@ -177,5 +183,5 @@ async def full(conn: AsyncConnection, state: PodState, now: int) -> dict[str, An
         ),
         key=lambda h: (h["reclaimed_at"] or 0, h["edge_id"]),
     )
-    out["lineage"] = await lineage(conn, pod.space_id, pod.segment_id)
+    out["lineage"] = await lineage(conn, pod.space_id, pod.segment_id, names)
     return out
