@@ -288,6 +288,8 @@ async def load_states(
         parent = states.get(edge.parent_pod_id)
         if parent is not None and edge.outstanding:
             parent.out_edges.append(edge)
+    for st in states.values():  # deny layers in delegation order, whatever order SQL chose
+        st.out_edges.sort(key=lambda e: (e.created_at, e.id))
     for lr in lease_rows:
         st = states.get(lr.pod_id)
         if st is not None:

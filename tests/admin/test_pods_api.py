@@ -397,3 +397,16 @@ def test_a_lost_mirror_store_never_fails_an_operation_or_decides_a_check(
         assert w.check("p", "/src/core/x")["source"] == "sql"  # the stale mirror is repaired
         assert w.check("p", "/src/core/x")["source"] == "mirror"
         assert w.rebuild()["mirrors"]["rewritten"] == 1  # c's mirror was never written
+
+
+def test_a_rebuild_of_a_consistent_space_changes_nothing(world: World) -> None:
+    w = world
+    for i in range(2):
+        w.create(f"r{i}", [W(f"/r{i}")], grant=[W(f"/r{i}")])
+        for j in range(4):
+            w.spawn(f"r{i}", f"r{i}-c{j}", [W(f"/r{i}/c{j}")])
+    deny = [d["child"] for d in w.get("r0")["effective"]["deny"]]
+    assert deny == [f"r0-c{j}" for j in range(4)], "deny layers in delegation order"
+    report = w.rebuild()
+    assert report["pods"] == 10 and report["reclaimed"] == [] and report["leases_ended"] == []
+    assert report["mirrors"] == {"checked": 10, "rewritten": 0, "deleted": 0, "problems": {}}
