@@ -121,6 +121,7 @@ def test_3_restore_prunes_only_dead_children(world: World) -> None:
     assert child["lease"]["id"] == leases["c_lease"] and child["lease"]["end_reason"] == "reclaimed"
     assert not w.allowed("c", "/src/core/x")
     w.error("/c/attach", {}, 409, "pod_inactive")
+    assert_surfaces_agree(w, "restore_prune")
 
 
 # ------------------------------------------------------------------------------ 4
