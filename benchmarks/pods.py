@@ -28,7 +28,6 @@ import http.client
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, ROOT)
 
-from throughput import free_port, machine, redis_server, spawned  # noqa: E402
+from throughput import admin_init, free_port, machine, redis_server, spawned  # noqa: E402
 
 CLI = [
     sys.executable,
@@ -120,15 +119,7 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         redis_url = stack.enter_context(redis_server())
         db = os.path.join(tmp, "admin.db")
-        init = subprocess.run(
-            [*CLI, "admin", "init", "--db", db, "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-        )
-        token = json.loads(init.stdout)["token"]
+        token = admin_init(db, env)
         port = free_port()
         serve = [*CLI, "admin", "serve", "--listen", f"127.0.0.1:{port}", "--db", db]
         stack.enter_context(spawned([*serve, "--redis", redis_url], port, env))

@@ -36,6 +36,7 @@ from admin.pods.algebra import (
     Perm,
     Rule,
     Scope,
+    Shortfall,
     ancestors_or_self,
     dedupe,
     render_path,
@@ -448,6 +449,18 @@ def _conflict_error(
     )
 
 
+def _not_subset(short: Shortfall, field: str, whose: str) -> NotSubset:
+    """422 naming the rule, the path and — when a child holds it — the child."""
+    layer = short.decision.layer
+    return NotSubset(
+        f"{field}[{short.rule_index}]: " + short.describe(whose),
+        f"body.{field}[{short.rule_index}]",
+        rule=short.rule.to_json(),
+        path=render_path(short.path),
+        holder=layer.child if layer is not None else None,
+    )
+
+
 # ------------------------------------------------------------------------------ operations
 
 
@@ -459,12 +472,7 @@ async def create(
     allow, grant = dedupe(allow), dedupe(grant)
     short = shortfall(grant, Scope.of(allow))
     if short is not None:
-        raise NotSubset(
-            f"grant[{short.rule_index}]: " + short.describe("the base allow"),
-            f"body.grant[{short.rule_index}]",
-            rule=short.rule.to_json(),
-            path=render_path(short.path),
-        )
+        raise _not_subset(short, "grant", "the base allow")
     pod_id, _segment_id = await _insert_pod(tx, name, allow, deny, grant)
     return pod_id
 
@@ -491,21 +499,10 @@ async def spawn(
     ):
         short = shortfall(rules, scope, grant_)
         if short is not None:
-            raise NotSubset(
-                f"rules[{short.rule_index}]: " + short.describe(whose),
-                f"body.rules[{short.rule_index}]",
-                rule=short.rule.to_json(),
-                path=render_path(short.path),
-                holder=short.decision.layer.child if short.decision.layer else None,
-            )
+            raise _not_subset(short, "rules", whose)
     short = shortfall(grant, Scope.of(rules))
     if short is not None:
-        raise NotSubset(
-            f"grant[{short.rule_index}]: " + short.describe("the delegated rules"),
-            f"body.grant[{short.rule_index}]",
-            rule=short.rule.to_json(),
-            path=render_path(short.path),
-        )
+        raise _not_subset(short, "grant", "the delegated rules")
     request = Scope.of(r for r in rules if r.permission is Perm.WRITE)
     found = await _write_conflicts(tx, request, {parent.id})
     if found:

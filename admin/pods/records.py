@@ -26,6 +26,7 @@ condition, so the two cannot both win.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -148,30 +149,19 @@ def pod_row(row: Any) -> PodRow:
 
 def edge_row(row: Any) -> EdgeRow:
     return EdgeRow(
-        id=row.id,
-        parent_pod_id=row.parent_pod_id,
-        child_pod_id=row.child_pod_id,
+        **_columns(row, EdgeRow, skip=("rules", "state")),
         rules=_rules(row.rules, "delegation rules", row.child_pod_id),
         state=EdgeState(row.state),
-        reason=row.reason,
-        created_at=row.created_at,
-        reclaimed_at=row.reclaimed_at,
-        first_parent_id=row.first_parent_id,
-        reparented_at=row.reparented_at,
     )
 
 
 def lease_row(row: Any) -> LeaseRow:
-    return LeaseRow(
-        id=row.id,
-        pod_id=row.pod_id,
-        segment_id=row.segment_id,
-        parent_pod_id=row.parent_pod_id,
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        ended_at=row.ended_at,
-        end_reason=row.end_reason,
-    )
+    return LeaseRow(**_columns(row, LeaseRow))
+
+
+def _columns(row: Any, cls: type[Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The row's values for the dataclass fields of ``cls`` (same names), but ``skip``."""
+    return {f.name: getattr(row, f.name) for f in dataclasses.fields(cls) if f.name not in skip}
 
 
 # ------------------------------------------------------------------------------ pod state
@@ -288,8 +278,8 @@ async def load_states(
         parent = states.get(edge.parent_pod_id)
         if parent is not None and edge.outstanding:
             parent.out_edges.append(edge)
-    for st in states.values():  # deny layers in delegation order, whatever order SQL chose
-        st.out_edges.sort(key=lambda e: (e.created_at, e.id))
+    for each in states.values():  # deny layers in delegation order, whatever order SQL chose
+        each.out_edges.sort(key=lambda e: (e.created_at, e.id))
     for lr in lease_rows:
         st = states.get(lr.pod_id)
         if st is not None:

@@ -71,29 +71,14 @@ async def lineage(
     if segment_id is None:
         return []
     seg = pod_segments
+    cols = (seg.c.id, seg.c.kind, seg.c.parent_id, seg.c.session_id, seg.c.pod_id, seg.c.created_at)
     walk = (
-        sa.select(
-            seg.c.id,
-            seg.c.kind,
-            seg.c.parent_id,
-            seg.c.session_id,
-            seg.c.pod_id,
-            seg.c.created_at,
-            sa.literal(0).label("depth"),
-        )
+        sa.select(*cols, sa.literal(0).label("depth"))
         .where(seg.c.space_id == space_id, seg.c.id == segment_id)
         .cte("lineage", recursive=True)
     )
     walk = walk.union_all(
-        sa.select(
-            seg.c.id,
-            seg.c.kind,
-            seg.c.parent_id,
-            seg.c.session_id,
-            seg.c.pod_id,
-            seg.c.created_at,
-            (walk.c.depth + 1).label("depth"),
-        ).where(
+        sa.select(*cols, (walk.c.depth + 1).label("depth")).where(
             seg.c.id == walk.c.parent_id,
             seg.c.space_id == space_id,
             walk.c.depth < MAX_LINEAGE - 1,
