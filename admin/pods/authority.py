@@ -380,12 +380,17 @@ async def reclaim(tx: PodTx, edge: EdgeRow, reason: ReclaimReason) -> bool:
     return True
 
 
-async def prune_dead_children(tx: PodTx, state: PodState, reason: ReclaimReason) -> None:
-    """Reclaim every outstanding child of ``state``'s pod that has no live lease."""
-    live = await _live_leases(tx, [e.child_pod_id for e in state.out_edges])
-    for edge in state.out_edges:
-        if edge.child_pod_id not in live:
+async def prune_dead_children(tx: PodTx, state: PodState, reason: ReclaimReason) -> PodState:
+    """Reclaim every outstanding child of ``state``'s pod that has no live lease — also the
+    grandchildren a reclaim re-parents to it, when they are dead too. Returns the state after."""
+    while True:
+        live = await _live_leases(tx, [e.child_pod_id for e in state.out_edges])
+        dead = [e for e in state.out_edges if e.child_pod_id not in live]
+        if not dead:
+            return state
+        for edge in dead:
             await reclaim(tx, edge, reason)
+        state = await load_state(tx.conn, state.pod)
 
 
 # ------------------------------------------------------------------------------ conflicts
@@ -544,8 +549,7 @@ async def attach(tx: PodTx, name: str, segment_id: str | None) -> tuple[PodState
             )
     _not_segment_writer(tx, await _segment_holder(tx, seg.id, pod.id), seg.id)
     await _end_leases(tx, pod.id, LeaseEnd.SUPERSEDED)
-    await prune_dead_children(tx, state, ReclaimReason.RESTORE_PRUNE)
-    state = await load_state(tx.conn, pod)
+    state = await prune_dead_children(tx, state, ReclaimReason.RESTORE_PRUNE)
     scope = state.effective()
     found = await _write_conflicts(tx, scope, {pod.id})
     if found:

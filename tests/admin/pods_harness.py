@@ -196,12 +196,15 @@ class World:
 
 @contextlib.contextmanager
 def make_world(
-    tmp_path: Path, runtime: RuntimeState, redis_client: redis.Redis | None
+    tmp_path: Path,
+    runtime: RuntimeState,
+    redis_client: redis.Redis | None,
+    db_url: str | None = None,
 ) -> Iterator[World]:
+    """An admin on ``db_url`` (default: a SQLite file in ``tmp_path``) with ``runtime``."""
     clock = FakeClock()
-    app = create_app(
-        pod_settings(str(tmp_path / "admin.db")), store=MemoryRouteStore(), runtime=runtime
-    )
+    db = db_url or str(tmp_path / "admin.db")
+    app = create_app(pod_settings(db), store=MemoryRouteStore(), runtime=runtime)
     with TestClient(app) as client:
         token = bootstrap(client)
         space = create_space(client, token, "pods")

@@ -14,7 +14,7 @@ from admin.db import audit_log, idempotency_keys
 from admin.framework import openapi
 from admin.pods.schema import pods
 from admin.settings import Settings
-from routing.runtime_state import RedisRuntimeState
+from routing.runtime_state import MemoryRuntimeState, RedisRuntimeState
 from tests.admin.conftest import assert_error, auth, make_user
 from tests.admin.pods_harness import (  # noqa: F401
     R,
@@ -410,3 +410,36 @@ def test_a_rebuild_of_a_consistent_space_changes_nothing(world: World) -> None:
     report = w.rebuild()
     assert report["pods"] == 10 and report["reclaimed"] == [] and report["leases_ended"] == []
     assert report["mirrors"] == {"checked": 10, "rewritten": 0, "deleted": 0, "problems": {}}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "flow.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def test_the_pod_flow_on_both_sql_backends(tmp_path: Path, any_db: str) -> None:
+    """Every statement kind the authority uses (the space-lock upsert, the partial unique lease
+    index, LIKE with escapes, the recursive lineage CTE) on SQLite and PostgreSQL."""
+    with make_world(tmp_path, MemoryRuntimeState(), None, any_db) as w:
+        w.create("p", [W("/src_%")], grant=[W("/src_%")])
+        w.attach("p")
+        w.spawn("p", "c", [W("/src_%/core")], grant=[W("/src_%/core")])
+        w.spawn("c", "g", [W("/src_%/core/x")])
+        w.create("x", [W("/src_%/core/x/y")], grant=[W("/src_%/core/x/y")])
+        err = w.error("/x/attach", {}, 409, "write_conflict")
+        assert err["details"]["competitor"] == "g"
+        w.ok("/p/compact")
+        w.ok("/p/fork")
+        assert [s["kind"] for s in w.get("p")["lineage"]] == ["fork", "compact", "root"]
+        w.clock.advance(TTL + 1)
+        restored = w.attach("p")
+        # c is dead, and so is g, which reclaiming c re-parents to p: both go.
+        assert [r["child"] for r in restored["reclaimed"]] == ["c", "g"]
+        assert restored["effective"]["deny"] == []
+        assert w.get("g")["parent"] == "p" and w.get("g")["state"] == "retired"
+        assert w.rebuild()["reclaimed"] == []
+        assert w.allowed("p", "/src_%/core/x/z")
+        assert not w.allowed("p", "/srcX%/core")
