@@ -179,6 +179,11 @@ def main() -> int:
         warm = sample(args.checks)
         timed_checks(api, base, warm[:200])  # warm every code path
         lat_mirror = timed_checks(api, base, warm)
+        lat_floor = []  # the admin's per-request floor: token, space and role checks, one read
+        for _ in range(len(warm) // 3):
+            t = time.perf_counter()
+            api.ok("GET", f"/api/spaces/{space}")
+            lat_floor.append(time.perf_counter() - t)
 
         results: list[float] = []
         lock = threading.Lock()
@@ -227,9 +232,9 @@ def main() -> int:
     ]
     print(f"## Pod scope authority (`benchmarks/pods.py`, {time.strftime('%Y-%m-%d')})\n")
     print(
-        f"Machine: {machine()}; load average during the run {load[0]:.1f} → "
+        f"Machine: {machine().split(', nginx')[0].removesuffix(', not installed')}; load average during the run {load[0]:.1f} → "
         f"{os.getloadavg()[0]:.1f} (other work shares the cores). Command: "
-        f"`.venv/bin/python benchmarks/pods.py {' '.join(sys.argv[1:])}`."
+        f"`{' '.join(['.venv/bin/python', 'benchmarks/pods.py', *sys.argv[1:]])}`."
     )
     print(
         f"One admin process (uvicorn, SQLite, mirrors in Redis), {total} pods in one space "
@@ -242,6 +247,7 @@ def main() -> int:
     print("| measurement | requests | per second | p50 | p99 |")
     print("|---|---|---|---|---|")
     for label, lat in (
+        ("baseline: `GET /api/spaces/{space}`, 1 connection", lat_floor),
         ("check, mirror warm, 1 connection", lat_mirror),
         ("check, mirror miss (deleted before each), 1 connection", lat_miss),
         ("spawn (delegate to a new child), 1 connection", lat_spawn),
