@@ -103,12 +103,13 @@ async def fill_space(db: str, space: str, roots: int) -> None:
     from admin.db import make_engine, now_ms
     from admin.pods import authority
     from admin.pods.algebra import Perm, Rule
+    from admin.pods.tx import PodTx
 
     engine = make_engine(db)
     try:
         for i in range(roots):
             async with engine.begin() as conn:
-                tx = authority.PodTx(conn, space, now_ms(), 3_600_000)
+                tx = PodTx(conn, space, now_ms(), 3_600_000)
                 region = Rule(f"/ws/r{i}", Perm.WRITE)
                 await authority.create(tx, f"r{i}", [region], [], [region])
                 for j in range(9):

@@ -33,13 +33,14 @@ from admin.api.pod_models import (
 )
 from admin.errors import Unavailable
 from admin.framework import Ctx, endpoint, paged
-from admin.pods import authority, maintenance, views
+from admin.pods import authority, leases, maintenance, views
 from admin.pods.algebra import Perm
-from admin.pods.authority import PodTx, lease_json
 from admin.pods.edges import EdgeState
+from admin.pods.leases import lease_json
 from admin.pods.records import EdgeRow, PodState, get_pod, load_state, load_states
 from admin.pods.schema import pods
 from admin.pods.service import PodService
+from admin.pods.tx import PodTx
 from routing.errors import StoreError
 
 BASE = "/api/spaces/{space}/pods"
@@ -194,7 +195,7 @@ async def heartbeat_pod(ctx: Ctx) -> dict[str, Any]:
     body: HeartbeatBody = ctx.body
     svc = _svc(ctx)
     now = svc.now()
-    lease = await authority.heartbeat(
+    lease = await leases.heartbeat(
         ctx.conn, ctx.space_id, ctx.params["name"], body.lease_id, now, svc.lease_ms
     )
     _resource(ctx, ctx.params["name"])
@@ -214,7 +215,7 @@ async def heartbeat_pod(ctx: Ctx) -> dict[str, Any]:
 async def release_pod(ctx: Ctx) -> dict[str, Any]:
     body: ReleaseBody = ctx.body
     tx = _tx(ctx)
-    lease = await authority.release(tx, ctx.params["name"], body.lease_id)
+    lease = await leases.release(tx, ctx.params["name"], body.lease_id)
     await _commit(ctx, tx)
     _resource(ctx, ctx.params["name"])
     if lease is None:

@@ -1,30 +1,16 @@
-"""The pod scope authority's operations, each inside one SQL transaction.
-
-Every function here runs in the caller's transaction (an API request's, or one the lease reaper
-or rebuild opened) through a :class:`PodTx`: the transaction starts with the space lock
-(:func:`admin.pods.records.lock_space`), decides from what SQL holds *now*, writes, and finally
-(:meth:`PodTx.finish`) bumps the version of every pod whose mirror changed and computes those
-mirrors — which the caller writes to the runtime state only after the commit. Nothing here reads
-a mirror.
+"""The pod scope authority's operations, each inside one SQL transaction (a :class:`PodTx`).
 
 Operations (``shared/spec/pod-scope.md``): :func:`create`, :func:`attach` (restore by name,
-with the reconcile that prunes dead children), :func:`heartbeat`, :func:`release`,
-:func:`new_segment` (compact / fork), :func:`spawn` (delegate), :func:`stop_child`,
-:func:`shutdown`, and :func:`reclaim` with its cascade, which the lease reaper and rebuild
-(:mod:`admin.pods.maintenance`) use too.
-
-Write conflicts. A spawned region must not overlap the write region of any *live* pod (one with
-an unexpired lease) other than the parent; an attach must not make a pod live whose effective
-write overlaps another live pod's. A pod whose own denies cover the request (it handed that
-region to a child) does not hold it; among the pods that do, the one deepest in the delegation
-tree is named as the owner. Candidates come from ``pod_write_targets`` (targets related to the
-request by ancestry) and are decided exactly by :func:`admin.pods.algebra.write_overlap`.
+with the reconcile that prunes dead children), :func:`new_segment` (compact / fork),
+:func:`spawn` (delegate), :func:`stop_child`, :func:`shutdown`, and :func:`reclaim` with its
+cascade, which the lease reaper and rebuild (:mod:`admin.pods.maintenance`) use too; leases
+(heartbeat, release) are in :mod:`admin.pods.leases`, write conflicts in
+:mod:`admin.pods.conflicts`. Nothing here reads a mirror.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -37,18 +23,14 @@ from admin.pods.algebra import (
     Rule,
     Scope,
     Shortfall,
-    ancestors_or_self,
     dedupe,
     render_path,
     rules_json,
     shortfall,
-    write_overlap,
-    write_rule_at,
 )
+from admin.pods.conflicts import conflict_error, write_conflicts
 from admin.pods.edges import EdgeEvent, EdgeState, LeaseEnd, ReclaimReason, transition
 from admin.pods.errors import (
-    LeaseExpired,
-    LeaseMismatch,
     NotAChild,
     NotSubset,
     PodExists,
@@ -57,21 +39,16 @@ from admin.pods.errors import (
     SegmentConflict,
     SegmentMissing,
     SnapshotCorrupt,
-    WriteConflict,
 )
-from admin.pods.mirror import MirrorRecord, record_of
+from admin.pods.leases import end_leases, live_leases, open_lease
 from admin.pods.records import (
     EdgeRow,
     LeaseRow,
     PodRow,
     PodState,
-    depth_of,
     edge_row,
     get_pod,
-    lease_row,
     load_state,
-    load_states,
-    lock_space,
     pod_names,
 )
 from admin.pods.schema import (
@@ -82,6 +59,7 @@ from admin.pods.schema import (
     pod_write_targets,
     pods,
 )
+from admin.pods.tx import PodTx
 
 MAX_NAME: Final = 128
 
@@ -100,40 +78,6 @@ def check_name(name: str) -> str:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise ValueError("must not contain control characters")
     return name
-
-
-@dataclass(slots=True)
-class PodTx:
-    """One pod transaction: connection, space, the clock reading, and what it changed."""
-
-    conn: AsyncConnection
-    space_id: str
-    now: int
-    lease_ms: int
-    touched: dict[str, None] = field(default_factory=dict)
-    reclaimed: list[dict[str, Any]] = field(default_factory=list)
-    states: dict[str, PodState] = field(default_factory=dict)  # touched pods, after finish()
-
-    async def lock(self) -> None:
-        await lock_space(self.conn, self.space_id)
-
-    def touch(self, *pod_ids: str | None) -> None:
-        for pid in pod_ids:
-            if pid is not None:
-                self.touched[pid] = None
-
-    async def finish(self) -> list[MirrorRecord]:
-        """Bump the version of every touched pod; the mirrors to write after commit."""
-        ids = list(self.touched)
-        if not ids:
-            return []
-        await self.conn.execute(
-            sa.update(pods)
-            .where(pods.c.id.in_(ids))
-            .values(version=pods.c.version + 1, updated_at=self.now)
-        )
-        self.states = await load_states(self.conn, self.space_id, ids)
-        return [record_of(st) for st in self.states.values()]
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -189,53 +133,6 @@ async def _insert_pod(
         )
     tx.touch(pod_id)
     return pod_id, segment_id
-
-
-async def _open_lease(tx: PodTx, pod_id: str, segment_id: str, parent: str | None) -> LeaseRow:
-    lease = LeaseRow(
-        id=new_id("lse"),
-        pod_id=pod_id,
-        segment_id=segment_id,
-        parent_pod_id=parent,
-        created_at=tx.now,
-        expires_at=tx.now + tx.lease_ms,
-        ended_at=None,
-        end_reason=None,
-    )
-    await tx.conn.execute(
-        sa.insert(pod_leases).values(
-            id=lease.id,
-            space_id=tx.space_id,
-            pod_id=pod_id,
-            segment_id=segment_id,
-            parent_pod_id=parent,
-            created_at=tx.now,
-            expires_at=lease.expires_at,
-        )
-    )
-    return lease
-
-
-async def _end_leases(tx: PodTx, pod_id: str, reason: LeaseEnd) -> int:
-    res = await tx.conn.execute(
-        sa.update(pod_leases)
-        .where(pod_leases.c.pod_id == pod_id, pod_leases.c.ended_at.is_(None))
-        .values(ended_at=tx.now, end_reason=reason.value)
-    )
-    return int(res.rowcount or 0)
-
-
-async def _live_leases(tx: PodTx, pod_ids: Sequence[str]) -> dict[str, LeaseRow]:
-    if not pod_ids:
-        return {}
-    rows = await tx.conn.execute(
-        sa.select(pod_leases).where(
-            pod_leases.c.pod_id.in_(list(pod_ids)),
-            pod_leases.c.ended_at.is_(None),
-            pod_leases.c.expires_at > tx.now,
-        )
-    )
-    return {r.pod_id: lease_row(r) for r in rows}
 
 
 async def _segment(conn: AsyncConnection, space_id: str, segment_id: str) -> Any:
@@ -308,21 +205,6 @@ async def _pointer_segment(tx: PodTx, pod: PodRow) -> Any:
     return seg
 
 
-def lease_json(lease: LeaseRow | None, now: int, names: dict[str, str]) -> dict[str, Any] | None:
-    if lease is None:
-        return None
-    return {
-        "id": lease.id,
-        "segment_id": lease.segment_id,
-        "parent": names.get(lease.parent_pod_id) if lease.parent_pod_id else None,
-        "created_at": lease.created_at,
-        "expires_at": lease.expires_at,
-        "ended_at": lease.ended_at,
-        "end_reason": lease.end_reason,
-        "status": lease.status(now),
-    }
-
-
 # ------------------------------------------------------------------------------ reclaim
 
 
@@ -341,7 +223,7 @@ async def reclaim(tx: PodTx, edge: EdgeRow, reason: ReclaimReason) -> bool:
     if res.rowcount != 1:
         return False
     child, parent = edge.child_pod_id, edge.parent_pod_id
-    await _end_leases(tx, child, LeaseEnd.RECLAIMED)
+    await end_leases(tx, child, LeaseEnd.RECLAIMED)
     await tx.conn.execute(
         sa.update(pods).where(pods.c.id == child).values(session_id=None, segment_id=None)
     )
@@ -384,7 +266,7 @@ async def prune_dead_children(tx: PodTx, state: PodState, reason: ReclaimReason)
     """Reclaim every outstanding child of ``state``'s pod that has no live lease — also the
     grandchildren a reclaim re-parents to it, when they are dead too. Returns the state after."""
     while True:
-        live = await _live_leases(tx, [e.child_pod_id for e in state.out_edges])
+        live = await live_leases(tx, [e.child_pod_id for e in state.out_edges])
         dead = [e for e in state.out_edges if e.child_pod_id not in live]
         if not dead:
             return state
@@ -394,64 +276,6 @@ async def prune_dead_children(tx: PodTx, state: PodState, reason: ReclaimReason)
 
 
 # ------------------------------------------------------------------------------ conflicts
-
-
-async def _write_conflicts(
-    tx: PodTx, request: Scope, exclude: set[str]
-) -> list[tuple[int, PodState, str]]:
-    """Live pods (not in ``exclude``) whose effective write overlaps ``request``'s write:
-    (depth, state, a shared path), deepest first."""
-    conds = []
-    for rule in request.allow:
-        if rule.permission is not Perm.WRITE:
-            continue
-        below = rule.target.rstrip("/") + "/"
-        escaped = below.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        conds.append(pod_write_targets.c.target.in_(ancestors_or_self(rule.target)))
-        conds.append(pod_write_targets.c.target.like(escaped + "%", escape="\\"))
-    if not conds:
-        return []
-    rows = await tx.conn.execute(
-        sa.select(pod_write_targets.c.pod_id)
-        .distinct()
-        .join(pod_leases, pod_leases.c.pod_id == pod_write_targets.c.pod_id)
-        .where(
-            pod_write_targets.c.space_id == tx.space_id,
-            sa.or_(*conds),
-            pod_leases.c.ended_at.is_(None),
-            pod_leases.c.expires_at > tx.now,
-        )
-    )
-    ids = [str(r.pod_id) for r in rows if r.pod_id not in exclude]
-    found: list[tuple[int, PodState, str]] = []
-    for st in (await load_states(tx.conn, tx.space_id, ids)).values():
-        where = write_overlap(request, st.effective())
-        if where is not None:
-            found.append((await depth_of(tx.conn, st.pod.id), st, where))
-    found.sort(key=lambda f: (-f[0], f[1].pod.name))
-    return found
-
-
-def _conflict_error(
-    request: Scope, found: list[tuple[int, PodState, str]], asker: str
-) -> WriteConflict:
-    _depth, owner, where = found[0]
-    theirs = write_rule_at(owner.effective(), where)
-    ours = write_rule_at(request, where)
-    via = ""
-    if owner.in_edge is not None:
-        via = f", delegated by {owner.names.get(owner.in_edge.parent_pod_id, '?')}"
-    return WriteConflict(
-        f"{asker} ({ours}) overlaps the write region of live pod {owner.pod.name} "
-        f"({theirs}{via}) at {render_path(where)}",
-        details={
-            "competitor": owner.pod.name,
-            "competitor_rule": theirs.to_json() if theirs else None,
-            "rule": ours.to_json() if ours else None,
-            "path": render_path(where),
-            "others": [st.pod.name for _d, st, _w in found[1:]],
-        },
-    )
 
 
 def _not_subset(short: Shortfall, field: str, whose: str) -> NotSubset:
@@ -509,9 +333,9 @@ async def spawn(
     if short is not None:
         raise _not_subset(short, "grant", "the delegated rules")
     request = Scope.of(r for r in rules if r.permission is Perm.WRITE)
-    found = await _write_conflicts(tx, request, {parent.id})
+    found = await write_conflicts(tx, request, {parent.id})
     if found:
-        raise _conflict_error(request, found, f"delegating to {child_name}")
+        raise conflict_error(request, found, f"delegating to {child_name}")
     child_id, segment_id = await _insert_pod(tx, child_name, rules, (), grant)
     edge_id = new_id("edg")
     await tx.conn.execute(
@@ -526,7 +350,7 @@ async def spawn(
             first_parent_id=parent.id,
         )
     )
-    lease = await _open_lease(tx, child_id, segment_id, parent.id)
+    lease = await open_lease(tx, child_id, segment_id, parent.id)
     tx.touch(parent.id, child_id)
     return state, lease, edge_id
 
@@ -548,99 +372,21 @@ async def attach(tx: PodTx, name: str, segment_id: str | None) -> tuple[PodState
                 f"no segment {segment_id} in this space", details={"segment_id": segment_id}
             )
     _not_segment_writer(tx, await _segment_holder(tx, seg.id, pod.id), seg.id)
-    await _end_leases(tx, pod.id, LeaseEnd.SUPERSEDED)
+    await end_leases(tx, pod.id, LeaseEnd.SUPERSEDED)
     state = await prune_dead_children(tx, state, ReclaimReason.RESTORE_PRUNE)
     scope = state.effective()
-    found = await _write_conflicts(tx, scope, {pod.id})
+    found = await write_conflicts(tx, scope, {pod.id})
     if found:
-        raise _conflict_error(scope, found, f"pod {pod.name}")
+        raise conflict_error(scope, found, f"pod {pod.name}")
     if seg.id != pod.segment_id:
         await tx.conn.execute(
             sa.update(pods)
             .where(pods.c.id == pod.id)
             .values(session_id=seg.session_id, segment_id=seg.id)
         )
-    lease = await _open_lease(tx, pod.id, seg.id, state.parent_id)
+    lease = await open_lease(tx, pod.id, seg.id, state.parent_id)
     tx.touch(pod.id)
     return state, lease, scope
-
-
-async def heartbeat(
-    conn: AsyncConnection, space_id: str, name: str, lease_id: str, now: int, lease_ms: int
-) -> LeaseRow:
-    """Extend a live lease by the TTL (no space lock: one conditional UPDATE, see records)."""
-    pod = await get_pod(conn, space_id, name)
-    lease = await _lease_of(conn, pod, lease_id)
-    _require_live(lease, pod.name, now)
-    res = await conn.execute(
-        sa.update(pod_leases)
-        .where(
-            pod_leases.c.id == lease.id,
-            pod_leases.c.ended_at.is_(None),
-            pod_leases.c.expires_at > now,
-        )
-        .values(expires_at=now + lease_ms)
-    )
-    if res.rowcount != 1:  # ended or expired between the read and the update
-        raise LeaseExpired(
-            f"lease {lease.id} of pod {pod.name} ended meanwhile; attach again",
-            details={"lease_id": lease.id},
-        )
-    return await _lease_of(conn, pod, lease_id)
-
-
-async def _lease_of(conn: AsyncConnection, pod: PodRow, lease_id: str) -> LeaseRow:
-    row = (
-        await conn.execute(
-            sa.select(pod_leases).where(pod_leases.c.id == lease_id, pod_leases.c.pod_id == pod.id)
-        )
-    ).first()
-    if row is None:
-        raise LeaseMismatch(
-            f"{lease_id} is not a lease of pod {pod.name}", details={"lease_id": lease_id}
-        )
-    return lease_row(row)
-
-
-def _require_live(lease: LeaseRow, name: str, now: int) -> None:
-    if lease.end_reason == LeaseEnd.SUPERSEDED.value:
-        raise LeaseMismatch(
-            f"lease {lease.id} of pod {name} was superseded by a later attach",
-            details={"lease_id": lease.id},
-        )
-    if lease.ended_at is not None:
-        raise LeaseExpired(
-            f"lease {lease.id} of pod {name} ended ({lease.end_reason}); attach again",
-            details={"lease_id": lease.id, "end_reason": lease.end_reason},
-        )
-    if lease.expires_at <= now:
-        raise LeaseExpired(
-            f"lease {lease.id} of pod {name} expired {now - lease.expires_at} ms ago; attach again",
-            details={"lease_id": lease.id},
-        )
-
-
-async def release(tx: PodTx, name: str, lease_id: str | None) -> LeaseRow | None:
-    """End the pod's lease; its children's live allocations are re-parented to its parent.
-    Delegations stay outstanding (a released pod's restore must still deny its live children's
-    regions). Returns the lease that ended (None: there was none)."""
-    await tx.lock()
-    pod = await get_pod(tx.conn, tx.space_id, name)
-    state = await load_state(tx.conn, pod)
-    lease = state.lease
-    if lease_id is not None and (lease is None or lease.id != lease_id):
-        current = await _lease_of(tx.conn, pod, lease_id)
-        _require_live(current, pod.name, tx.now)  # raises: ended, superseded or expired
-    if lease is None:
-        return None
-    await _end_leases(tx, pod.id, LeaseEnd.RELEASED)
-    await tx.conn.execute(
-        sa.update(pod_leases)
-        .where(pod_leases.c.parent_pod_id == pod.id, pod_leases.c.ended_at.is_(None))
-        .values(parent_pod_id=state.parent_id)
-    )
-    tx.touch(pod.id)
-    return lease
 
 
 async def new_segment(tx: PodTx, name: str, kind: str) -> tuple[str, str]:

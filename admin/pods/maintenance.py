@@ -22,11 +22,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from admin.pods.authority import PodTx, reclaim
+from admin.pods.authority import reclaim
 from admin.pods.edges import EdgeState, LeaseEnd, ReclaimReason
 from admin.pods.mirror import MirrorRecord, PodMirror, record_of
 from admin.pods.records import edge_row, load_states, pod_names
 from admin.pods.schema import pod_edges, pod_leases
+from admin.pods.tx import PodTx
 
 
 async def _expire(tx: PodTx, rows: list[Any]) -> list[dict[str, Any]]:

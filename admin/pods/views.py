@@ -8,8 +8,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from admin.pods.algebra import rules_json
-from admin.pods.authority import lease_json
 from admin.pods.edges import EdgeState
+from admin.pods.leases import lease_json
 from admin.pods.records import EdgeRow, PodState, edge_row, lease_row, pod_names
 from admin.pods.schema import pod_edges, pod_leases, pod_segments
 
