@@ -28,6 +28,7 @@ from admin.inputs import new_request_id
 from admin.leader import LeaderLoops, Lease
 from admin.limits import BodyParsers, WindowLimit
 from admin.migrate import upgrade
+from admin.pods.service import PodService
 from admin.publisher import Publisher
 from admin.rollouts.reconciler import RolloutReconciler
 from admin.settings import Settings
@@ -49,6 +50,7 @@ RESOURCE_MODULES = (
     "admin.api.system",
     "admin.api.plans",
     "admin.api.billing",
+    "admin.api.pods",
 )
 
 
@@ -69,6 +71,7 @@ class AdminState:
     runtime: RuntimeState  # leases, mirrors, counter hashes (Redis, or in-process)
     loops: LeaderLoops  # background jobs that run on the leader lease's holder only
     billing: Billing  # usage collector, quota warnings (admin/billing)
+    pods: PodService  # the pod scope authority's clock, lease TTL, mirror and reaper
     parsers: BodyParsers = field(default_factory=BodyParsers)
     audit_failures: WindowLimit = field(default_factory=lambda: WindowLimit(60))
     extras: dict[str, Any] = field(default_factory=dict)
@@ -104,6 +107,8 @@ def build_state(
     loops = LeaderLoops(lease)
     billing = Billing(engine, runtime, publisher.kick, interval=settings.usage_interval)
     loops.add("usage-collector", billing.collector.run, settings.usage_interval)
+    pods = PodService(engine, runtime, keys, lease_seconds=settings.pod_lease_seconds)
+    loops.add("pod-reaper", pods.reap, settings.pod_reap_interval)
     state = AdminState(
         settings=settings,
         keys=keys,
@@ -117,6 +122,7 @@ def build_state(
         billing=billing,
         parsers=BodyParsers(settings.parse_workers, settings.parses_per_principal),
         audit_failures=WindowLimit(settings.audit_failures_per_minute),
+        pods=pods,
     )
     # Staged rollouts: the reconciler is a leader job (its clock can be swapped in tests).
     rollouts = RolloutReconciler(
@@ -204,6 +210,7 @@ def create_app(
             f'turnout_admin_publish_pokes_total{{direction="received"}} {p.pokes_received}',
             *state.loops.metrics(),
             *state.billing.metrics(),
+            *state.pods.metrics(),
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 

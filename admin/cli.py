@@ -10,6 +10,7 @@ Subcommands (``serve`` when none is given)::
     rekey    re-encrypt snapshot secrets under the active key
     usage    a space's usage per meter in a month, with a bar per meter (or --json)
     rollout  a staged rollout's status (live view) and actions, over the API (admin/rollouts/cli.py)
+    pods     ``pods tree --space S``: the space's pod delegation tree, read from SQL
 
 ``--db`` / ``--redis`` override ``TURNOUT_DB`` / ``TURNOUT_REDIS_URL``. Commands that open the
 admin proper (serve, init, rekey) refuse to run without ``TURNOUT_KEYS`` (exit 2). Secrets never
@@ -28,6 +29,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from admin.bootstrap import bootstrap_system
 from admin.crypto import CryptoError, KeyRing, KeyRingError
@@ -35,7 +37,7 @@ from admin.db import make_engine
 from admin.migrate import upgrade
 from admin.settings import Settings
 
-COMMANDS = ("serve", "init", "migrate", "keygen", "resync", "rekey", "usage", "rollout")
+COMMANDS = ("serve", "init", "migrate", "keygen", "resync", "rekey", "usage", "rollout", "pods")
 
 
 class CliError(Exception):
@@ -77,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     subs.add_parser(
         "rollout", help="status (live view) and actions of a staged rollout", add_help=False
     )
+
+    pods = subs.add_parser("pods", help="inspect the pod scope authority (reads SQL)")
+    pod_subs = pods.add_subparsers(dest="pods_command", metavar="SUBCOMMAND", required=True)
+    tree = pod_subs.add_parser(
+        "tree", help="the delegation tree: effective write regions, lease state and age"
+    )
+    tree.add_argument("--space", required=True, help="space id")
+    tree.add_argument("--json", action="store_true", help="machine-readable output")
+    db_opts(tree)
     return parser
 
 
@@ -270,6 +281,32 @@ def cmd_rekey(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pods(ns: argparse.Namespace) -> int:
+    from admin.db import now_ms
+    from admin.pods import tree
+
+    settings = _settings(ns, keys=False)
+
+    async def go() -> Any:
+        engine = make_engine(settings.db_url)
+        try:
+            return await tree.build(engine, ns.space, now_ms())
+        finally:
+            await engine.dispose()
+
+    try:
+        found = _run(go)
+    except tree.NoSuchSpace:
+        raise CliError(f"no space {ns.space} in {_safe_url(settings.db_url)}") from None
+    except DBAPIError as exc:
+        raise CliError(
+            f"cannot read the pod tables of {_safe_url(settings.db_url)} "
+            f"({type(exc.orig).__name__}; is the database migrated? turnout admin migrate)"
+        ) from None
+    sys.stdout.write(orjson.dumps(found).decode() + "\n" if ns.json else tree.render(found))
+    return 0
+
+
 def cmd_usage(ns: argparse.Namespace) -> int:
     import time
 
@@ -319,6 +356,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "resync": cmd_resync,
     "rekey": cmd_rekey,
     "usage": cmd_usage,
+    "pods": cmd_pods,
 }
 
 

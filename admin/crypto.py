@@ -28,7 +28,9 @@ from collections.abc import Mapping
 from typing import Any, Final, Generic, TypeVar
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 ENVELOPE_VERSION: Final = 2
 ALGORITHM: Final = "AES-256-GCM"
@@ -97,12 +99,13 @@ class Secret(Generic[_S]):
 class KeyRing:
     """Named AES-256 keys, one of them active (the one :func:`encrypt` uses)."""
 
-    __slots__ = ("_active", "_aeads", "_kids")
+    __slots__ = ("_active", "_aeads", "_kids", "_raw")
 
     def __init__(self, keys: Mapping[str, bytes | Secret[bytes]], active_kid: str) -> None:
         if not keys:
             raise KeyRingError("key ring is empty: at least one key is required")
         aeads: dict[str, AESGCM] = {}
+        raws: dict[str, Secret[bytes]] = {}
         for kid, key in keys.items():
             if not isinstance(kid, str) or not _KID.fullmatch(kid):
                 raise KeyRingError(f"invalid key id {_safe_id(kid)}: use 1-32 of A-Z a-z 0-9 _ -")
@@ -111,9 +114,11 @@ class KeyRing:
                 length = len(raw) if isinstance(raw, bytes) else type(raw).__name__
                 raise KeyRingError(f"key {kid!r} must be {KEY_BYTES} bytes, got {length}")
             aeads[kid] = AESGCM(raw)
+            raws[kid] = Secret(raw)
         if active_kid not in aeads:
             raise KeyRingError(f"active key id {_safe_id(active_kid)} is not in the ring")
         self._aeads = aeads
+        self._raw = raws
         self._kids = tuple(aeads)
         self._active = active_kid
 
@@ -191,6 +196,20 @@ class KeyRing:
 
     def __repr__(self) -> str:
         return f"KeyRing(active={self._active!r}, kids={self._kids!r})"
+
+    def derive_key(self, purpose: str, kid: str | None = None) -> Secret[bytes]:
+        """A 32-byte key for ``purpose`` derived (HKDF-SHA256) from the key ``kid`` (default:
+        the active one) — for MACs over derived data such as runtime mirrors, never the
+        envelope key itself. Distinct purposes give independent keys."""
+        kid = self._active if kid is None else kid
+        if kid not in self._raw:
+            raise CryptoError(f"unknown key id {_safe_id(kid)}")
+        if not purpose:
+            raise CryptoError("purpose must be a non-empty string")
+        hkdf = HKDF(
+            hashes.SHA256(), length=KEY_BYTES, salt=None, info=b"turnout/" + purpose.encode()
+        )
+        return Secret(hkdf.derive(self._raw[kid].reveal()))
 
     def _aead(self, kid: str) -> AESGCM:
         try:

@@ -36,6 +36,15 @@ has a single pooled connection), a DNS lookup. Such a handler opens transactions
 raises ``RuntimeError`` outside it); hosts enqueued inside a block are written to the outbox in
 that block's transaction. The audit row, the stored idempotent response and any hosts enqueued
 outside a block are written after the handler returns, in one short transaction of their own.
+
+Read-only POSTs. An endpoint declared ``read_only=True`` is a POST (a question with a body, such
+as a permission check) that changes nothing: it is not a mutation — no audit row, no
+``Idempotency-Key`` (neither looked up, stored nor advertised in the OpenAPI document).
+
+After commit. :meth:`Ctx.after_commit` registers work on *derived* state (a runtime mirror) to
+run once the request's changes are committed, before the response is sent; it never runs for a
+request that failed, and its failures are logged, never turned into an error answer (the SQL
+change stands, and derived state repairs itself from SQL).
 """
 
 from __future__ import annotations
@@ -87,6 +96,7 @@ MAX_CURSOR = 600
 _PARAM = re.compile(r"{(\w+)}")
 
 Handler = Callable[["Ctx"], Awaitable[Any]]
+AfterCommit = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +121,11 @@ class Endpoint:
     # documented with the error envelope.
     responses: tuple[tuple[int, type[BaseModel] | None, str], ...] = ()
     parse: Callable[[bytes], Any] | None = None  # raw body → ctx.body, before the transaction
+    read_only: bool = False  # a POST that changes nothing: no audit, no Idempotency-Key
 
     @property
     def mutation(self) -> bool:
-        return self.method in ("POST", "PUT", "PATCH", "DELETE")
+        return self.method in ("POST", "PUT", "PATCH", "DELETE") and not self.read_only
 
     @property
     def params(self) -> list[str]:
@@ -142,8 +153,11 @@ def endpoint(
     transactional: bool = True,
     responses: tuple[tuple[int, type[BaseModel] | None, str], ...] = (),
     parse: Callable[[bytes], Any] | None = None,
+    read_only: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Declare an API endpoint (see the module docstring)."""
+    if read_only and method != "POST":
+        raise ValueError(f"{method} {path}: read_only is for POSTs (other methods say it already)")
     if parse is not None and not raw_body:
         raise ValueError(f"{method} {path}: parse= is for raw_body endpoints")
 
@@ -167,6 +181,7 @@ def endpoint(
                 transactional=transactional,
                 responses=responses,
                 parse=parse,
+                read_only=read_only,
             )
         )
         return fn
@@ -199,6 +214,7 @@ class Ctx:
     quota_warning: str | None = None  # X-Quota-Warning of the path's space (admin/billing)
     replay_status: int | None = None  # the replay's status (None: the original's); declare it
     client_request_id: str | None = None  # the client's X-Request-Id, if valid
+    post_commit: list[AfterCommit] = field(default_factory=list)  # see after_commit()
 
     @property
     def conn(self) -> AsyncConnection:
@@ -225,6 +241,19 @@ class Ctx:
                 await self._write_outbox(conn)
             finally:
                 self.tx = None
+
+    def after_commit(self, fn: AfterCommit) -> None:
+        """Run ``fn()`` once this request's changes are committed (derived state only; see the
+        module docstring). Registered functions run in order; a failure is logged."""
+        self.post_commit.append(fn)
+
+    async def _run_after_commit(self) -> None:
+        todo, self.post_commit = self.post_commit, []
+        for fn in todo:
+            try:
+                await fn()
+            except Exception as exc:
+                log.warning("after-commit work of %s failed: %s", self.request.url.path, exc)
 
     def enqueue_publish(self, hosts: set[str] | list[str]) -> None:
         """Hosts whose route records must be republished after this transaction commits."""
@@ -390,6 +419,7 @@ def make_route_handler(state: AdminState, ep: Endpoint) -> Callable[[Request], A
                 if ep.mutation or ctx.publish:
                     async with state.engine.begin() as conn:
                         await _finish(conn, ctx, ep, status, payload)
+            await ctx._run_after_commit()
             if ctx.queued:
                 state.publisher.kick()
             headers = {"x-request-id": rid, **ctx.headers}
@@ -694,6 +724,8 @@ def openapi(title: str = "Turnout admin API", version: str = "0.1.0") -> dict[st
         }
         if ep.role:
             op["x-turnout-role"] = ep.role
+        if ep.read_only:
+            op["x-turnout-read-only"] = True
         if ep.paged:
             op["parameters"] += [
                 {

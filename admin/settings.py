@@ -29,6 +29,8 @@ class Settings:
     # TTL of the leader lease (admin/leader.py): a dead leader is replaced within about this.
     lease_seconds: float = 3.0
     max_body_bytes: int = 1024 * 1024
+    pod_lease_seconds: float = 30.0  # TURNOUT_POD_LEASE_TTL: a pod lease's TTL (heartbeats extend)
+    pod_reap_interval: float = 5.0  # TURNOUT_POD_REAP_INTERVAL: the lease reaper's period
     migrate_on_start: bool = True
     parse_workers: int = 1  # TURNOUT_PARSE_WORKERS: processes parsing manifests (admin.limits)
     parses_per_principal: int = 2  # TURNOUT_PARSES_PER_PRINCIPAL: more in flight → 429
@@ -52,6 +54,8 @@ class Settings:
             ("TURNOUT_LEASE_SECONDS", "lease_seconds"),
             ("TURNOUT_USAGE_INTERVAL", "usage_interval"),
             ("TURNOUT_ROLLOUT_INTERVAL", "rollout_interval"),
+            ("TURNOUT_POD_LEASE_TTL", "pod_lease_seconds"),
+            ("TURNOUT_POD_REAP_INTERVAL", "pod_reap_interval"),
         ):
             raw = env.get(var)
             if raw:

@@ -26,7 +26,14 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from throughput import compiled_build, free_port, machine, redis_server, spawned  # noqa: E402
+from throughput import (  # noqa: E402
+    admin_init,
+    compiled_build,
+    free_port,
+    machine,
+    redis_server,
+    spawned,
+)
 
 CLI = [
     sys.executable,
@@ -86,15 +93,7 @@ def main() -> int:
             )
             ups[name] = f"http://127.0.0.1:{port}"
         db = os.path.join(tmp, "admin.db")
-        init = subprocess.run(
-            [*CLI, "admin", "init", "--db", db, "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-        )
-        token = json.loads(init.stdout)["token"]
+        token = admin_init(db, env)
         aport, gport, iport = free_port(), free_port(), free_port()
         stack.enter_context(
             spawned(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import re
@@ -407,6 +408,21 @@ def main() -> int:
             )
         print()
     return 0
+
+
+def admin_init(db: str, env: dict[str, str]) -> str:
+    """``turnout admin init --db <db> --json`` (migrate, bootstrap); the ``*`` token it printed."""
+    launch = "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run(
+        [sys.executable, "-c", launch, "admin", "init", "--db", db, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    token: str = json.loads(done.stdout)["token"]
+    return token
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 import admin.billing.schema
 import admin.invitations.schema
+import admin.pods.schema
 import admin.rollouts.schema  # noqa: F401  (its tables join admin.db.metadata)
 from admin.db import make_engine, metadata
 

@@ -60,7 +60,7 @@ def test_the_migration_seeds_the_same_catalogue() -> None:
     spec.loader.exec_module(module)
     assert module.SEED == SPEC
     assert module.UNITS == UNITS
-    assert (module.revision, module.down_revision) == ("0006", "0004")
+    assert (module.revision, module.down_revision) == ("0006", "0005")
 
 
 # ------------------------------------------------------------------------------ arithmetic

@@ -10,7 +10,8 @@ The credentials are always the valid system token, so the fuzzing reaches the ha
 than stopping at 401.
 
 A request whose ids are all random only ever reaches the 404 branch, so a :class:`World` of real
-resources exists (a space with a deployed service, a member, spare tokens, spare spaces) and
+resources exists (a space with a deployed service, a member, spare tokens, spare spaces, a pod
+with a child) and
 two examples in three get real path ids (:meth:`World.prepare`). Destructive operations get
 their own victims (a spare space for ``DELETE /api/spaces/{space}``, a spare token for token
 revocation, never the caller's own), and the world is repaired after every mutation (a deleted
@@ -92,6 +93,8 @@ class World:
         self.inviter = ""  # a user's token: it invites the system principal to its spaces
         self.rollout_app = ""  # an app deployment with a running staged rollout
         self.rollout_space = ""
+        self.pod_child = ""  # an outstanding child of the pod "fuzz"
+        self.spawned = 0
         self.examples = 0
         self.dirty = True  # a mutation ran since the last ensure()
 
@@ -177,6 +180,7 @@ class World:
             self.snapshot_id = dep["snapshot_id"]
             self.host = dep["hostnames"][0]
         self._ensure_rollout(space)
+        self.ensure_pods(space)
 
     def _ensure_rollout(self, space: str) -> None:
         if self.rollout_space != space:
@@ -193,6 +197,26 @@ class World:
         body = self._call("POST", path, 201, json=rollout_manifest("staged"))
         assert body["rollout"] is not None, body
         self.rollout_app = body["id"]
+
+    def ensure_pods(self, space: str) -> None:
+        """The pod "fuzz" (write /fuzz, may delegate it) with one outstanding child."""
+        base = f"/api/spaces/{space}/pods"
+        if self.client.get(f"{base}/fuzz", headers=self.auth).status_code != 200:
+            rule = {"target": "/fuzz", "permission": "write"}
+            body = {"name": "fuzz", "scope": {"allow": [rule]}, "grant": [rule]}
+            self._call("POST", base, 201, json=body)
+        view = self._call("GET", f"{base}/fuzz", 200)
+        live = [c["child"] for c in view["children"] if c["state"] == "outstanding"]
+        if self.pod_child in live:
+            return
+        for child in live:  # generated spawns may have taken /fuzz: hand it back
+            self._call("POST", f"{base}/fuzz/children/{child}/stop", 200)
+        self.spawned += 1
+        self.pod_child = f"kid{self.spawned}"
+        rule = {"target": f"/fuzz/{self.pod_child}", "permission": "write"}
+        self._call(
+            "POST", f"{base}/fuzz/children", 201, json={"name": self.pod_child, "rules": [rule]}
+        )
 
     def prepare(self, case: Case[Any]) -> None:
         """Authenticate the case as the system principal and give most examples real path ids.
@@ -225,6 +249,8 @@ class World:
             "plan": "plan_plus",
             "invitation": self.invitation,
             "id": self.rollout_app,
+            "name": "fuzz",  # a pod
+            "child": self.pod_child,
         }
         if "invitation" in names:
             real["space"] = self.invitation_space
