@@ -163,6 +163,15 @@ def plan_writes(
 # KEYS = those keys, then the epoch key (for Redis Cluster routing; they share one hash tag).
 # Returns {commands, failed, first error, epoch ('' when absent)}.
 _WRITE_LUA: Final = """
+-- A server that refuses every write (a replica after a failover, over maxmemory, no replicas
+-- for min-replicas-to-write) refuses the first one: answer an error, so nothing counts as
+-- applied. Any other error is one key's (WRONGTYPE): the rest is applied, a partial write.
+local function transient(err)
+  for _, p in ipairs({'READONLY', 'NOREPLICAS', 'OOM', 'MASTERDOWN', 'LOADING', 'BUSY'}) do
+    if string.sub(err, 1, #p) == p then return true end
+  end
+  return false
+end
 local items = cjson.decode(ARGV[1])
 local done, failed, first = 0, 0, ''
 for _, it in ipairs(items) do
@@ -171,6 +180,9 @@ for _, it in ipairs(items) do
   if it[4] == 1 then cmd = 'HSET' end
   for i = 1, #f, 2 do
     local r = redis.pcall(cmd, key, f[i], f[i + 1])
+    if type(r) == 'table' and r.err and done == 0 and transient(r.err) then
+      return redis.error_reply(r.err)  -- nothing applied: the whole batch is kept and retried
+    end
     done = done + 1
     if type(r) == 'table' and r.err then
       failed = failed + 1

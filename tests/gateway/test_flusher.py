@@ -479,3 +479,24 @@ def test_record_n_helper_is_consistent() -> None:
     record_n(c, 20)
     row = c.pending[(b"sp-1", b"svc-1", b"dep-1")]
     assert row[REQ] == 20 and row[C2] == {k: int(v) for k, v in expected_health(20).items()}[b"2xx"]
+
+
+async def test_a_server_refusing_every_write_keeps_the_whole_batch(
+    own_redis: RedisServer, make_client: ClientFactory
+) -> None:
+    """OOM (like READONLY on a demoted primary) refuses the script's first write: that is not a
+    partial write; the batch is kept and written once when the server accepts writes again."""
+    r = make_client(own_redis.url)
+    counters = Counters()
+    flusher = CounterFlusher(counters, RedisCounterSink(r, KEYS), clock=fixed_clock())
+    await r.config_set("maxmemory-policy", "noeviction")
+    await r.config_set("maxmemory", "1")
+    record_n(counters, 7)
+    try:
+        assert await flusher.flush() is False
+        assert counters.pending[(b"sp-1", b"svc-1", b"dep-1")][REQ] == 7
+    finally:
+        await r.config_set("maxmemory", "0")
+    assert await flusher.flush() is True
+    assert await usage_in(r, usage_key()) == 7
+    assert await r.hgetall(health_key()) == expected_health(7)
