@@ -222,6 +222,8 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> GatewayConfig:
         redis_url=env.get("TURNOUT_REDIS_URL", "").strip() or None,
         redis_prefix=env.get("TURNOUT_REDIS_PREFIX", "").strip() or base.redis_prefix,
         snapshot_path=env.get("TURNOUT_SNAPSHOT", "").strip() or None,
+        route_table=env.get("TURNOUT_ROUTE_TABLE", "").strip() or base.route_table,
+        hot_cache=_env_num(env, "TURNOUT_HOT_CACHE", int, base.hot_cache),
         internal_host=ihost,
         internal_port=iport,
         keepalive_timeout=_env_num(env, "TURNOUT_KEEPALIVE_TIMEOUT", float, base.keepalive_timeout),
@@ -256,6 +258,8 @@ def export_config(config: GatewayConfig, environ: MutableMapping[str, str] | Non
         "TURNOUT_REDIS_URL": config.redis_url,
         "TURNOUT_REDIS_PREFIX": config.redis_prefix,
         "TURNOUT_SNAPSHOT": config.snapshot_path,
+        "TURNOUT_ROUTE_TABLE": config.route_table,
+        "TURNOUT_HOT_CACHE": str(config.hot_cache),
         "TURNOUT_INTERNAL": (
             f"{config.internal_host}:{config.internal_port}" if config.internal_port else "off"
         ),

@@ -27,6 +27,10 @@ class GatewayConfig:
     redis_url: str | None = field(default=None, repr=False)
     redis_prefix: str = "turnout"
     snapshot_path: str | None = None
+    # memory: every worker decodes the whole table; flat: the snapshot file is a flat table
+    # memory-mapped by every worker (routing/flat.py), with a bounded per-worker hot cache
+    route_table: str = "memory"
+    hot_cache: int = 65_536
     internal_host: str = "127.0.0.1"
     internal_port: int = 9901  # 0 disables the internal listener
     # edge limits (nginx-like defaults)
@@ -58,6 +62,12 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         if self.server not in ("native", "uvicorn", "granian"):
             raise ValueError(f"server must be native, uvicorn or granian, not {self.server!r}")
+        if self.route_table not in ("memory", "flat"):
+            raise ValueError(f"route_table must be memory or flat, not {self.route_table!r}")
+        if self.route_table == "flat" and not self.snapshot_path:
+            raise ValueError("--route-table flat needs --snapshot (the file all workers map)")
+        if self.hot_cache < 1:
+            raise ValueError("hot_cache must be at least 1")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
         if not 0.0 <= self.access_log_sample <= 1.0:

@@ -44,8 +44,8 @@ from routing.compiled import (
     CompiledEndpoint,
     CompiledRoute,
     CompiledTarget,
-    find_route,
 )
+from routing.flat import find_route
 from routing.hostnames import normalize_request_host
 from routing.table import RouteTable
 from routing.upstreams import Replica
@@ -387,7 +387,7 @@ class Dispatcher:
                 return BAD_LENGTH, rid
             length = int(content_length)
 
-        route = find_route(self.table.routes, hostkey)
+        route = find_route(self.table.routes, hostkey, self.table.cold)
         if route is None:
             return NOT_FOUND, rid
         if route.blocked is not None:

@@ -94,6 +94,60 @@ class _Exposition:
         return ("\n".join(self.lines) + "\n").encode()
 
 
+_FLAT_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "turnout_route_table_mapped_bytes",
+        "gauge",
+        "Bytes of the mapped flat table file.",
+        "mapped_bytes",
+    ),
+    (
+        "turnout_route_table_file_records",
+        "gauge",
+        "Records in the mapped flat table file.",
+        "file_records",
+    ),
+    (
+        "turnout_route_table_overlay",
+        "gauge",
+        "Routes changed since the flat file was written (this worker's overlay).",
+        "overlay",
+    ),
+    (
+        "turnout_route_table_tombstones",
+        "gauge",
+        "Hosts deleted since the flat file was written.",
+        "tombstones",
+    ),
+    (
+        "turnout_route_table_hot_cache",
+        "gauge",
+        "Compiled routes (and misses) in this worker's hot cache.",
+        "hot_cache",
+    ),
+    ("turnout_route_table_hot_hits_total", "counter", "Hot cache hits.", "hot_hits"),
+    (
+        "turnout_route_table_hot_misses_total",
+        "counter",
+        "Hot cache misses (a lookup in the mapped file).",
+        "hot_misses",
+    ),
+    ("turnout_route_table_hot_hit_ratio", "gauge", "Hot cache hits / lookups.", "hot_hit_rate"),
+    (
+        "turnout_route_table_compactions_total",
+        "counter",
+        "Flat files written by compaction (writer worker).",
+        "compactions",
+    ),
+    (
+        "turnout_route_table_refused_files_total",
+        "counter",
+        "Flat files refused as corrupt, truncated or of another version.",
+        "refused_files",
+    ),
+)
+
+
 def render_metrics(
     *,
     counters: Counters,
@@ -192,6 +246,10 @@ def render_metrics(
         "1 once the route table synced from the store or loaded a snapshot.",
         bool(table_stats.get("synced", False) or table_stats.get("from_snapshot", False)),
     )
+    flat = table_stats.get("flat")
+    if isinstance(flat, Mapping):
+        for name, kind, help_text, key in _FLAT_METRICS:
+            out.one(name, kind, help_text, flat.get(key, 0))
     out.one(
         "turnout_counter_flushes_total",
         "counter",

@@ -113,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-prefix", default="turnout")
     p.add_argument("--snapshot", default=None, help="last-known-good route snapshot file")
     p.add_argument(
+        "--route-table",
+        choices=("memory", "flat"),
+        default="memory",
+        help="memory: each worker decodes the whole table; flat: the --snapshot file is a flat "
+        "table shared by all workers through mmap, hot routes cached per worker (default memory)",
+    )
+    p.add_argument(
+        "--hot-cache",
+        type=_at_least_one("--hot-cache"),
+        default=65_536,
+        help="flat mode: compiled routes (and misses) each worker keeps (default 65536)",
+    )
+    p.add_argument(
         "--internal",
         default="127.0.0.1:9901",
         help="health/metrics listener; worker N uses port+N; 'off' disables",
@@ -172,6 +185,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         redis_url=args.redis,
         redis_prefix=args.redis_prefix,
         snapshot_path=args.snapshot,
+        route_table=args.route_table,
+        hot_cache=args.hot_cache,
         internal_host=ihost,
         internal_port=iport,
         max_header_bytes=args.max_header_bytes,

@@ -57,13 +57,19 @@ class GatewayWorker:
         self.index = index
         self.store = store if store is not None else make_store(config)
         self._owns_store = store is None
+        flat = config.route_table == "flat"
         self.table = RouteTable(
             self.store,
             registry=UpstreamRegistry(config.ejection),
-            snapshot_path=config.snapshot_path if index == 0 else None,
+            # Worker 0 writes the snapshot (in flat mode: builds and compacts the shared file,
+            # which the other workers map and watch).
+            snapshot_path=config.snapshot_path if index == 0 or flat else None,
             freeze_gc=True,
+            flat=flat,
+            flat_writer=index == 0,
+            hot_cache=config.hot_cache,
         )
-        self._snapshot_reader = config.snapshot_path if index != 0 else None
+        self._snapshot_reader = config.snapshot_path if index != 0 and not flat else None
         self.counters = Counters(config.counters_max_keys)
         self.sink = (
             counter_sink if counter_sink is not None else make_counter_sink(config, self.store)

@@ -30,7 +30,6 @@ from typing import Any, Final
 
 import orjson
 
-from routing.hostnames import wildcard_parent
 from routing.models import (
     BLOCK_REASONS,
     STATUSES,
@@ -544,16 +543,3 @@ def compile_record(
     record: RouteRecord, registry: UpstreamRegistry, interner: Interner | None = None
 ) -> CompiledRoute:
     return CompiledRoute(record, registry, interner)
-
-
-def find_route(routes: dict[bytes, CompiledRoute], host: bytes) -> CompiledRoute | None:
-    """Exact host first, then the wildcard of its parent domain; nothing further.
-
-    A module function (compiled) so the gateway's hot path does not pay for a method call into
-    the interpreted :class:`routing.table.RouteTable`."""
-    route = routes.get(host)
-    if route is None:
-        parent = wildcard_parent(host)
-        if parent is not None:
-            route = routes.get(parent)
-    return route

@@ -23,6 +23,16 @@ primary, so a failover needs no restart. Records apply only when their version i
 table is written (atomically, off the event loop) at most once per ``snapshot_interval`` when
 something changed, and less often for very large tables (at least 20× the last write's cost).
 
+Flat mode (``flat=True``, :mod:`routing.flat`): the snapshot file is a memory-mapped flat table
+shared by every worker on the host. A full sync by the *writer* (worker 0) streams the store
+into a new file and maps it; ``routes`` then holds only the overlay of changes read since, and a
+compaction (paced like the snapshot writes) merges the overlay into a new file that every worker
+swaps to: the writer at once, the others when their once-a-second look at the file sees a new
+one of their epoch. A worker that needs a full sync but is not the writer waits for the writer's
+file of that epoch (``flat_wait`` s), then falls back to a sync into memory. An overlay entry
+is dropped at a swap only when the new file holds that version or a newer one, so no lookup
+ever goes back a version.
+
 Memory: routes are kept only in compiled form (the snapshot re-encodes them), and equal
 immutable parts are shared through an :class:`~routing.compiled.Interner` that every full load
 renews, so values of a replaced table generation are not pinned by it for long.
@@ -34,6 +44,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -41,8 +52,17 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from routing.compiled import CompiledRoute, Interner, find_route
+from routing.compiled import CompiledRoute, Interner
 from routing.errors import RecordError, RoutingError, StoreError
+from routing.flat import (
+    HOT_CACHE,
+    ColdRoutes,
+    FlatBuilder,
+    FlatError,
+    FlatFile,
+    find_route,
+    record_head,
+)
 from routing.models import RouteRecord, decode_record
 from routing.snapshot import read_snapshot, write_snapshot
 from routing.store import ZERO_ID, LogEntry, RouteStore, SyncPoint, parse_id
@@ -73,6 +93,10 @@ class RouteTable:
         batch: int = 1000,
         clock: Callable[[], float] = time.monotonic,
         freeze_gc: bool = False,
+        flat: bool = False,
+        flat_writer: bool = True,
+        hot_cache: int = HOT_CACHE,
+        flat_wait: float = 60.0,
     ) -> None:
         self.store = store
         # Move the table's long-lived objects out of the cyclic GC's reach after every full
@@ -83,6 +107,15 @@ class RouteTable:
         self.interner = Interner(self.registry)
         self.routes: dict[bytes, CompiledRoute] = {}
         self.snapshot_path = snapshot_path
+        # flat mode: the mapped file's view (None: everything is in ``routes``)
+        self.flat = flat and snapshot_path is not None
+        self.flat_writer = flat_writer
+        self.hot_cache = hot_cache
+        self.flat_wait = flat_wait
+        self.cold: ColdRoutes | None = None
+        self.compactions = 0
+        self.flat_refused = 0
+        self._file_lock = asyncio.Lock()
         self.snapshot_interval = snapshot_interval
         self.block_ms = block_ms
         self.check_interval = check_interval
@@ -121,7 +154,7 @@ class RouteTable:
 
     def lookup(self, host: bytes) -> CompiledRoute | None:
         """Exact host first, then the wildcard of its parent domain; nothing further."""
-        return find_route(self.routes, host)
+        return find_route(self.routes, host, self.cold)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -142,7 +175,8 @@ class RouteTable:
             self._load_snapshot()
         self._task = asyncio.create_task(self._run(), name="route-table")
         if self.snapshot_path:
-            self._snap_task = asyncio.create_task(self._snapshot_loop(), name="route-snapshot")
+            loop = self._snapshot_loop() if self.flat_writer else self._watch_loop()
+            self._snap_task = asyncio.create_task(loop, name="route-snapshot")
         if not self.ready:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), wait)
@@ -162,9 +196,9 @@ class RouteTable:
             with contextlib.suppress(Exception):
                 await self._snap_write
             self._snap_write = None
-        if self.snapshot_path and self._dirty:
+        if self.snapshot_path and self._dirty and self.flat_writer:
             self._dirty = False
-            await asyncio.to_thread(self._write_snapshot_now, *self._snapshot_state())
+            await self._write_snapshot()
 
     async def wait_synced(self, timeout: float = 5.0) -> None:
         """Test/CLI helper: wait until a store sync has completed."""
@@ -174,9 +208,34 @@ class RouteTable:
                 raise TimeoutError("route table did not sync in time")
             await asyncio.sleep(0.01)
 
-    def stats(self) -> dict[str, Any]:
+    def record_count(self) -> int:
+        cold = self.cold
+        if cold is None:
+            return len(self.routes)
+        flat = cold.flat
+        added = sum(1 for host in self.routes if flat.version(host) < 0)
+        return flat.count - len(cold.deleted) + added
+
+    def flat_stats(self) -> dict[str, Any]:
+        """What /metrics reports of flat mode (zeros while no file is mapped)."""
+        cold = self.cold
+        looked = cold.hits + cold.misses if cold is not None else 0
         return {
-            "records": len(self.routes),
+            "mapped_bytes": cold.flat.size if cold is not None else 0,
+            "file_records": cold.flat.count if cold is not None else 0,
+            "overlay": len(self.routes) if cold is not None else 0,
+            "tombstones": len(cold.deleted) if cold is not None else 0,
+            "hot_cache": len(cold.cache) if cold is not None else 0,
+            "hot_hits": cold.hits if cold is not None else 0,
+            "hot_misses": cold.misses if cold is not None else 0,
+            "hot_hit_rate": round(cold.hits / looked, 4) if cold is not None and looked else 0.0,
+            "compactions": self.compactions,
+            "refused_files": self.flat_refused,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "records": self.record_count(),
             "epoch": self.epoch,
             "last_id": self.last_id,
             "last_version": self.last_version,
@@ -193,6 +252,9 @@ class RouteTable:
             "snapshots_written": self.snapshots_written,
             "last_sync_seconds": round(self.last_sync_seconds, 4),
         }
+        if self.flat:
+            out["flat"] = self.flat_stats()
+        return out
 
     # ------------------------------------------------------------------ background loop
 
@@ -285,6 +347,11 @@ class RouteTable:
 
     async def _full_sync(self, point: SyncPoint) -> None:
         started = time.perf_counter()
+        if self.flat:
+            last_id = await self._flat_sync(point)
+            if last_id is not None:
+                self._synced(point, started, last_id, dirty=False)  # the file is the sync
+                return
         fresh: dict[bytes, CompiledRoute] = {}
         interner = Interner(self.registry)
         async for items in self.store.scan(self.batch):
@@ -302,25 +369,112 @@ class RouteTable:
                     gc.enable()
         # One assignment: lookups see the old table or the new one, never a mix.
         self.routes = fresh
+        self.cold = None
         self.interner = interner
         if self.freeze_gc:
             gc.collect()  # what is garbage now must not be frozen with the table
             gc.freeze()
+        self._synced(point, started, point.last_id)
+
+    def _synced(
+        self, point: SyncPoint, started: float, last_id: str, *, dirty: bool = True
+    ) -> None:
         if self.synced or self.from_snapshot:
             self.resyncs += 1
         self.epoch = point.epoch
-        self.last_id = point.last_id
+        self.last_id = last_id
         self.from_snapshot = False
         self._lost = False
-        self._dirty = True
+        self._dirty = dirty
         self.last_sync_seconds = time.perf_counter() - started
         log.info(
-            "route table synced: %d records in %.3fs (epoch %s)",
-            len(fresh),
+            "route table synced: %d records in %.3fs (epoch %s%s)",
+            self.record_count(),
             self.last_sync_seconds,
             point.epoch,
+            ", flat file" if self.cold is not None else "",
         )
         self._mark_current()
+
+    async def _flat_sync(self, point: SyncPoint) -> str | None:
+        """Flat mode's full sync; returns the log position to tail from, or None: fall back to
+        a sync into memory (a reader that saw no file of the epoch in time). A reader resumes
+        from the writer file's position, so nothing between it and ``point`` is skipped."""
+        assert self.snapshot_path is not None
+        if not self.flat_writer:
+            flat = await self._wait_for_file(point.epoch)
+            if flat is None:
+                log.warning(
+                    "no flat table of epoch %s from the writer within %.0fs; syncing into memory",
+                    point.epoch,
+                    self.flat_wait,
+                )
+                return None
+            self._adopt(flat, reset=True)
+            return flat.last_id if flat.last_id is not None else ZERO_ID
+        async with self._file_lock:
+            builder = FlatBuilder(self.snapshot_path)
+            try:
+                async for items in self.store.scan(self.batch):
+                    for host, data in items:
+                        try:
+                            version = record_head(host, data)
+                        except RecordError as exc:
+                            self.invalid += 1
+                            log.error("ignoring invalid route record for %s: %s", host, exc)
+                            continue
+                        builder.add(host.encode("ascii"), version, data)
+                await asyncio.to_thread(builder.finish, point.epoch, point.last_id)
+            finally:
+                builder.abort()
+            flat = await asyncio.to_thread(FlatFile, self.snapshot_path)
+        self._adopt(flat, reset=True)
+        return point.last_id
+
+    async def _wait_for_file(self, epoch: str | None) -> FlatFile | None:
+        deadline = self.clock() + self.flat_wait
+        while True:
+            flat = await self._open_file(quiet=True)
+            if flat is not None and flat.epoch == epoch:
+                return flat
+            if self.clock() >= deadline:
+                return None
+            await asyncio.sleep(0.1)
+
+    async def _open_file(self, quiet: bool = False) -> FlatFile | None:
+        assert self.snapshot_path is not None
+        try:
+            return await asyncio.to_thread(FlatFile, self.snapshot_path)
+        except FlatError as exc:
+            if not quiet or "cannot open" not in str(exc):
+                self.flat_refused += 1
+                log.error("refusing flat route table: %s; resyncing from the store", exc)
+            return None
+
+    def _adopt(self, flat: FlatFile, *, reset: bool) -> None:
+        """Serve ``flat`` from now on. ``reset``: it replaces everything (a full sync or a cold
+        start); otherwise it is a newer compaction of the same table: an overlay entry or a
+        tombstone stays unless the file holds its version or a newer one, and hot routes the
+        file holds unchanged carry over."""
+        cold = ColdRoutes(flat, self.registry, self.hot_cache)
+        old = self.cold
+        if reset:
+            routes: dict[bytes, CompiledRoute] = {}
+        else:
+            routes = {h: r for h, r in self.routes.items() if flat.version(h) < r.version}
+            if old is not None:
+                cold.deleted = {h: v for h, v in old.deleted.items() if 0 <= flat.version(h) < v}
+                for host, route in old.cache.items():
+                    held = flat.version(host)
+                    if (route is None and held < 0) or (
+                        route is not None and held == route.version
+                    ):
+                        if len(cold.cache) >= cold.limit:
+                            break
+                        cold.cache[host] = route
+        # Two assignments, no await between them: a lookup sees the old pair or the new one.
+        self.routes = routes
+        self.cold = cold
 
     def _compile(
         self, host: str, data: bytes, interner: Interner | None = None
@@ -370,12 +524,26 @@ class RouteTable:
             return
         key = host.encode("ascii")
         current = self.routes.get(key)
-        if current is not None and entry.version <= current.version:
+        cold = self.cold
+        held = current.version if current is not None else -1
+        if cold is not None and current is None:
+            held = cold.deleted.get(key, -1)
+            if held < 0:
+                held = cold.flat.version(key)
+        if held >= 0 and entry.version <= held:
             self.ignored += 1
             return
         if entry.record is None:
+            deleted = current is not None
             if current is not None:
                 del self.routes[key]
+            # A tombstone even for a host only the overlay held: a compaction running now may
+            # be writing it into the next file. Swaps keep only the tombstones still needed.
+            if cold is not None and (deleted or cold.flat.version(key) >= 0):
+                cold.deleted[key] = entry.version
+                cold.forget(key)
+                deleted = True
+            if deleted:
                 self.applied += 1
                 self.last_version = entry.version
                 self._dirty = True
@@ -390,10 +558,13 @@ class RouteTable:
                 entry.version,
                 route.version,
             )
-            if current is not None and route.version <= current.version:
+            if held >= 0 and route.version <= held:
                 self.ignored += 1
                 return
         self.routes[route.host_b] = route
+        if cold is not None:
+            cold.deleted.pop(route.host_b, None)
+            cold.forget(route.host_b)
         self.applied += 1
         self.last_version = route.version
         self._dirty = True
@@ -402,6 +573,9 @@ class RouteTable:
 
     def _load_snapshot(self) -> None:
         assert self.snapshot_path is not None
+        if self.flat:
+            self._load_flat()
+            return
         interner = Interner(self.registry)
         routes: dict[bytes, CompiledRoute] = {}
 
@@ -434,6 +608,53 @@ class RouteTable:
         )
         self._ready.set()
 
+    def _load_flat(self) -> None:
+        assert self.snapshot_path is not None
+        try:
+            flat = FlatFile(self.snapshot_path)
+        except FlatError as exc:
+            if "cannot open" in str(exc):
+                log.info("no flat route table yet: %s", exc)
+            else:
+                self.flat_refused += 1
+                log.error("refusing flat route table: %s; resyncing from the store", exc)
+            return
+        self._adopt(flat, reset=True)
+        self.epoch = flat.epoch
+        self.last_id = flat.last_id
+        self.from_snapshot = True
+        self.stale = True
+        age = max(0.0, time.time() - flat.written_at)
+        self._stale_since = self.clock() - age
+        log.warning(
+            "serving %d routes from flat table %s (%.0fs old, %d bytes mapped)",
+            flat.count,
+            self.snapshot_path,
+            age,
+            flat.size,
+        )
+        self._ready.set()
+
+    async def _watch_loop(self) -> None:
+        """A flat-mode reader: swap to the writer's newer file of our epoch when one appears."""
+        assert self.snapshot_path is not None
+        while True:
+            await asyncio.sleep(self.check_interval)
+            cold = self.cold
+            try:
+                st = os.stat(self.snapshot_path)
+            except OSError:
+                continue
+            seen = (st.st_dev, st.st_ino, st.st_mtime_ns)
+            if cold is not None and cold.flat.inode == seen:
+                continue
+            if self.epoch is None or not self.synced:
+                continue  # a full sync (or the wait for the writer's file) decides
+            flat = await self._open_file()
+            if flat is None or flat.epoch != self.epoch or self.cold is not cold:
+                continue
+            self._adopt(flat, reset=False)
+
     async def _snapshot_loop(self) -> None:
         last = 0.0
         while True:
@@ -445,15 +666,58 @@ class RouteTable:
             self._dirty = False
             # Routes, epoch and last id captured together, here on the loop: a file must never
             # claim a log position whose changes it lacks (a cold start resumes from there).
-            self._snap_write = asyncio.ensure_future(
-                asyncio.to_thread(self._write_snapshot_now, *self._snapshot_state())
-            )
+            self._snap_write = asyncio.ensure_future(self._write_snapshot())
             try:
                 await asyncio.shield(self._snap_write)  # stop() waits for it, see there
             except OSError as exc:
                 self._dirty = True
                 log.error("writing route snapshot %s failed: %s", self.snapshot_path, exc)
             last = self.clock()
+
+    async def _write_snapshot(self) -> None:
+        if not self.flat:
+            await asyncio.to_thread(self._write_snapshot_now, *self._snapshot_state())
+            return
+        async with self._file_lock:
+            cold = self.cold
+            # Captured together on the loop, like the routes of a snapshot (see there).
+            overlay = list(self.routes.values())
+            deleted = dict(cold.deleted) if cold is not None else {}
+            epoch, last_id = self.epoch, self.last_id
+            base = cold.flat if cold is not None else None
+            flat = await asyncio.to_thread(self._compact, base, overlay, deleted, epoch, last_id)
+            if self.cold is cold and self.epoch == epoch:
+                self._adopt(flat, reset=False)
+                self.compactions += 1
+
+    def _compact(
+        self,
+        base: FlatFile | None,
+        overlay: list[CompiledRoute],
+        deleted: dict[bytes, int],
+        epoch: str | None,
+        last_id: str | None,
+    ) -> FlatFile:
+        """Runs in a thread: the base file's records minus the tombstones and the overlay's
+        hosts, then the overlay, into a new file (renamed over the old one), mapped."""
+        assert self.snapshot_path is not None
+        started = time.perf_counter()
+        builder = FlatBuilder(self.snapshot_path)
+        try:
+            replaced = {route.host_b for route in overlay}
+            if base is not None:
+                for host, version, record in base.items():
+                    if host not in replaced and host not in deleted:
+                        builder.add(host, version, record)
+            for route in overlay:
+                builder.add(route.host_b, route.version, route.encode())
+            builder.finish(epoch, last_id)
+        finally:
+            builder.abort()
+        flat = FlatFile(self.snapshot_path)
+        self._snap_cost = time.perf_counter() - started
+        self.snapshots_written += 1
+        return flat
 
     def _snapshot_state(self) -> tuple[list[CompiledRoute], str | None, str | None]:
         return list(self.routes.values()), self.epoch, self.last_id

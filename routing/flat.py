@@ -1,0 +1,415 @@
+"""The flat route table: one immutable, position-independent file shared by every worker.
+
+Why
+---
+A decoded route table costs ~630–785 MiB per worker at a million hostnames and every worker
+holds its own copy (benchmarks/RESULTS.md). In flat mode (``--route-table flat``) the table's
+records live in one file that every worker memory-maps read-only, so N workers share one copy of
+the bytes through the page cache; each worker keeps only what it actually serves:
+
+* a bounded **hot cache** of compiled routes (:class:`ColdRoutes`), filled on first use and
+  emptied oldest-first, negative answers included (a scan of unknown hosts costs one probe each,
+  then nothing);
+* an **overlay** of the changes read from the stream since the file was written (the table's
+  ``routes`` dict, plus tombstones for deletions), consulted first;
+* replica health, per worker as before (routes are compiled against the worker's registry).
+
+Format ``turnout-flat/1`` (little-endian, every offset from the start of the file)::
+
+    0   8  magic  b"TRNFLAT1"
+    8   4  format version (1)
+    12  4  meta length M
+    16  8  record count
+    24  8  index slots S (a power of two, at least 2 x count)
+    32  8  data offset D (64)
+    40  8  data length
+    48  8  index offset I (D + data length)
+    56  4  CRC32 of everything after the 64-byte header (data, index, meta), then of
+           the header's first 56 bytes
+    60  4  reserved (0)
+    D      records, each 8-aligned: u16 host length, u16 0, u32 record length, u64 version,
+           host bytes, the record's canonical JSON
+    I      S slots of (u32 crc32(host), u32 (record offset - D) / 8); 0xFFFFFFFF = empty
+    I+8S   M bytes of meta: JSON {"format", "epoch", "last_id", "written_at"}
+
+The index is open addressing with linear probing on ``crc32(host)``; a probe compares the
+hash, then the host bytes in place. A lookup reads two small slices of the mapping and decodes
+nothing until the host is found; the record is decoded (strictly) and compiled only on a hot
+cache miss. The CRC is checked once when a file is opened: a truncated, bit-flipped or
+wrong-version file is refused with :class:`FlatError` (the table logs it and resyncs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import struct
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from typing import Any, Final
+
+import orjson
+
+from routing.compiled import CompiledRoute, Interner
+from routing.errors import RecordError, RoutingError
+from routing.hostnames import wildcard_parent
+from routing.models import decode_record
+from routing.upstreams import UpstreamRegistry
+
+FORMAT: Final = "turnout-flat/1"
+MAGIC: Final = b"TRNFLAT1"
+VERSION: Final = 1
+HEADER: Final = struct.Struct("<8sIIQQQQQII")  # 64 bytes
+RECORD: Final = struct.Struct("<HHIQ")  # 16 bytes
+SLOT: Final = struct.Struct("<II")
+EMPTY: Final = 0xFFFFFFFF
+MAX_DATA: Final = EMPTY * 8  # record offsets are stored in 8-byte units
+HOT_CACHE: Final = 65_536  # default bound of a worker's hot cache (routes, misses included)
+_CHUNK: Final = 1 << 20
+_CRC_AT: Final = 56  # the CRC covers the header before it, then everything after the header
+
+
+class FlatError(RoutingError):
+    """A flat table file that must not be served (missing, truncated, corrupt, wrong version)."""
+
+
+def _pad(n: int) -> int:
+    return (8 - n % 8) % 8
+
+
+def _slots_for(count: int) -> int:
+    slots = 8
+    while slots < 2 * count:
+        slots <<= 1
+    return slots
+
+
+class FlatFile:
+    """A verified, memory-mapped table file. Immutable; shared by reference, never closed
+    explicitly (a compaction thread may still be reading an older one: it closes when the last
+    reference goes)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise FlatError(f"{path}: cannot open flat table: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            self.inode = (st.st_dev, st.st_ino, st.st_mtime_ns)
+            if st.st_size < HEADER.size:
+                raise FlatError(f"{path}: truncated flat table ({st.st_size} bytes)")
+            self.mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        mm = self.mm
+        size = len(mm)
+        (
+            magic,
+            version,
+            meta_len,
+            count,
+            slots,
+            data_off,
+            data_len,
+            index_off,
+            crc,
+            _reserved,
+        ) = HEADER.unpack_from(mm, 0)
+        if magic != MAGIC:
+            raise FlatError(f"{path}: not a {FORMAT} file")
+        if version != VERSION:
+            raise FlatError(f"{path}: flat table version {version}, this gateway reads {VERSION}")
+        if (
+            slots < 8
+            or slots & (slots - 1)
+            or slots < 2 * count
+            or data_off != HEADER.size
+            or data_len % 8
+            or index_off != data_off + data_len
+            or index_off + slots * SLOT.size + meta_len != size
+        ):
+            raise FlatError(f"{path}: truncated or inconsistent flat table")
+        if zlib.crc32(mm[:_CRC_AT], zlib.crc32(memoryview(mm)[HEADER.size :])) != crc:
+            raise FlatError(f"{path}: flat table checksum mismatch (corrupt file)")
+        try:
+            meta = orjson.loads(mm[size - meta_len : size])
+        except orjson.JSONDecodeError:
+            raise FlatError(f"{path}: bad flat table meta") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise FlatError(f"{path}: bad flat table meta")
+        epoch, last_id, written_at = meta.get("epoch"), meta.get("last_id"), meta.get("written_at")
+        if not (epoch is None or isinstance(epoch, str)) or not (
+            last_id is None or isinstance(last_id, str)
+        ):
+            raise FlatError(f"{path}: bad flat table meta")
+        self.epoch: str | None = epoch
+        self.last_id: str | None = last_id
+        self.written_at = float(written_at) if isinstance(written_at, int | float) else 0.0
+        self.count: int = count
+        self.mask: int = slots - 1
+        self.data_off: int = data_off
+        self.index_off: int = index_off
+        self.size: int = size
+
+    def _find(self, host: bytes) -> int:
+        """Offset of ``host``'s record, or -1."""
+        mm = self.mm
+        h = zlib.crc32(host)
+        i = h & self.mask
+        n = len(host)
+        while True:
+            slot_hash, unit = SLOT.unpack_from(mm, self.index_off + i * 8)
+            if unit == EMPTY:
+                return -1
+            if slot_hash == h:
+                off: int = self.data_off + unit * 8
+                host_len: int = mm[off] | (mm[off + 1] << 8)
+                if host_len == n and mm[off + 16 : off + 16 + n] == host:
+                    return off
+            i = (i + 1) & self.mask
+
+    def version(self, host: bytes) -> int:
+        """The version of ``host``'s record in this file, or -1 when it holds none."""
+        off = self._find(host)
+        if off < 0:
+            return -1
+        version: int = RECORD.unpack_from(self.mm, off)[3]
+        return version
+
+    def record(self, host: bytes) -> bytes | None:
+        """The canonical JSON of ``host``'s record, or None."""
+        off = self._find(host)
+        if off < 0:
+            return None
+        host_len, _zero, rec_len, _version = RECORD.unpack_from(self.mm, off)
+        start = off + 16 + host_len
+        return self.mm[start : start + rec_len]
+
+    def items(self) -> Iterator[tuple[bytes, int, bytes]]:
+        """Every ``(host, version, record)`` the index reaches (index order)."""
+        mm = self.mm
+        for i in range(self.mask + 1):
+            unit = SLOT.unpack_from(mm, self.index_off + i * 8)[1]
+            if unit == EMPTY:
+                continue
+            off = self.data_off + unit * 8
+            host_len, _zero, rec_len, version = RECORD.unpack_from(mm, off)
+            start = off + 16
+            yield (
+                mm[start : start + host_len],
+                version,
+                mm[start + host_len : start + host_len + rec_len],
+            )
+
+    def __repr__(self) -> str:
+        return f"FlatFile({self.path!r}, records={self.count}, bytes={self.size})"
+
+
+class FlatBuilder:
+    """Streams records into a new table file: records go straight to a temporary file beside
+    ``path`` (8 bytes per record stay in memory for the index), :meth:`finish` appends the index
+    and atomically renames it over ``path``. Adding a host twice keeps the last one added."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.directory = os.path.dirname(os.path.abspath(path)) or "."
+        os.makedirs(self.directory, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=".flat-", suffix=".tmp", dir=self.directory)
+        self.fh = os.fdopen(fd, "w+b")
+        self.fh.write(b"\0" * HEADER.size)  # the header is written last
+        self.hashes: list[int] = []
+        self.units: list[int] = []
+        self.where: dict[bytes, int] = {}  # host -> position in hashes/units (duplicates)
+        self.data_len = 0
+        self._buf: list[bytes] = []
+        self._buffered = 0
+        self.crc = 0  # of everything after the header, as written
+        self.closed = False
+
+    def add(self, host: bytes, version: int, record: bytes) -> None:
+        if self.data_len + 16 + len(host) + len(record) + 8 > MAX_DATA:
+            raise FlatError(f"{self.path}: flat table data over {MAX_DATA} bytes")
+        unit = self.data_len // 8
+        body = RECORD.pack(len(host), 0, len(record), version) + host + record
+        pad = _pad(len(body))
+        self._buf.append(body)
+        if pad:
+            self._buf.append(b"\0" * pad)
+        self._buffered += len(body) + pad
+        self.data_len += len(body) + pad
+        seen = self.where.get(host)
+        if seen is None:
+            self.where[bytes(host)] = len(self.units)
+            self.hashes.append(zlib.crc32(host))
+            self.units.append(unit)
+        else:
+            self.units[seen] = unit  # the earlier bytes stay in the file, unreachable
+        if self._buffered >= _CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            chunk = b"".join(self._buf)
+            self.crc = zlib.crc32(chunk, self.crc)
+            self.fh.write(chunk)
+            self._buf.clear()
+            self._buffered = 0
+
+    def finish(self, epoch: str | None, last_id: str | None) -> int:
+        """Append the index and the meta, write the header, fsync, rename over ``path``;
+        returns the record count."""
+        try:
+            self._flush()
+            count = len(self.units)
+            slots = _slots_for(count)
+            table = [EMPTY] * (2 * slots)
+            mask = slots - 1
+            for h, unit in zip(self.hashes, self.units, strict=True):
+                i = h & mask
+                while table[2 * i + 1] != EMPTY:
+                    i = (i + 1) & mask
+                table[2 * i] = h
+                table[2 * i + 1] = unit
+            index = struct.pack(f"<{2 * slots}I", *table)
+            meta = orjson.dumps(
+                {"format": FORMAT, "epoch": epoch, "last_id": last_id, "written_at": time.time()}
+            )
+            fh = self.fh
+            fh.write(index)
+            fh.write(meta)
+            crc = zlib.crc32(meta, zlib.crc32(index, self.crc))
+            head = HEADER.pack(
+                MAGIC,
+                VERSION,
+                len(meta),
+                count,
+                slots,
+                HEADER.size,
+                self.data_len,
+                HEADER.size + self.data_len,
+                0,
+                0,
+            )
+            crc = zlib.crc32(head[:_CRC_AT], crc)
+            fh.seek(0)
+            fh.write(head[:_CRC_AT] + struct.pack("<II", crc, 0))
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+            os.replace(self.tmp, self.path)
+            self.closed = True
+            _fsync_dir(self.directory)
+            return count
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the temporary file (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.fh.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def record_head(host: str, data: bytes) -> int:
+    """The version of a record as stored, checked cheaply (the full strict decode happens when a
+    worker first serves the host); raises :class:`RecordError` for bytes that are not a record
+    of ``host``."""
+    try:
+        obj: Any = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError("$", f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RecordError("$", "a record must be a JSON object")
+    if obj.get("host") != host:
+        raise RecordError("host", f"record filed under {host} names {obj.get('host')!r}")
+    version = obj.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise RecordError("version", "must be a non-negative integer")
+    return version
+
+
+class ColdRoutes:
+    """One worker's view of a flat file: a bounded hot cache of compiled routes (misses
+    cached too), the tombstones of hosts the stream deleted since the file was written, and the
+    counters /metrics reports. The worker's overlay of changed routes lives in the table's
+    ``routes`` dict, which :func:`find_route` reads first."""
+
+    def __init__(self, flat: FlatFile, registry: UpstreamRegistry, limit: int = HOT_CACHE) -> None:
+        self.flat = flat
+        self.registry = registry
+        self.interner = Interner(registry)
+        self.limit = max(1, limit)
+        self.cache: dict[bytes, CompiledRoute | None] = {}
+        self.deleted: dict[bytes, int] = {}  # host -> version of the deletion
+        self.hits = 0
+        self.misses = 0
+        self.invalid = 0
+
+    def get(self, host: bytes) -> CompiledRoute | None:
+        cache = self.cache
+        if host in cache:
+            self.hits += 1
+            return cache[host]
+        self.misses += 1
+        route: CompiledRoute | None = None
+        if host not in self.deleted:
+            data = self.flat.record(host)
+            if data is not None:
+                try:
+                    route = CompiledRoute(decode_record(data), self.registry, self.interner)
+                except RecordError:
+                    self.invalid += 1
+                    route = None
+        if len(cache) >= self.limit:
+            del cache[next(iter(cache))]  # oldest first
+        cache[host] = route
+        return route
+
+    def version(self, host: bytes) -> int:
+        """The version this view holds for ``host`` in the file (-1: none, or deleted)."""
+        if host in self.deleted:
+            return -1
+        return self.flat.version(host)
+
+    def forget(self, host: bytes) -> None:
+        self.cache.pop(host, None)
+
+
+def find_route(
+    routes: dict[bytes, CompiledRoute], host: bytes, cold: ColdRoutes | None = None
+) -> CompiledRoute | None:
+    """Exact host first, then the wildcard of its parent domain; nothing further. Each name is
+    looked up in the overlay (``routes``) first, then in the flat file's view when there is one.
+
+    A module function (compiled) so the gateway's hot path does not pay for a method call into
+    the interpreted :class:`routing.table.RouteTable`."""
+    route = routes.get(host)
+    if route is None and cold is not None:
+        route = cold.get(host)
+    if route is None:
+        parent = wildcard_parent(host)
+        if parent is not None:
+            route = routes.get(parent)
+            if route is None and cold is not None:
+                route = cold.get(parent)
+    return route
