@@ -6,7 +6,8 @@ the space's common env.
   ``env``, ``secrets`` and ``bindings`` (common env already merged in at deploy time, with the
   source of each key), the deployment's ids and version, and an ``ETag`` (an HMAC of the
   answer under a key derived from the key ring, so it says nothing about the values) for cheap
-  polling with ``If-None-Match`` → 304. Every read — 304s included — writes an audit row
+  polling with ``If-None-Match`` → 304; ``X-Turnout-Token-Expires-At`` (ms) tells an expiring
+  token when to refresh. Every read — 304s included — writes an audit row
   (the deployment, its version and snapshot, never a value). ``Cache-Control: no-store``.
 * ``POST /api/runtime/token/refresh`` — a successor token for the caller's deployment; every
   other live token of it expires within the grace period (``Settings.runtime_token_grace_seconds``).
@@ -224,6 +225,8 @@ async def get_runtime_config(ctx: Ctx) -> dict[str, Any] | None:
     )
     ctx.headers["etag"] = tag
     ctx.headers["cache-control"] = "no-store"
+    if ctx.principal.token_expires_at is not None:  # when to refresh (outside the ETag)
+        ctx.headers["x-turnout-token-expires-at"] = str(ctx.principal.token_expires_at)
     if fresh:
         ctx.status = 304
         return None
