@@ -30,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -141,8 +140,3 @@ async def shorten_others(
             )
         latest = expires if latest is None else max(latest, expires)
     return latest
-
-
-def stored_scopes(raw: str) -> list[str]:
-    scopes = orjson.loads(raw)
-    return [str(s) for s in scopes] if isinstance(scopes, list) else []

@@ -534,3 +534,45 @@ def test_no_plaintext_anywhere_else(tmp_path: Path, caplog: pytest.LogCaptureFix
         for p in plaintexts:
             assert p.encode() not in data, f"{p[:6]}… in {f.name}"
     assert first.status_code == 201
+
+
+def test_staged_rollout_abort_and_promote_retire_tokens(api: Api) -> None:
+    stages = {"strategy": "staged", "stages": [{"weight": 10, "pause_minutes": 5}]}
+    v1 = api.deploy_ok(manifest())
+    staged = manifest(greeting="v2")
+    staged["spec"]["rollout"] = stages
+    r = api.deploy(staged)
+    assert r.status_code == 201, r.text
+    app, v2 = r.json()["id"], r.json()["services"][0]
+    t1, t2 = v1["managed_token"]["token"], v2["managed_token"]["token"]
+    assert api.config(t2).json()["routing_status"] == "canary"
+    base = f"/api/spaces/{api.space}/app-deployments/{app}/rollout"
+    assert api.client.post(f"{base}/abort", json={}, headers=auth(api.token)).status_code == 200
+    assert_error(api.config(t2), 401, "invalid_token")  # the canary is archived
+    assert api.config(t1).status_code == 200
+    # Again, promoted this time: the baseline is archived.
+    r = api.deploy(staged)
+    app, v3 = r.json()["id"], r.json()["services"][0]
+    base = f"/api/spaces/{api.space}/app-deployments/{app}/rollout"
+    assert api.client.post(f"{base}/promote", json={}, headers=auth(api.token)).status_code == 200
+    assert_error(api.config(t1), 401, "invalid_token")
+    assert api.config(v3["managed_token"]["token"]).json()["routing_status"] == "active"
+
+
+def test_usage_write_scope_and_billing_write_still_record_usage(api: Api) -> None:
+    event = {"meter": "exec_seconds", "units": 1}
+    for i, scopes in enumerate((["usage:write"], ["billing:write"])):
+        token = make_user(api.client, api.token, f"meter{i}", api.space, "editor", scopes)
+        r = api.client.post(
+            f"/api/spaces/{api.space}/usage",
+            json={**event, "idempotency_key": f"k{i}"},
+            headers=auth(token),
+        )
+        assert r.status_code == 201, (scopes, r.text)
+    narrow = make_user(api.client, api.token, "reader", api.space, "editor", ["billing:read"])
+    r = api.client.post(
+        f"/api/spaces/{api.space}/usage",
+        json={**event, "idempotency_key": "k9"},
+        headers=auth(narrow),
+    )
+    assert_error(r, 403, "forbidden")
