@@ -576,3 +576,21 @@ def test_usage_write_scope_and_billing_write_still_record_usage(api: Api) -> Non
         headers=auth(narrow),
     )
     assert_error(r, 403, "forbidden")
+
+
+def test_rollback_by_a_narrower_token_succeeds_without_a_token(api: Api) -> None:
+    wide = {"scopes": ["runtime:config", "pods:write"]}
+    v1 = api.deploy_ok(manifest(access=wide))
+    api.deploy_ok(manifest(greeting="v2", access=wide))
+    narrow = make_user(api.client, api.token, "ops", api.space, "editor", ["deployments:write"])
+    r = api.client.post(
+        f"/api/spaces/{api.space}/services/web/rollback", json={}, headers=auth(narrow)
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == v1["deployment_id"] and r.json().get("managed_token") is None
+    assert "pods:write" in r.headers["x-turnout-warning"]
+    url = f"/api/spaces/{api.space}/deployments/{v1['deployment_id']}/token"
+    assert_error(api.client.post(url, headers=auth(narrow)), 403, "forbidden")
+    r = api.client.post(url, headers=auth(api.token))
+    assert r.status_code == 201, r.text
+    assert api.config(r.json()["token"]).json()["version"] == 1
