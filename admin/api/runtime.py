@@ -128,9 +128,9 @@ def _replay(kind: type[Strict], description: str) -> tuple[tuple[int, type[Stric
 # ------------------------------------------------------------------------------ config pull
 
 
-async def _own_deployment(ctx: Ctx) -> Any:
-    """The caller's deployment with its service; 404 when it is gone."""
-    row = (
+async def _deployment(ctx: Ctx, *where: Any) -> Any:
+    """A deployment row with its service's space, name, app and status (None if not found)."""
+    return (
         await ctx.conn.execute(
             sa.select(
                 deployments,
@@ -140,9 +140,14 @@ async def _own_deployment(ctx: Ctx) -> Any:
                 services.c.status.label("service_status"),
             )
             .join(services, services.c.id == deployments.c.service_id)
-            .where(deployments.c.id == ctx.principal.id)
+            .where(*where)
         )
     ).first()
+
+
+async def _own_deployment(ctx: Ctx) -> Any:
+    """The caller's deployment with its service; 404 when it is gone."""
+    row = await _deployment(ctx, deployments.c.id == ctx.principal.id)
     if row is None:
         raise NotFound("this token's deployment no longer exists")
     return row
@@ -274,18 +279,7 @@ async def refresh_runtime_token(ctx: Ctx) -> dict[str, Any]:
 )
 async def reissue_deployment_token(ctx: Ctx) -> dict[str, Any]:
     dep_id = ctx.params["deployment"]
-    row = (
-        await ctx.conn.execute(
-            sa.select(
-                deployments,
-                services.c.name.label("service_name"),
-                services.c.app_name,
-                services.c.status.label("service_status"),
-            )
-            .join(services, services.c.id == deployments.c.service_id)
-            .where(deployments.c.id == dep_id, services.c.space_id == ctx.space_id)
-        )
-    ).first()
+    row = await _deployment(ctx, deployments.c.id == dep_id, services.c.space_id == ctx.space_id)
     if row is None:
         raise NotFound(f"deployment {dep_id} not found")
     if row.service_status == "stopped":
