@@ -51,6 +51,7 @@ RESOURCE_MODULES = (
     "admin.api.plans",
     "admin.api.billing",
     "admin.api.pods",
+    "admin.api.runtime",
 )
 
 

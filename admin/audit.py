@@ -1,7 +1,8 @@
 """Audit rows: one per mutation, success or failure, written by the framework wrapper.
 
-A row is ``{id, at, principal_id, space_id, action, resource, request_id, client_request_id,
-outcome}``. ``request_id`` is the server's own id for the request (the ``X-Request-Id`` of the
+A row is ``{id, at, principal_id, principal_kind, space_id, action, resource, request_id,
+client_request_id, outcome}``; ``principal_kind`` is ``user``, ``service``, ``system`` or
+``deployment`` (a managed deployment token, :mod:`admin.managed`). ``request_id`` is the server's own id for the request (the ``X-Request-Id`` of the
 answer); ``client_request_id`` is the ``X-Request-Id`` the client sent, if it was valid — never
 mixed up, so a client cannot forge or collide with the server's ids.
 
@@ -56,6 +57,7 @@ class Entry:
     request_id: str
     client_request_id: str | None
     outcome: str
+    principal_kind: str | None = None
 
 
 async def record(conn: AsyncConnection, entry: Entry) -> None:

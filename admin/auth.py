@@ -1,9 +1,17 @@
-"""Personal access tokens, scopes and roles.
+"""Personal access tokens, managed deployment tokens, scopes and roles.
 
 Token format (takos): ``tak_pat_`` + base64url (no padding) of 32 random bytes — 51 chars.
+Managed deployment tokens (:mod:`admin.managed`) have the same shape with ``tak_dep_``; their
+principal is the deployment itself (kind ``deployment``, id = the deployment's id), which acts
+as an ``editor`` of its own space and is a member of no other.
 Stored as the SHA-256 hex of the whole token plus its first 12 characters for display; the
 plaintext is shown once, at creation. ``last_used_at`` is recorded in batches off the request
 path (:class:`LastUsed`). Revocation and expiry are checked on every request.
+
+Scope rules beyond "the token holds it (or ``*``)": ``system:admin`` is the system principal's
+alone; ``runtime:*`` scopes are managed tokens' alone (a PAT's ``*`` does not reach them), and
+every managed token holds ``runtime:token`` (its own refresh); ``billing:write`` implies
+``usage:write`` (recording usage events).
 """
 
 from __future__ import annotations
@@ -21,13 +29,16 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from admin.db import memberships, new_id, now_ms, principals, tokens
+from admin.db import deployments, memberships, new_id, now_ms, principals, services, tokens
 from admin.errors import InvalidToken
 
 log = logging.getLogger("turnout.admin.auth")
 
 TOKEN_PREFIX: Final = "tak_pat_"
+MANAGED_PREFIX: Final = "tak_dep_"
 TOKEN_LEN: Final = 51
+DEPLOYMENT_KIND: Final = "deployment"
+DEPLOYMENT_ROLE: Final = "editor"  # a deployment's role in its own space
 # Every token scope; "*" grants all. One literal type serves validation and the OpenAPI enum.
 ScopeName = Literal[
     "*",
@@ -42,15 +53,22 @@ ScopeName = Literal[
     "pods:write",
     "tokens:write",
     "system:admin",
+    "usage:write",
+    "runtime:config",
+    "runtime:token",
 ]
 SCOPES: Final = tuple(s for s in get_args(ScopeName) if s != "*")
+# Held by managed deployment tokens only (never a PAT, whatever its ``*``).
+RUNTIME_SCOPES: Final = ("runtime:config", "runtime:token")
+# A scope is also held through these (an older, wider scope that covers it).
+IMPLIED_BY: Final[dict[str, tuple[str, ...]]] = {"usage:write": ("billing:write",)}
 ROLES: Final = ("viewer", "editor", "admin", "owner")
 ROLE_RANK: Final = {r: i for i, r in enumerate(ROLES)}
 
 
-def new_token() -> str:
+def new_token(prefix: str = TOKEN_PREFIX) -> str:
     raw = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
-    token = TOKEN_PREFIX + raw
+    token = prefix + raw
     assert len(token) == TOKEN_LEN
     return token
 
@@ -60,7 +78,7 @@ def hash_token(token: str) -> str:
 
 
 def looks_like_token(value: str) -> bool:
-    return len(value) == TOKEN_LEN and value.startswith(TOKEN_PREFIX)
+    return len(value) == TOKEN_LEN and value.startswith((TOKEN_PREFIX, MANAGED_PREFIX))
 
 
 async def insert_token(
@@ -71,13 +89,15 @@ async def insert_token(
     scopes: list[str],
     expires_at: int | None = None,
     parent_id: str | None = None,
+    prefix: str = TOKEN_PREFIX,
 ) -> tuple[str, str, int]:
     """Store a new token for ``principal_id``: ``(token id, plaintext, created_at)``.
 
     Only the SHA-256 and the first 12 characters are stored; the plaintext returned here is the
     one and only copy, for the caller to show once. ``parent_id``: the token that minted it.
+    ``prefix``: ``tak_pat_``, or ``tak_dep_`` for a deployment principal (:mod:`admin.managed`).
     """
-    token, token_id, created = new_token(), new_id("tok"), now_ms()
+    token, token_id, created = new_token(prefix), new_id("tok"), now_ms()
     await conn.execute(
         sa.insert(tokens).values(
             id=token_id,
@@ -102,6 +122,11 @@ class Principal:
     token_id: str
     scopes: frozenset[str]
     token_expires_at: int | None = None  # the calling token's expiry (None: never)
+    space_id: str | None = None  # a deployment principal's space (None for the others)
+
+    @property
+    def is_deployment(self) -> bool:
+        return self.kind == DEPLOYMENT_KIND
 
     def has_scope(self, scope: str) -> bool:
         # ``system:admin`` is honoured for the system principal only: otherwise any user whose
@@ -109,7 +134,16 @@ class Principal:
         # /api/principals/{id}/tokens) and so become the system admin.
         if scope == "system:admin" and self.kind != "system":
             return False
-        return "*" in self.scopes or scope in self.scopes
+        # Runtime scopes belong to managed deployment tokens: a PAT's ``*`` does not reach a
+        # deployment's decrypted config.
+        if scope in RUNTIME_SCOPES:
+            if not self.is_deployment:
+                return False
+            if scope == "runtime:token":  # every managed token may refresh itself
+                return True
+        if "*" in self.scopes or scope in self.scopes:
+            return True
+        return any(s in self.scopes for s in IMPLIED_BY.get(scope, ()))
 
     @property
     def is_system_admin(self) -> bool:
@@ -138,8 +172,12 @@ async def authenticate(
                     principals.c.id.label("pid"),
                     principals.c.kind,
                     principals.c.name,
+                    services.c.space_id.label("dep_space"),
                 )
                 .join(principals, principals.c.id == tokens.c.principal_id)
+                # A deployment principal's id is its deployment's id (admin.managed).
+                .outerjoin(deployments, deployments.c.id == principals.c.id)
+                .outerjoin(services, services.c.id == deployments.c.service_id)
                 .where(tokens.c.hash == hash_token(value))
             )
         ).first()
@@ -149,6 +187,9 @@ async def authenticate(
         raise InvalidToken("token revoked")
     if row.expires_at is not None and row.expires_at <= now:
         raise InvalidToken("token expired")
+    managed = value.startswith(MANAGED_PREFIX)
+    if managed != (row.kind == DEPLOYMENT_KIND) or (managed and row.dep_space is None):
+        raise InvalidToken("unknown token")  # a mismatch, or its deployment was deleted
     return Principal(
         id=row.pid,
         kind=row.kind,
@@ -156,13 +197,17 @@ async def authenticate(
         token_id=row.id,
         scopes=frozenset(orjson.loads(row.scopes)),
         token_expires_at=row.expires_at,
+        space_id=row.dep_space if managed else None,
     )
 
 
 async def role_in(conn: AsyncConnection, principal: Principal, space_id: str) -> str | None:
-    """The principal's role in a space (the system admin is owner everywhere)."""
+    """The principal's role in a space (the system admin is owner everywhere; a deployment is
+    an editor of its own space, a member of no other)."""
     if principal.is_system_admin:
         return "owner"
+    if principal.is_deployment:
+        return DEPLOYMENT_ROLE if space_id == principal.space_id else None
     row = (
         await conn.execute(
             sa.select(memberships.c.role).where(

@@ -275,7 +275,23 @@ audit_log = sa.Table(
     sa.Column("outcome", sa.String(32), nullable=False),  # success | <error code>
     # The client's X-Request-Id (validated), kept apart from the server's id (migration 0003).
     sa.Column("client_request_id", sa.String(128), nullable=True),
+    # user | service | system | deployment (a managed deployment token); migration 0008.
+    sa.Column("principal_kind", sa.String(16), nullable=True),
     sa.Index(None, "space_id", "id"),
+)
+
+# A space's common env (admin/common_env.py): merged under each service's own env at deploy
+# time. Values are envelopes (admin/crypto.py) bound to the space and the entry's name.
+common_env = sa.Table(
+    "common_env",
+    metadata,
+    sa.Column(
+        "space_id", sa.String(40), sa.ForeignKey("spaces.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),  # JSON envelope
+    sa.Column("secret", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
 
 idempotency_keys = sa.Table(

@@ -29,6 +29,7 @@ import uvicorn
 from admin.app import AdminState, create_app
 from admin.bootstrap import bootstrap_system
 from admin.crypto import KeyRing
+from admin.dev_runtime import DemoRuntime, managed_tokens
 from admin.rollouts.cli import FINAL, event_line, summary
 from admin.settings import Settings
 from gateway.config import GatewayConfig
@@ -76,35 +77,6 @@ def _key_ring(directory: str) -> KeyRing:
             fh.write(KeyRing.generate_key("dev") + "\n")
     with open(path) as fh:
         return KeyRing.parse(fh.read().strip())
-
-
-async def _runtime(name: str, host: str, port: int) -> asyncio.Server:
-    """A tiny tenant runtime: answers every request with its name (HTTP/1.1 keep-alive)."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    k, _, v = line.partition(b":")
-                    if k.strip().lower() == b"content-length":
-                        length = int(v.strip() or 0)
-                if length:
-                    await reader.readexactly(length)
-                path = head.split(b" ", 2)[1].decode("latin-1")
-                body = orjson.dumps({"runtime": name, "path": path}) + b"\n"
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(handle, host, port)
 
 
 async def _http(
@@ -167,7 +139,10 @@ async def run(args: argparse.Namespace, directory: str, keys: KeyRing) -> int:
         uvicorn.Config(app, host=ahost, port=aport, log_level="warning", lifespan="on", loop="none")
     )
     runtimes = [_split(a) for a in args.runtimes.split(",")]
-    servers = [await _runtime(f"v{i + 1}", h, p) for i, (h, p) in enumerate(runtimes)]
+    # Each demo runtime pulls its config with its deployment's managed token (admin.dev_runtime).
+    demo = [DemoRuntime(f"v{i + 1}", f"http://{ahost}:{aport}") for i in range(len(runtimes))]
+    for r, (h, p) in zip(demo, runtimes, strict=True):
+        await r.serve(h, p)
     gw_config = GatewayConfig(
         listen_host=ghost,
         listen_port=gport,
@@ -189,7 +164,7 @@ async def run(args: argparse.Namespace, directory: str, keys: KeyRing) -> int:
     code = 0
     try:
         if args.demo:
-            code = await _demo(args, token, space, runtimes)
+            code = await _demo(args, token, space, runtimes, demo)
             if args.exit_after_demo:
                 stop.set()
         await stop.wait()
@@ -198,8 +173,8 @@ async def run(args: argparse.Namespace, directory: str, keys: KeyRing) -> int:
         server.should_exit = True
         with contextlib.suppress(Exception):
             await admin_task
-        for s in servers:
-            s.close()
+        for r in demo:
+            await r.close()
     return code
 
 
@@ -275,7 +250,11 @@ def manifest(
 
 
 async def _demo(
-    args: argparse.Namespace, token: str, space: str, runtimes: list[tuple[str, int]]
+    args: argparse.Namespace,
+    token: str,
+    space: str,
+    runtimes: list[tuple[str, int]],
+    demo: list[DemoRuntime],
 ) -> int:
     ahost, aport = _split(args.admin)
     ghost, gport = _split(args.gateway)
@@ -291,6 +270,7 @@ async def _demo(
     if status != 201:
         print(body.decode(), file=sys.stderr)
         return 1
+    await _hand_token(demo[0], body)
     await _wait_routable(ghost, gport, host, "v1")
     status, body = await _http(
         ahost,
@@ -305,24 +285,42 @@ async def _demo(
     if status != 201:
         print(body.decode(), file=sys.stderr)
         return 1
+    await _hand_token(demo[1], body)
     await _wait_routable(ghost, gport, host, "v2")
     seen: Counter[str] = Counter()
+    greetings: dict[str, Any] = {}
     conn = await asyncio.open_connection(ghost, gport)
     for i in range(args.requests):
         client = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
         st, data = await _http(
             ghost, gport, "GET", "/", conn=conn, headers={"Host": host, "X-Forwarded-For": client}
         )
-        seen[orjson.loads(data)["runtime"] if st == 200 else f"HTTP {st}"] += 1
+        answer = orjson.loads(data) if st == 200 else {}
+        seen[answer.get("runtime", f"HTTP {st}")] += 1
+        greetings[answer.get("runtime", "")] = answer.get("greeting")
     conn[1].close()
+    for name, greeting in sorted(greetings.items()):
+        print(f"[demo] {name} answers through the gateway with greeting {greeting!r} (its config)")
     total = sum(seen.values())
     split = ", ".join(f"{k}: {v} ({100 * v / total:.1f}%)" for k, v in sorted(seen.items()))
     print(f"[demo] {total} requests from {total} client addresses through the gateway -> {split}")
     print("[demo] expected about 80% v1 / 20% v2; each client address sticks to its version")
-    return await _demo_rollout(args, token, space, v2)
+    return await _demo_rollout(args, token, space, v2, demo[1])
 
 
-async def _demo_rollout(args: argparse.Namespace, token: str, space: str, v2: str) -> int:
+async def _hand_token(runtime: DemoRuntime, answer: bytes) -> None:
+    """Give a demo runtime its deployment's managed token; it pulls its config with it."""
+    await runtime.attach(managed_tokens(answer)["web"])
+    print(
+        f"[demo] runtime {runtime.name} pulled its config with its managed token "
+        f"(GET /api/runtime/config, deployment {runtime.config.get('deployment_id')}): "
+        f"it answers with greeting {runtime.greeting!r}"
+    )
+
+
+async def _demo_rollout(
+    args: argparse.Namespace, token: str, space: str, v2: str, runtime: DemoRuntime
+) -> int:
     """Walk a staged rollout of v2 under live traffic, printing what the gate decides."""
     ahost, aport = _split(args.admin)
     ghost, gport = _split(args.gateway)
@@ -340,6 +338,7 @@ async def _demo_rollout(args: argparse.Namespace, token: str, space: str, v2: st
     if status != 201:
         print(body.decode(), file=sys.stderr)
         return 1
+    await _hand_token(runtime, body)
     path = f"/api/spaces/{space}/app-deployments/{orjson.loads(body)['id']}/rollout"
     print(f"[demo] watch it yourself: turnout admin rollout status {path.split('/')[-2]} --watch")
     stage: list[Any] = [1]

@@ -460,6 +460,7 @@ async def _audit_failure(
         state,
         audit.Entry(
             principal_id=principal.id,
+            principal_kind=principal.kind,
             space_id=ctx.space_id if ctx is not None else None,
             action=ep.action,
             resource=ep.path,  # the template: the URL of a refused request is the caller's text
@@ -502,6 +503,7 @@ async def _finish(
             conn,
             audit.Entry(
                 principal_id=principal.id,
+                principal_kind=principal.kind,
                 space_id=ctx.space_id,
                 action=ep.action,
                 resource=ctx.resource or ctx.request.url.path,

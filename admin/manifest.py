@@ -27,6 +27,7 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar
 
 from admin.crypto import Secret
 from admin.errors import Unprocessable
+from admin.manifest_access import Access, parse_access
 from admin.manifest_hints import takos_hints
 from admin.manifest_load import (
     MAX_ALIASES,
@@ -118,6 +119,7 @@ class Service:
     secrets: Mapping[str, Secret[str]] = field(default_factory=lambda: MappingProxyType({}))
     bindings: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     limits: Limits = field(default_factory=Limits)
+    access: Access = field(default_factory=Access)  # its managed token (admin.manifest_access)
     type: Literal["http"] = "http"
 
 
@@ -340,7 +342,7 @@ def _service(issues: _Issues, name: str, value: Any, path: str) -> Service | Non
         obj,
         path,
         required=("type", "upstreams"),
-        optional=("env", "secrets", "bindings", "limits"),
+        optional=("env", "secrets", "bindings", "limits", "access"),
     )
     if "type" in obj:
         issues.check(_choice, kind, f"{path}.type", ("http",))
@@ -371,7 +373,10 @@ def _service(issues: _Issues, name: str, value: Any, path: str) -> Service | Non
         "an identifier ([A-Za-z_][A-Za-z0-9_]*)",
     )
     limits = _limits(issues, obj.get("limits", {}), f"{path}.limits")
-    if len(issues.items) != before or limits is None:
+    access = (
+        parse_access(issues.add, obj["access"], f"{path}.access") if "access" in obj else Access()
+    )
+    if len(issues.items) != before or limits is None or access is None:
         return None
     return Service(
         name=name,
@@ -380,6 +385,7 @@ def _service(issues: _Issues, name: str, value: Any, path: str) -> Service | Non
         secrets=MappingProxyType({k: Secret(v) for k, v in secret_values.items()}),
         bindings=MappingProxyType(bindings),
         limits=limits,
+        access=access,
     )
 
 

@@ -1,4 +1,5 @@
-"""``turnout admin rekey``: re-encrypt every snapshot envelope under the active key.
+"""``turnout admin rekey``: re-encrypt every snapshot envelope — and every space's common env
+(:mod:`admin.common_env`, counted with them in ``envelopes_*``) — under the active key.
 
 Resumable and safe to interrupt: snapshots are processed in id order in small batches, each
 batch in its own transaction, and only envelopes whose kid is not the active one are touched
@@ -13,8 +14,9 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from admin import common_env as cenv
 from admin.crypto import needs_rekey, rekey
-from admin.db import make_engine, snapshots
+from admin.db import common_env, make_engine, snapshots
 from admin.migrate import upgrade
 from admin.settings import Settings
 
@@ -68,6 +70,29 @@ async def run_rekey(settings: Settings, batch: int = 200) -> dict[str, Any]:
                             .values(secrets=orjson.dumps(sealed).decode())
                         )
                 after = rows[-1].id
+        async with engine.begin() as conn:
+            entries = (
+                await conn.execute(
+                    sa.select(common_env.c.space_id, common_env.c.name, common_env.c.value)
+                )
+            ).all()
+            for e in entries:
+                envelope = orjson.loads(e.value)
+                if not needs_rekey(ring, envelope):
+                    counts["envelopes_current"] += 1
+                    continue
+                fresh = rekey(
+                    ring,
+                    envelope,
+                    snapshot_id=cenv.binding(e.space_id),
+                    field=f"{cenv.FIELD_PREFIX}.{e.name}",
+                )
+                await conn.execute(
+                    sa.update(common_env)
+                    .where(common_env.c.space_id == e.space_id, common_env.c.name == e.name)
+                    .values(value=orjson.dumps(fresh).decode())
+                )
+                counts["envelopes_rekeyed"] += 1
     finally:
         await engine.dispose()
     return counts

@@ -35,6 +35,9 @@ class Settings:
     parse_workers: int = 1  # TURNOUT_PARSE_WORKERS: processes parsing manifests (admin.limits)
     parses_per_principal: int = 2  # TURNOUT_PARSES_PER_PRINCIPAL: more in flight → 429
     audit_failures_per_minute: int = 60  # TURNOUT_AUDIT_FAILURES_PER_MINUTE, per principal
+    # TURNOUT_RUNTIME_TOKEN_GRACE_SECONDS: after POST /api/runtime/token/refresh the old managed
+    # token keeps working this long (0..86400), so a runtime swaps tokens without downtime.
+    runtime_token_grace_seconds: int = 300
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -81,6 +84,19 @@ class Settings:
                 ):
                     raise SystemExit(f"turnout admin: {var} must be an integer 1..10000")
                 values[key] = int(raw)
+        raw_grace = env.get("TURNOUT_RUNTIME_TOKEN_GRACE_SECONDS")
+        if raw_grace:
+            if not (
+                len(raw_grace) <= 5
+                and raw_grace.isascii()
+                and raw_grace.isdigit()
+                and int(raw_grace) <= MAX_GRACE_SECONDS
+            ):
+                raise SystemExit(
+                    "turnout admin: TURNOUT_RUNTIME_TOKEN_GRACE_SECONDS must be an integer "
+                    f"0..{MAX_GRACE_SECONDS}"
+                )
+            values["runtime_token_grace_seconds"] = int(raw_grace)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "keys" not in values:
             values["keys"] = KeyRing.parse(keys_spec) if keys_spec else None
@@ -108,6 +124,7 @@ class Settings:
 
 
 MAX_CLAIM_TTL_HOURS = 24 * 365
+MAX_GRACE_SECONDS = 86_400
 
 
 def _claim_ttl(raw: str) -> float:

@@ -294,7 +294,7 @@ def _event(row: Any, *, replayed: bool) -> dict[str, Any]:
 @endpoint(
     "POST",
     "/api/spaces/{space}/usage",
-    scope="billing:write",
+    scope="usage:write",  # billing:write implies it (admin.auth); a runtime's managed token too
     role="editor",
     body=UsageIn,
     response=UsageEvent,

@@ -17,6 +17,11 @@ gets which status and weight is planned in :mod:`admin.rollouts.machine` (deploy
 every staged-rollout step alike); the handlers here load the rows and apply the plan. A
 ``staged`` deploy also starts a rollout (:mod:`admin.api.rollouts`); while one runs on a service,
 other deploys and rollbacks of that service answer 409 ``rollout_in_progress``.
+
+Runtimes. Each new deployment gets a managed token (:mod:`admin.managed`), its plaintext in
+this answer only (``services[].managed_token.token``; null in an ``Idempotency-Key`` replay),
+and its snapshot carries the space's common env laid under the service's own env
+(:mod:`admin.common_env`, sources in ``config.sources``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import orjson
 import sqlalchemy as sa
 from pydantic import Field
 
+from admin import common_env, managed
 from admin.api.models import Page, Strict
 from admin.api.services import claim_hostname, load_service, service_hosts
 from admin.api.services import verification as _verification
@@ -41,9 +47,10 @@ from admin.db import (
     services,
     snapshots,
 )
-from admin.errors import Conflict, NotFound, Unprocessable
+from admin.errors import Conflict, Forbidden, NotFound, Unprocessable
 from admin.framework import Ctx, endpoint, etag, paged
 from admin.manifest import Manifest, manifest_body
+from admin.manifest_access import Access
 from admin.rollouts import store as rollout_store
 from admin.rollouts.gate import Gate
 from admin.rollouts.machine import (
@@ -73,6 +80,18 @@ class AppDeploymentOut(Strict):
     rollout: RolloutRef | None  # strategy staged, when a service had a baseline to roll against
 
 
+class ManagedToken(Strict):
+    id: str
+    prefix: str
+    scopes: list[str]
+    expires_at: int | None
+    created_at: int
+    token: str | None = Field(
+        description="the plaintext tak_dep_ token, shown in this answer only (null in an "
+        "Idempotency-Key replay: re-issue it if that answer was lost)"
+    )
+
+
 class DeploymentOut(Strict):
     id: str
     service_id: str
@@ -85,6 +104,11 @@ class DeploymentOut(Strict):
     etag: str
     created_at: int
     updated_at: int
+    managed_token: ManagedToken | None = Field(
+        default=None,
+        description="a rollback to a deployment whose token was revoked (it had been archived "
+        "or rolled back from): its fresh managed token",
+    )
 
 
 class RollbackIn(Strict):
@@ -144,8 +168,12 @@ async def _service_by_name(ctx: Ctx, name: str) -> Any:
 async def create_app_deployment(ctx: Ctx) -> dict[str, Any]:
     manifest: Manifest = ctx.body.open()  # a ManifestParcel from the parsing worker
     _one_service_per_hostname(manifest, ctx.state.settings.base_domain)
+    for name, svc in manifest.services.items():
+        managed.check_grantable(ctx.principal, svc.access, f"spec.services.{name}.access.scopes")
     strategy = manifest.rollout.strategy
     await _refuse_running_rollouts(ctx, list(manifest.services))
+    assert ctx.space_id is not None
+    common = await common_env.load(ctx.conn, ctx.state.keys, ctx.space_id)
     now = now_ms()
     app_id = new_id("app")
     await ctx.conn.execute(
@@ -162,7 +190,7 @@ async def create_app_deployment(ctx: Ctx) -> dict[str, Any]:
     out = []
     legs: list[tuple[str, str, str]] = []  # staged: (service, canary, baseline) deployment ids
     for name, svc in manifest.services.items():
-        result, baseline = await _deploy_service(ctx, manifest, app_id, name, svc, now)
+        result, baseline = await _deploy_service(ctx, manifest, app_id, name, svc, now, common)
         out.append(result)
         if baseline is not None:
             legs.append((result["service_id"], result["deployment_id"], baseline))
@@ -191,7 +219,7 @@ async def create_app_deployment(ctx: Ctx) -> dict[str, Any]:
             "weight": step.to_weight,
         }
     ctx.resource = f"app-deployment:{app_id}"
-    return {
+    answer = {
         "id": app_id,
         "name": manifest.name,
         "strategy": strategy,
@@ -199,6 +227,14 @@ async def create_app_deployment(ctx: Ctx) -> dict[str, Any]:
         "services": out,
         "rollout": rollout,
     }
+    # A replay never shows (and the stored answer never holds) a token's plaintext.
+    ctx.replay_result = {
+        **answer,
+        "services": [
+            {**o, "managed_token": managed.without_plaintext(o["managed_token"])} for o in out
+        ],
+    }
+    return answer
 
 
 def _one_service_per_hostname(manifest: Manifest, base_domain: str) -> None:
@@ -245,7 +281,13 @@ async def _refuse_running_rollouts(ctx: Ctx, names: list[str]) -> None:
 
 
 async def _deploy_service(
-    ctx: Ctx, manifest: Manifest, app_id: str, name: str, svc: Any, now: int
+    ctx: Ctx,
+    manifest: Manifest,
+    app_id: str,
+    name: str,
+    svc: Any,
+    now: int,
+    common: list[common_env.Entry],
 ) -> tuple[dict[str, Any], str | None]:
     """Deploy one service; returns its result and, for a staged rollout, the baseline's id."""
     state = ctx.state
@@ -277,6 +319,7 @@ async def _deploy_service(
         policy["read_timeout_ms"] = svc.limits.timeout_ms
     if svc.limits.max_body_bytes is not None:
         policy["max_body_bytes"] = svc.limits.max_body_bytes
+    env, secret_values, sources = common_env.merge(common, svc.env, svc.secrets)
     config = {
         "upstreams": [u.url for u in svc.upstreams],
         "policy": policy,
@@ -284,10 +327,12 @@ async def _deploy_service(
             "timeout_ms": svc.limits.timeout_ms,
             "max_body_bytes": svc.limits.max_body_bytes,
         },
+        "access": svc.access.to_json(),
+        "sources": sources,  # per env/secrets name: "service" or "common"
     }
     sealed = {
-        "env": encrypt_map(state.keys, dict(svc.env), snap_id, "env"),
-        "secrets": encrypt_map(state.keys, dict(svc.secrets), snap_id, "secrets"),
+        "env": encrypt_map(state.keys, env, snap_id, "env"),
+        "secrets": encrypt_map(state.keys, secret_values, snap_id, "secrets"),
         "bindings": encrypt_map(state.keys, dict(svc.bindings), snap_id, "bindings"),
     }
     await ctx.conn.execute(
@@ -381,6 +426,9 @@ async def _deploy_service(
         )
     hosts = await service_hosts(ctx.conn, service_id)
     ctx.enqueue_publish(hosts)
+    label = token_name(manifest.name, name, number)
+    await managed.ensure_principal(ctx.conn, dep_id, label, now)
+    token = await managed.mint(ctx.conn, dep_id, label, svc.access, now)
     result = {
         "service_id": service_id,
         "name": name,
@@ -392,6 +440,7 @@ async def _deploy_service(
         "routing_weight": weight,
         "hostnames": sorted(hosts),
         "verification": verification,
+        "managed_token": token,
     }
     baseline = plan.baseline.id if applied == "staged" and plan.baseline is not None else None
     return result, baseline
@@ -484,11 +533,41 @@ async def rollback(ctx: Ctx) -> dict[str, Any]:
         plan = plan_rollback([Dep.of(d) for d in rows], body.version)
     except NotFound:
         raise NotFound(f"version {body.version} of {svc.name} not found") from None
-    await rollout_store.apply_moves(ctx.conn, plan.moves, now_ms())
+    now = now_ms()
+    await rollout_store.apply_moves(ctx.conn, plan.moves, now)
     ctx.enqueue_publish(await service_hosts(ctx.conn, svc.id))
     ctx.resource = f"service:{svc.id}/deployment:{plan.target.id}"
     row = await _load_deployment(ctx, plan.target.id)
-    return _dep(row)
+    out = _dep(row)
+    if not await managed.has_live_token(ctx.conn, row.id, now):
+        # Its token died when it stopped carrying traffic; its runtime needs a new one.
+        access = await snapshot_access(ctx, row.snapshot_id)
+        try:
+            managed.check_grantable(ctx.principal, access, "access.scopes")
+        except Forbidden as exc:  # the rollback itself must not fail over its token
+            ctx.headers["x-turnout-warning"] = f"no managed token issued: {exc.message}"
+            return out
+        label = token_name(svc.app_name or "", svc.name, row.number)
+        await managed.ensure_principal(ctx.conn, row.id, label, now)
+        out["managed_token"] = await managed.mint(ctx.conn, row.id, label, access, now)
+        ctx.replay_result = {
+            **out,
+            "managed_token": managed.without_plaintext(out["managed_token"]),
+        }
+    return out
+
+
+def token_name(app: str, service: str, number: int) -> str:
+    """The name of a deployment's principal and tokens: ``<app>/<service> v<number>``."""
+    return f"{app}/{service} v{number}"
+
+
+async def snapshot_access(ctx: Ctx, snapshot_id: str) -> Access:
+    """The managed-token access a snapshot's deployment was given (its manifest's)."""
+    raw = (
+        await ctx.conn.execute(sa.select(snapshots.c.config).where(snapshots.c.id == snapshot_id))
+    ).scalar_one()
+    return Access.from_json(orjson.loads(raw).get("access"))
 
 
 @endpoint(

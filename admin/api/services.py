@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from admin import managed
 from admin.api.models import Page, Strict
 from admin.claims import (
     ClaimExpired,
@@ -48,7 +49,7 @@ from admin.claims import (
     service_app,
     status_of,
 )
-from admin.db import hostnames, new_id, now_ms, service_routes, services
+from admin.db import deployments, hostnames, new_id, now_ms, service_routes, services
 from admin.errors import Conflict, NotFound, Unavailable, field_error
 from admin.framework import Ctx, endpoint, etag, paged
 from admin.idn import IdnaLabelError, is_ace, skeleton_key
@@ -234,6 +235,16 @@ async def _bump(ctx: Ctx, row: Any, **values: Any) -> None:
         raise Conflict("the service changed concurrently; read it again")
 
 
+async def _revoke_runtime_tokens(ctx: Ctx, service_id: str) -> None:
+    """Revoke the managed tokens of every deployment of the service (admin.managed)."""
+    ids = (
+        await ctx.conn.execute(
+            sa.select(deployments.c.id).where(deployments.c.service_id == service_id)
+        )
+    ).scalars()
+    await managed.revoke(ctx.conn, [str(i) for i in ids], now_ms())
+
+
 # ------------------------------------------------------------------------------ services
 
 
@@ -338,6 +349,7 @@ async def patch_service(ctx: Ctx) -> dict[str, Any]:
     hosts = await service_hosts(ctx.conn, row.id)
     await _bump(ctx, row, status=body.status)
     ctx.enqueue_publish(hosts)  # compute_record answers nothing for a stopped service
+    await _revoke_runtime_tokens(ctx, row.id)  # its runtimes' credentials end with it
     ctx.resource = f"space:{ctx.space_id}/service:{row.id}"
     row = await load_service(ctx, row.id)
     ctx.headers["etag"] = etag(row.id, row.version)
@@ -356,6 +368,7 @@ async def delete_service(ctx: Ctx) -> None:
     row = await load_service(ctx)
     ctx.if_match(etag(row.id, row.version))
     ctx.enqueue_publish(await service_hosts(ctx.conn, row.id))  # tombstones once gone
+    await _revoke_runtime_tokens(ctx, row.id)
     await ctx.conn.execute(sa.delete(services).where(services.c.id == row.id))
     ctx.resource = f"space:{ctx.space_id}/service:{row.id}"
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from admin.api.invitations import Invitation, invite
 from admin.api.models import Page, Role, Strict
-from admin.auth import ROLE_RANK
+from admin.auth import DEPLOYMENT_KIND, ROLE_RANK
 from admin.db import hostnames, memberships, new_id, now_ms, principals, spaces
 from admin.errors import Conflict, Forbidden, NotFound, field_error
 from admin.framework import Ctx, endpoint, etag, paged
@@ -250,7 +250,10 @@ async def add_member(ctx: Ctx) -> dict[str, Any]:
     _grantable(ctx, body.role)
     p = (
         await ctx.conn.execute(
-            sa.select(principals.c.id).where(principals.c.id == body.principal_id)
+            sa.select(principals.c.id).where(
+                principals.c.id == body.principal_id,
+                principals.c.kind != DEPLOYMENT_KIND,  # a deployment is its own space's only
+            )
         )
     ).first()
     if p is None:

@@ -29,6 +29,10 @@ class AuditRow(Strict):
     id: str
     at: int = Field(description="milliseconds since the epoch")
     principal_id: str | None = Field(description="who made the request")
+    principal_kind: str | None = Field(
+        description="user, service, system, or deployment (a managed deployment token, whose "
+        "principal id is its deployment's id)"
+    )
     space_id: str | None = Field(
         description="the space, once the caller was checked to be its member; null for "
         "platform actions and for requests refused before that (another space's, made-up)"
@@ -61,6 +65,7 @@ def _audit_row(row: Any) -> dict[str, Any]:
         "id": row.id,
         "at": row.at,
         "principal_id": row.principal_id,
+        "principal_kind": row.principal_kind,
         "space_id": row.space_id,
         "action": row.action,
         "resource": row.resource,

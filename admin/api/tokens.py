@@ -34,7 +34,7 @@ from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from admin.api.models import Page, Strict
-from admin.auth import SCOPES, ScopeName, insert_token
+from admin.auth import DEPLOYMENT_KIND, RUNTIME_SCOPES, SCOPES, ScopeName, insert_token
 from admin.db import new_id, now_ms, principals, tokens
 from admin.errors import Forbidden, InvalidToken, NotFound, Unprocessable, field_error
 from admin.framework import Ctx, endpoint, paged
@@ -157,6 +157,18 @@ async def _issue(
     """Create a token for ``principal_id`` within what the calling token may grant."""
     body: TokenCreate = ctx.body
     scopes: list[str] = list(dict.fromkeys(body.scopes))  # de-duplicated, order kept
+    if principal_kind == DEPLOYMENT_KIND:
+        raise field_error(
+            "path.principal",
+            "a deployment's tokens are managed by its deployment (re-issue: POST "
+            "/api/spaces/{space}/deployments/{deployment}/token)",
+        )
+    runtime = [s for s in scopes if s in RUNTIME_SCOPES]
+    if runtime:
+        raise field_error(
+            "body.scopes",
+            f"{', '.join(runtime)}: held by managed deployment tokens only (minted at deploy time)",
+        )
     if "system:admin" in scopes and principal_kind != "system":
         raise field_error("body.scopes", "system:admin can be granted to the system principal only")
     caller = ctx.principal

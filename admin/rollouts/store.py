@@ -13,6 +13,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from admin import managed
 from admin.db import app_deployments, deployments, hostnames, new_id, services
 from admin.errors import Conflict
 from admin.rollouts.gate import Gate, Measurement, pause_ends
@@ -246,6 +247,10 @@ async def apply_moves(conn: AsyncConnection, moves: Sequence[Move], now: int) ->
         )
         if res.rowcount != 1:
             raise Conflict("a deployment changed concurrently; retry")
+    # A deployment that stops carrying traffic loses its runtime's credential (admin.managed).
+    await managed.revoke(
+        conn, [m.dep.id for m in moves if m.routing_status in managed.RETIRED], now
+    )
 
 
 async def _event(

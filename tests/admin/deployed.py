@@ -26,6 +26,11 @@ class World:
     client: TestClient
     token: str  # the system principal's
     ids: dict[str, str]  # path parameter name -> a real value
+    managed: str = ""  # the deployment's managed token (for the runtime endpoints)
+
+    def token_for(self, ep: Endpoint) -> str:
+        """The token that passes ``ep``'s scope check: the managed one for runtime scopes."""
+        return self.managed if ep.scope.startswith("runtime:") else self.token
 
     def url(self, ep: Endpoint) -> str:
         path = ep.path
@@ -61,4 +66,5 @@ def deployed_world(db: Path) -> Iterator[World]:
                 "host": dep["hostnames"][0],
                 "principal": member,
             },
+            managed=dep["managed_token"]["token"],
         )

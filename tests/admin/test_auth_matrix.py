@@ -5,6 +5,11 @@ token, malformed and unknown tokens, an expired and a revoked token (401 ``inval
 token lacking exactly the endpoint's scope (403); and, for endpoints inside a space, a member of
 another space holding every scope (404, so ids do not leak) and members ranked below the
 endpoint's role (403). Auth is decided before the body is looked at, so ``{}`` is a fine body.
+
+Managed deployment tokens (principal kind ``deployment``) get the same treatment: unknown,
+expired and revoked ones are 401; one holding every scope a deployment may hold is 403 on
+every endpoint needing another scope, and 404 on every endpoint of another space; ``runtime:*``
+endpoints refuse every PAT, even a ``*`` one (403).
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from admin.app import RESOURCE_MODULES, load_resources
-from admin.auth import ROLE_RANK, ROLES, SCOPES
+from admin.auth import IMPLIED_BY, ROLE_RANK, ROLES, RUNTIME_SCOPES, SCOPES
 from admin.db import now_ms
 from admin.framework import REGISTRY, Endpoint
+from admin.manifest_access import MANAGED_SCOPES
 from tests.admin.conftest import (
     assert_error,
     auth,
@@ -30,6 +36,7 @@ from tests.admin.conftest import (
     make_admin_app,
     make_user,
     principal_of,
+    sql,
     token_row,
 )
 
@@ -61,6 +68,54 @@ class World:
     lacking_system: dict[str, str]  # the same for the system principal
     expired: str
     revoked: str
+    managed: str  # a deployment of `space`: every scope a deployment may hold
+    managed_elsewhere: str  # the same, of a deployment in another space
+    managed_expired: str
+    managed_revoked: str
+
+
+# Every scope a managed token may hold, and the refresh every one of them has.
+MANAGED_HOLDS = {*MANAGED_SCOPES, "runtime:token"}
+
+
+def _without(scope: str) -> list[str]:
+    """Every scope but ``scope`` and those that imply it."""
+    return [s for s in SCOPES if s != scope and s not in IMPLIED_BY.get(scope, ())]
+
+
+def _deploy(client: TestClient, token: str, space: str, app: str) -> str:
+    manifest = {
+        "apiVersion": "turnout/v1",
+        "kind": "App",
+        "metadata": {"name": app},
+        "spec": {
+            "services": {
+                app: {
+                    "type": "http",
+                    "upstreams": ["http://127.0.0.1:9"],
+                    "access": {"scopes": list(MANAGED_SCOPES)},
+                }
+            }
+        },
+    }
+    r = client.post(f"/api/spaces/{space}/app-deployments", json=manifest, headers=auth(token))
+    assert r.status_code == 201, r.text
+    managed: str = r.json()["services"][0]["managed_token"]["token"]
+    return managed
+
+
+def _set_token(client: TestClient, token: str, **values: int) -> None:
+    import sqlalchemy as sa
+
+    from admin.auth import hash_token
+    from admin.db import tokens
+
+    async def go(conn: Any) -> None:
+        await conn.execute(
+            sa.update(tokens).where(tokens.c.hash == hash_token(token)).values(**values)
+        )
+
+    sql(client, go)
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +134,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             for role in ROLES
             if role != "owner"
         }
-        lacking = {
-            scope: token_row(client, owner_id, [s for s in SCOPES if s != scope])
-            for scope in SCOPES
-        }
-        lacking_system = {
-            scope: token_row(client, system_id, [s for s in SCOPES if s != scope])
-            for scope in SCOPES
-        }
+        lacking = {scope: token_row(client, owner_id, _without(scope)) for scope in SCOPES}
+        lacking_system = {scope: token_row(client, system_id, _without(scope)) for scope in SCOPES}
+        elsewhere = create_space(client, system, "managed-elsewhere")
+        managed_expired = _deploy(client, system, space, "expired")
+        _set_token(client, managed_expired, expires_at=now_ms() - 1)
+        managed_revoked = _deploy(client, system, space, "revoked")
+        _set_token(client, managed_revoked, revoked_at=now_ms() - 1)
         yield World(
             client=client,
             space=space,
@@ -97,6 +151,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             lacking_system=lacking_system,
             expired=token_row(client, system_id, ["*"], expires_at=now_ms() - 1),
             revoked=token_row(client, system_id, ["*"], revoked_at=now_ms() - 1),
+            managed=_deploy(client, system, space, "managed"),
+            managed_elsewhere=_deploy(client, system, elsewhere, "elsewhere"),
+            managed_expired=managed_expired,
+            managed_revoked=managed_revoked,
         )
 
 
@@ -128,7 +186,12 @@ def test_registry_covers_every_resource_module() -> None:
 @pytest.mark.parametrize("ep", ENDPOINTS, ids=ep_id)
 def test_unauthenticated(world: World, ep: Endpoint) -> None:
     unknown = "tak_pat_" + secrets.token_urlsafe(32)[:43]
+    unknown_managed = "tak_dep_" + secrets.token_urlsafe(32)[:43]
     cases: dict[str, dict[str, str]] = {
+        "unknown managed": auth(unknown_managed),
+        "expired managed": auth(world.managed_expired),
+        "revoked managed": auth(world.managed_revoked),
+        "managed, truncated": auth(world.managed[:-1]),
         "no token": {},
         "empty bearer": {"authorization": "Bearer "},
         "malformed": {"authorization": "Bearer not-a-token"},
@@ -150,6 +213,11 @@ def test_missing_scope(world: World, ep: Endpoint) -> None:
     if ep.scope == "system:admin":
         # system:admin is the system principal's alone: a user's * does not reach it.
         tokens += [world.outsider, *world.below.values()]
+    if ep.scope in RUNTIME_SCOPES:
+        # runtime scopes are managed tokens' alone: no PAT's * reaches them.
+        tokens += [world.system, world.outsider, *world.below.values()]
+    if ep.scope not in MANAGED_HOLDS:
+        tokens += [world.managed]
     for token in tokens:
         assert_error(send(world, ep, auth(token)), 403, "forbidden")
 
@@ -160,6 +228,8 @@ SPACE_ENDPOINTS = [ep for ep in ENDPOINTS if "space" in ep.params and ep.scope !
 @pytest.mark.parametrize("ep", SPACE_ENDPOINTS, ids=ep_id)
 def test_other_space_is_not_found(world: World, ep: Endpoint) -> None:
     assert_error(send(world, ep, auth(world.outsider)), 404, "not_found")
+    if ep.scope in MANAGED_HOLDS:  # another space's deployment is an outsider too
+        assert_error(send(world, ep, auth(world.managed_elsewhere)), 404, "not_found")
     # A space that does not exist at all answers the same, even to the system admin.
     assert_error(send(world, ep, auth(world.system), space=f"spc_{FAKE}"), 404, "not_found")
 

@@ -176,5 +176,8 @@ def test_an_idempotent_replay_skips_the_parse(gated: TestClient, tmp_path: Path)
     Path(f"{gate}.started").unlink()
     again = gated.post(url, content=body, headers=headers)
     assert again.status_code == 201 and again.headers["idempotent-replay"] == "true"
-    assert again.json() == first.json()
+    expected = first.json()
+    for svc in expected["services"]:  # a replay never shows a managed token's plaintext
+        svc["managed_token"]["token"] = None
+    assert again.json() == expected
     assert not Path(f"{gate}.started").exists(), "a replay parsed the body again"

@@ -6,8 +6,10 @@ system principal. Whatever the input, the app must never answer 5xx, and every a
 the schema the document declares for its status code.
 
 Both generation modes run: positive (inputs the schema allows) and negative (inputs it forbids).
-The credentials are always the valid system token, so the fuzzing reaches the handlers rather
-than stopping at 401.
+The credentials are always valid, so the fuzzing reaches the handlers rather than stopping at
+401: the system token, or — for the runtime endpoints always, and for every other endpoint a
+managed deployment token may call in one example of two — the world's deployment's managed
+token (principal kind ``deployment``).
 
 A request whose ids are all random only ever reaches the 404 branch, so a :class:`World` of real
 resources exists (a space with a deployed service, a member, spare tokens, spare spaces, a pod
@@ -36,9 +38,11 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from starlette.applications import Starlette
 
 from admin.app import load_resources
+from admin.auth import RUNTIME_SCOPES
 from admin.bootstrap import bootstrap_system
 from admin.db import make_engine
 from admin.framework import REGISTRY
+from admin.manifest_access import MANAGED_SCOPES
 from admin.migrate import upgrade
 from tests.admin.conftest import make_admin_app
 
@@ -49,10 +53,19 @@ MANIFEST = {
     "kind": "App",
     "metadata": {"name": "fuzz"},
     "spec": {
-        "services": {"web": {"type": "http", "upstreams": ["http://127.0.0.1:9"]}},
+        "services": {
+            "web": {
+                "type": "http",
+                "upstreams": ["http://127.0.0.1:9"],
+                "env": {"GREETING": "fuzz"},
+                "access": {"scopes": list(MANAGED_SCOPES)},
+            }
+        },
         "routes": [{"service": "web"}],
     },
 }
+# Which endpoints the managed token calls: every one it holds the scope of.
+MANAGED_HOLDS = {*MANAGED_SCOPES, *RUNTIME_SCOPES}
 
 
 def rollout_manifest(strategy: str) -> dict[str, Any]:
@@ -94,6 +107,7 @@ class World:
         self.rollout_app = ""  # an app deployment with a running staged rollout
         self.rollout_space = ""
         self.pod_child = ""  # an outstanding child of the pod "fuzz"
+        self.managed = ""  # the managed token of the deployment of "web"
         self.spawned = 0
         self.examples = 0
         self.dirty = True  # a mutation ran since the last ensure()
@@ -179,8 +193,18 @@ class World:
             self.deployment_id = dep["deployment_id"]
             self.snapshot_id = dep["snapshot_id"]
             self.host = dep["hostnames"][0]
+            self.managed = dep["managed_token"]["token"]
+        self._ensure_managed(space)
         self._ensure_rollout(space)
         self.ensure_pods(space)
+
+    def _ensure_managed(self, space: str) -> None:
+        """A working managed token (a generated re-issue or refresh may have retired it)."""
+        probe = {"Authorization": f"Bearer {self.managed}"}
+        if self.client.get("/api/runtime/config", headers=probe).status_code == 200:
+            return
+        path = f"/api/spaces/{space}/deployments/{self.deployment_id}/token"
+        self.managed = self._call("POST", path, 201)["token"]
 
     def _ensure_rollout(self, space: str) -> None:
         if self.rollout_space != space:
@@ -230,6 +254,9 @@ class World:
             del case.headers[name]
         case.headers.update(self.auth)
         path, method = case.operation.path, case.method.upper()
+        scope = SCOPE_OF[(method, path)]
+        if scope in RUNTIME_SCOPES or (scope in MANAGED_HOLDS and self.examples % 2 == 0):
+            case.headers["Authorization"] = f"Bearer {self.managed}"
         if method != "GET":
             self.dirty = True
         self.examples += 1
@@ -298,6 +325,10 @@ def admin_schema(world: World) -> schemathesis.BaseSchema:
 def _operations() -> list[tuple[str, str]]:
     load_resources()
     return [(ep.method, ep.path) for ep in REGISTRY]
+
+
+load_resources()
+SCOPE_OF = {(ep.method, ep.path): ep.scope for ep in REGISTRY}
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])

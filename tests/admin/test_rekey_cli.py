@@ -128,3 +128,27 @@ def test_rekey_without_the_old_key_fails_and_changes_nothing(tmp_path: Path) -> 
     assert "k1" in proc.stderr  # names the missing key id
     assert_quiet(proc)
     assert envelopes(db) == before
+
+
+def test_rekey_covers_common_env(tmp_path: Path) -> None:
+    db = tmp_path / "admin.db"
+    with app_client(db, TEST_KEYS) as c:
+        token = bootstrap(c)
+        space = create_space(c, token, "team")
+        r = c.put(
+            f"/api/spaces/{space}/common-env",
+            json={
+                "entries": [{"name": "SHARED_KEY", "value": "shared-plaintext-1", "secret": True}]
+            },
+            headers={"authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 200, r.text
+    proc = rekey(db, RING_21, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "shared-plaintext-1" not in proc.stdout + proc.stderr
+    assert orjson.loads(proc.stdout)["envelopes_rekeyed"] == 1
+    with app_client(db, f"k2:{KEY_2}") as c:
+        token = bootstrap(c)
+        r = c.get(f"/api/spaces/{space}/common-env", headers={"authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        assert r.json()["items"] == [{"name": "SHARED_KEY", "value": "sh****-1", "secret": True}]

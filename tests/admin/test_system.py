@@ -185,6 +185,7 @@ def test_space_audit(client: TestClient) -> None:
         "id",
         "at",
         "principal_id",
+        "principal_kind",
         "space_id",
         "action",
         "resource",

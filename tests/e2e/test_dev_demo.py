@@ -53,5 +53,14 @@ def test_demo_walks_a_staged_rollout_to_completion(tmp_path: Path) -> None:
         out
     )
     assert "staged rollout completed: v2 is now active at 100%" in out
+    # Each runtime pulled its config with its managed token and answers with its greeting.
+    pulled = re.findall(r"runtime (v\d) pulled its config .* greeting '([^']*)'", out)
+    assert pulled == [
+        ("v1", "hello from v1"),
+        ("v2", "hello from v2"),
+        ("v2", "hello from v2"),
+    ], out
+    assert "v1 answers through the gateway with greeting 'hello from v1'" in out
+    assert "v2 answers through the gateway with greeting 'hello from v2'" in out
     assert took < 60, f"the demo took {took:.0f} s"
     print(f"turnout dev --demo finished in {took:.1f} s")
