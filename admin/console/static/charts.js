@@ -100,12 +100,13 @@ export function lineChart(title, series, { format = (v) => String(v), yMin = 0 }
 
 /** A rollout's stages as a timeline: done, current (with the state), still to come. */
 export function timeline(stages, current, state) {
-  const n = stages.length + 1; // the last step is promotion to 100 %
+  // The API's stages end with the promotion to 100 % (added when the manifest left it out).
+  const items = stages.map((st) => ({ weight: st.weight, pause: st.pause_minutes }));
+  const n = items.length;
   const W = 600, H = 64, pad = 40;
   const step = n > 1 ? (W - 2 * pad) / (n - 1) : 0;
   const ended = ["completed", "aborted", "failed"].includes(state);
   const nodes = [];
-  const items = [...stages.map((st) => ({ weight: st.weight, pause: st.pause_minutes })), { weight: 100, pause: 0 }];
   items.forEach((it, i) => {
     const idx = i + 1;
     let phase = idx < current ? "done" : idx === current ? "current" : "todo";
@@ -117,7 +118,7 @@ export function timeline(stages, current, state) {
         i > 0 ? s("line", { class: "stage-link", x1: cx - step, x2: cx, y1: 22, y2: 22 }) : null,
         s("circle", { cx, cy: 22, r: 9 }),
         s("text", { x: cx, y: 50, "text-anchor": "middle" }, `${it.weight} %`),
-        s("title", {}, i < stages.length ? `stage ${idx}: ${it.weight} %, pause ${it.pause} min` : "promoted: 100 %")),
+        s("title", {}, `stage ${idx}: ${it.weight} %${idx === n ? " (promotion)" : `, pause ${it.pause} min`}`)),
     );
   });
   // Links first so the circles paint over them.

@@ -18,7 +18,7 @@ export async function render(ctx) {
     field("f-outcome", "Outcome", "success or an error code"),
     field("f-principal", "Principal", "principal id"),
     h("label", { for: "f-limit" }, "Rows per page"),
-    h("select", { id: "f-limit", name: "limit" }, [25, 50, 100, 200].map((n) => h("option", { value: n, selected: n === 50 }, String(n)))),
+    h("select", { id: "f-limit", name: "limit" }, [10, 25, 50, 100, 200].map((n) => h("option", { value: n, selected: n === 50 }, String(n)))),
     h("button", { type: "submit", id: "f-apply" }, "Apply"));
   const rows = h("div", { id: "audit-rows" });
   const pager = h("nav", { class: "pager", "aria-label": "Audit pages" });

@@ -112,16 +112,30 @@ export async function render(ctx) {
     }
   }
 
+  // Redraw a part only when what it shows changed: a keyboard user's focus (a link in the
+  // summary) survives the refresh, and the page does not flicker.
+  const drawn = { main: "", gate: "" };
+
   function draw(r) {
     const now = Date.now();
+    const { gate: measured, ...rest } = r;
+    const gateSig = JSON.stringify(measured ? { ...measured, measured_at: 0 } : null);
+    if (gateSig !== drawn.gate) {
+      drawn.gate = gateSig;
+      replace(gate, gateView(r));
+    }
+    const mainSig = JSON.stringify(rest);
+    sync(r);
+    if (mainSig === drawn.main) return;
+    drawn.main = mainSig;
     replace(summary,
       h("p", { class: "big" },
         "State ", h("span", { id: "state", "data-state": r.state }, badge(r.state)),
         " · stage ", h("strong", { id: "stage", "data-stage": r.stage }, `${r.stage} of ${r.stages.length}`),
         " · canary weight ", h("strong", { id: "weight", "data-weight": r.weight }, `${r.weight} %`)),
       h("p", { class: "meta" },
-        `started ${when(r.created_at)} · current weight since ${ago(r.stage_started_at, now)}`,
-        r.next_decision_at ? ` · next decision ${ago(r.next_decision_at, now)}` : "",
+        `started ${when(r.created_at)} · current weight since ${when(r.stage_started_at)}`,
+        r.next_decision_at ? ` · next decision ${when(r.next_decision_at)}` : "",
         r.auto_promote ? " · promotes automatically" : " · waits for an operator to promote"),
       r.waiting ? h("p", { class: "waiting" }, `Waiting: ${r.waiting}`) : null,
       r.fail_reason ? h("p", { class: "error" }, `Failed: ${r.fail_reason}`) : null,
@@ -132,9 +146,7 @@ export async function render(ctx) {
           h("code", {}, leg.baseline_deployment_id), `${(leg.baseline_weight / 100).toFixed(2).replace(/\.00$/, "")} %`,
         ])));
     replace(stages, timeline(r.stages, r.stage, r.state));
-    replace(gate, gateView(r));
     replace(history, historyView(r));
-    sync(r);
   }
 
   replace(

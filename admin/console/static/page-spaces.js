@@ -84,6 +84,7 @@ export async function space(ctx) {
       ADMIN_ROLES.includes(sp.role) ? h("a", { href: `#/spaces/${enc(id)}/audit` }, "Audit log") : null),
     body,
   );
+  let drawn = "";
   const draw = async () => {
     const [billing, services, rollouts] = await Promise.all([
       billingOf(id),
@@ -91,6 +92,9 @@ export async function space(ctx) {
       rolloutsOf(id).catch(() => []),
     ]);
     if (!ctx.alive()) return;
+    const sig = JSON.stringify([billing.account, billing.usage, services, rollouts.map(([a, r]) => [a.id, r.state, r.stage, r.weight])]);
+    if (sig === drawn) return; // unchanged: keep the DOM (and the keyboard focus) as it is
+    drawn = sig;
     replace(
       body,
       h("section", { "aria-labelledby": "h-usage" }, h("h2", { id: "h-usage" }, "Usage"), usageBlock(billing, ctx.showError)),
