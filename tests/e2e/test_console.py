@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import http.client
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +39,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from admin.console import CSP
 from tests.support.admin_proc import AdminProcess, ApiResponse
 from tests.support.gateway_proc import GatewayProcess
+from tests.support.net import free_port
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import started_upstreams
 
@@ -48,6 +51,7 @@ ARTIFACTS = ROOT / "build" / "test-artifacts" / "console"
 PREFIX = "tcons"
 BASE = "turnout.localhost"
 WAIT = 20.0  # seconds: the longest any single wait in this module may take
+_LAUNCH = "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 # ---------------------------------------------------------------------- processes
@@ -317,8 +321,8 @@ def assert_keyboard_reachable(driver: WebDriver, name: str) -> None:
     assert not missing, f"{name}: not reachable with Tab: {missing}"
 
 
-def sign_in(driver: WebDriver, stack: Stack, token: str) -> None:
-    driver.get(f"{stack.admin.url}/console/")
+def sign_in(driver: WebDriver, origin: str, token: str) -> None:
+    driver.get(f"{origin}/console/")
     field = until(driver, lambda d: d.find_element(By.ID, "token"), "the sign-in form")
     field.clear()
     field.send_keys(token)
@@ -362,7 +366,7 @@ def test_log_in_with_a_token(browser: WebDriver, stack: Stack) -> None:
     error = until(browser, lambda d: d.find_element(By.ID, "login-error"), "the refusal")
     assert "invalid_token" in error.text
     assert browser.execute_script("return sessionStorage.length") == 0
-    sign_in(browser, stack, stack.admin.token)
+    sign_in(browser, stack.admin.url, stack.admin.token)
     until(
         browser,
         lambda d: d.find_elements(By.CSS_SELECTOR, f"[data-space='{stack.space}']"),
@@ -541,7 +545,7 @@ def test_a_viewer_sees_no_action_buttons_and_a_forged_call_gets_403(
     browser.find_element(By.ID, "logout").click()
     until(browser, lambda d: d.find_element(By.ID, "token"), "signed out")
     assert browser.execute_script("return sessionStorage.length") == 0
-    sign_in(browser, stack, tok["token"])
+    sign_in(browser, stack.admin.url, tok["token"])
     go(browser, stack, f"/spaces/{stack.space}/rollouts/{app}", "#stage")
     assert browser.find_elements(By.ID, "read-only")
     assert not browser.find_elements(By.CSS_SELECTOR, "#actions, button[data-action]")
@@ -561,7 +565,7 @@ def test_a_viewer_sees_no_action_buttons_and_a_forged_call_gets_403(
     )
     check_page(browser, stack, "06-rollout-viewer")
     browser.find_element(By.ID, "logout").click()
-    sign_in(browser, stack, stack.admin.token)
+    sign_in(browser, stack.admin.url, stack.admin.token)
 
 
 def test_the_pods_page_shows_the_delegation_tree(browser: WebDriver, stack: Stack) -> None:
@@ -624,3 +628,73 @@ def test_the_audit_log_is_paged_and_filtered(browser: WebDriver, stack: Stack) -
     everything = stack.api("GET", f"/api/spaces/{stack.space}/audit?limit=500")["items"]
     assert [r["id"] for r in everything[:10]] == sorted(first)
     check_page(browser, stack, "08-audit")
+
+
+def test_the_demo_rollout_is_visible_in_the_console_while_it_runs(
+    browser: WebDriver, stack: Stack, tmp_path: Path
+) -> None:
+    """``turnout dev --demo``: its banner names the console, and the staged rollout it walks
+    shows on the rollout page stage by stage (the README's screenshot is this page)."""
+    ports = [free_port() for _ in range(4)]
+    admin = f"127.0.0.1:{ports[1]}"
+    cmd = [sys.executable, "-c", _LAUNCH, "dev", "--dir", str(tmp_path / "dev")]
+    cmd += ["--gateway", f"127.0.0.1:{ports[0]}", "--admin", admin]
+    cmd += ["--runtimes", f"127.0.0.1:{ports[2]},127.0.0.1:{ports[3]}", "--demo"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            lines.append(raw.decode(errors="replace").rstrip())
+
+    reader = threading.Thread(target=read, name="demo-stdout", daemon=True)
+    reader.start()
+    try:
+
+        def line(prefix: str) -> str | None:
+            return next((ln.strip() for ln in lines if ln.strip().startswith(prefix)), None)
+
+        assert wait_api(lambda: line("console"), "the banner's console line", 30) == (
+            f"console     http://{admin}/console/   (sign in with the token below)"
+        )
+        token = wait_api(lambda: line("export TOKEN="), "the banner's token", 5).split("=", 1)[1]
+        sign_in(browser, f"http://{admin}", token)
+        # The canary (then the staged rollout's canary) next to v1 in the service's split.
+        split = wait_api(lambda: line("[demo] the split in the console:"), "the split's URL", 30)
+        browser.get(split.split(": ", 1)[1])
+        until(
+            browser,
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, ".split .legend-item")) == 2,
+            "v1 and v2 in the demo's split",
+        )
+        screenshot(browser, "09-demo-split")
+        url = wait_api(lambda: line("[demo] or in the console:"), "the rollout's URL", 40)
+        url = url.split(": ", 1)[1]
+        assert url.startswith(f"http://{admin}/console/#/spaces/") and "/rollouts/app_" in url
+        browser.get(url)
+        until(
+            browser,
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#history [data-action='advance']"),
+            "the demo's rollout past its first stage",
+            timeout=40,
+        )
+        shot = screenshot(browser, "10-demo-rollout")
+        until(
+            browser,
+            lambda d: d.find_element(By.ID, "state").get_attribute("data-state") == "completed",
+            "the demo's rollout to complete on the page",
+            timeout=40,
+        )
+        assert text_of(browser, "#weight") == "100 %"
+        assert shot.exists()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        reader.join(5)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -8,18 +8,18 @@ export async function render(ctx) {
   const [space] = ctx.params;
   const sp = await get(`/api/spaces/${enc(space)}`);
   ctx.header([["Spaces", "#/"], [sp.name, `#/spaces/${enc(space)}`], ["Audit log"]]);
-  const field = (id, label, help) => [
+  const field = (id, label, help) => h("div", { class: "field" },
     h("label", { for: id }, label),
     h("input", { id, name: id, type: "text", autocomplete: "off", "aria-describedby": `${id}-help` }),
-    h("span", { id: `${id}-help`, class: "help" }, help),
-  ];
+    h("span", { id: `${id}-help`, class: "help" }, help));
   const form = h("form", { id: "audit-filter", class: "filters", role: "search" },
     field("f-action", "Action", "operationId, e.g. pause_rollout"),
     field("f-outcome", "Outcome", "success or an error code"),
     field("f-principal", "Principal", "principal id"),
-    h("label", { for: "f-limit" }, "Rows per page"),
-    h("select", { id: "f-limit", name: "limit" }, [10, 25, 50, 100, 200].map((n) => h("option", { value: n, selected: n === 50 }, String(n)))),
-    h("button", { type: "submit", id: "f-apply" }, "Apply"));
+    h("div", { class: "field" },
+      h("label", { for: "f-limit" }, "Rows per page"),
+      h("select", { id: "f-limit", name: "limit" }, [10, 25, 50, 100, 200].map((n) => h("option", { value: n, selected: n === 50 }, String(n))))),
+    h("div", { class: "field" }, h("button", { type: "submit", id: "f-apply" }, "Apply")));
   const rows = h("div", { id: "audit-rows" });
   const pager = h("nav", { class: "pager", "aria-label": "Audit pages" });
   replace(ctx.root, h("h1", {}, `Audit log of ${sp.name}`), form, rows, pager);
