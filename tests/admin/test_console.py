@@ -6,16 +6,14 @@ The pages themselves are driven in a real browser by tests/e2e/test_console.py.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from starlette.testclient import TestClient
 
 from admin.console import ASSETS, CSP, SECURITY_HEADERS
+from tests.test_setup import project as project  # the fixture: a copy of the source tree
+from tests.test_setup import run_setup
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "admin" / "console" / "static"
@@ -87,24 +85,10 @@ def test_nothing_inline_and_no_other_origin() -> None:
             assert ".style" not in text and '"style"' not in text, f"{path.name}: inline style"
 
 
-def test_the_console_ships_in_the_package(tmp_path: Path) -> None:
+def test_the_console_ships_in_the_package(project: Path, tmp_path: Path) -> None:
     """setuptools' package-data puts every static file into the built package (pure build)."""
-    proj = tmp_path / "proj"
-    proj.mkdir()
-    for name in ("setup.py", "pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, proj / name)
-    for pkg in ("routing", "gateway", "admin"):
-        shutil.copytree(ROOT / pkg, proj / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    env = {**os.environ, "TURNOUT_COMPILE": "0"}
     out = tmp_path / "lib"
-    done = subprocess.run(
-        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(out)],
-        cwd=proj,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_setup(project, "-q", "build_py", "--build-lib", str(out), compile_flag="0")
     assert done.returncode == 0, done.stderr[-3000:]
     shipped = {p.name for p in (out / "admin" / "console" / "static").iterdir()}
     assert shipped == set(ASSETS)
