@@ -10,7 +10,9 @@ export function meterBar(meter, usage) {
   const { units, quota, percent } = usage;
   const frac = quota > 0 ? Math.min(1, units / quota) : units > 0 ? 1 : 0;
   const level = percent === null ? "none" : percent >= 100 ? "over" : percent >= 80 ? "warn" : "ok";
-  const label = `${num(units)} / ${quota > 0 ? num(quota) : "no quota"}${percent === null ? "" : ` (${percent.toFixed(1)} %)`}`;
+  // quota -1: every unit is paid from the balance; 0: the meter is not on the plan.
+  const of = quota > 0 ? num(quota) : quota < 0 ? "pay per unit" : "not on the plan";
+  const label = `${num(units)} / ${of}${percent === null ? "" : ` (${percent.toFixed(1)} %)`}`;
   return h(
     "div",
     { class: `meter meter-${level}`, "data-meter": meter, "data-units": units, "data-quota": quota },

@@ -97,7 +97,7 @@ export async function space(ctx) {
     drawn = sig;
     replace(
       body,
-      h("section", { "aria-labelledby": "h-usage" }, h("h2", { id: "h-usage" }, "Usage"), usageBlock(billing, ctx.showError)),
+      h("section", { "aria-labelledby": "h-usage" }, h("h2", { id: "h-usage" }, "Usage"), h("div", { class: "usage-wide" }, usageBlock(billing, ctx.showError))),
       h("section", { "aria-labelledby": "h-services" },
         h("h2", { id: "h-services" }, "Services"),
         services.length === 0 ? h("p", {}, "No services yet.") :
