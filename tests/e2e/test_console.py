@@ -44,7 +44,9 @@ from tests.support.net import free_port
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import started_upstreams
 
-pytestmark = pytest.mark.e2e
+# One worker runs the whole module (scripts/test distributes with --dist loadgroup): one
+# browser and one process set, not one per worker.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("console")]
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -362,7 +364,28 @@ def wait_api(probe: Callable[[], T | None], what: str, timeout: float = WAIT) ->
         time.sleep(0.1)
 
 
+def paused_rollout(stack: Stack) -> str:
+    """The app deployment of a paused staged rollout whose history holds a pause and a refused
+    second pause: the rollout test's, or (that test ran elsewhere) one made through the API."""
+    if "rollout_app" not in stack.facts:
+        stack.deploy("still", stack.v1, {"strategy": "direct"})
+        staged = {"strategy": "staged", "stages": [{"weight": 10, "pause_minutes": 30}]}
+        app = stack.deploy("still", stack.v2, staged)["id"]
+        path = f"/api/spaces/{stack.space}/app-deployments/{app}/rollout/pause"
+        stack.api("POST", path, {})
+        assert stack.admin.call("POST", path, json_body={}).status == 409
+        stack.facts["rollout_app"] = app
+    app: str = stack.facts["rollout_app"]
+    return app
+
+
 # ---------------------------------------------------------------------- tests
+
+
+def test_a_missing_browser_fails_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.raises(pytest.fail.Exception, match="install Debian's `chromium` and"):
+        _find_browser()
 
 
 def test_the_console_is_served_with_a_strict_csp(stack: Stack) -> None:
@@ -460,7 +483,7 @@ def test_the_service_page_split_matches_the_weights(browser: WebDriver, stack: S
     weights = {d["id"]: d["routing_weight"] for d in deps if d["routing_weight"] > 0}
     assert sorted(weights.values()) == [2000, 8000], deps
     host = f"shop.shop.{BASE}"
-    routable(stack.gw, host)  # one request: the split counts 121 below
+    routable(stack.gw, host)  # one request, then 119: the counters say 120
     with Traffic(stack.gw.port, host, count=119) as traffic:
         traffic.join()
     assert traffic.statuses == {200: 119}, traffic.statuses
@@ -572,7 +595,7 @@ def test_a_staged_rollout_advances_on_the_page_and_the_pause_button_pauses_it(
 def test_a_viewer_sees_no_action_buttons_and_a_forged_call_gets_403(
     browser: WebDriver, stack: Stack
 ) -> None:
-    app = stack.facts["rollout_app"]
+    app = paused_rollout(stack)
     who = stack.api("POST", "/api/principals", {"kind": "user", "name": "watcher"})
     tok = stack.api(
         "POST", f"/api/principals/{who['id']}/tokens", {"name": "console", "scopes": ["*"]}
@@ -582,6 +605,7 @@ def test_a_viewer_sees_no_action_buttons_and_a_forged_call_gets_403(
         f"/api/spaces/{stack.space}/members",
         {"principal_id": who["id"], "role": "viewer"},
     )
+    go(browser, stack, "/", "#logout")
     browser.find_element(By.ID, "logout").click()
     until(browser, lambda d: d.find_element(By.ID, "token"), "signed out")
     assert browser.execute_script("return sessionStorage.length") == 0
@@ -626,6 +650,7 @@ def test_the_pods_page_shows_the_delegation_tree(browser: WebDriver, stack: Stac
 
 
 def test_the_audit_log_is_paged_and_filtered(browser: WebDriver, stack: Stack) -> None:
+    paused_rollout(stack)
     go(browser, stack, f"/spaces/{stack.space}/audit", "[data-audit]")
     assert len(browser.find_elements(By.CSS_SELECTOR, "[data-audit]")) > 3
     field = browser.find_element(By.ID, "f-action")
@@ -640,11 +665,18 @@ def test_the_audit_log_is_paged_and_filtered(browser: WebDriver, stack: Stack) -
         "only pause_rollout rows",
     )
     outcomes = sorted(
-        c.get_attribute("data-outcome")
+        c.get_attribute("data-outcome") or ""
         for c in browser.find_elements(By.CSS_SELECTOR, "[data-outcome]")
     )
-    assert outcomes == ["illegal_transition", "success"], outcomes
+    audit = f"/api/spaces/{stack.space}/audit"
+    want = stack.api("GET", f"{audit}?action=pause_rollout&limit=500")["items"]
+    assert outcomes == sorted(r["outcome"] for r in want), outcomes
+    assert {"success", "illegal_transition"} <= set(outcomes), outcomes
     field.clear()
+    everything = stack.api("GET", f"{audit}?limit=500")["items"]
+    for i in range(11 - len(everything)):  # run on its own: make a second page
+        stack.api("POST", f"/api/spaces/{stack.space}/services", {"name": f"pad{i}"})
+    everything = stack.api("GET", f"{audit}?limit=500")["items"]
     Select(browser.find_element(By.ID, "f-limit")).select_by_value("10")
     browser.find_element(By.ID, "f-apply").click()
     until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-audit]")) == 10, "a page")
@@ -665,7 +697,6 @@ def test_the_audit_log_is_paged_and_filtered(browser: WebDriver, stack: Stack) -
         for e in browser.find_elements(By.CSS_SELECTOR, "[data-audit]")
     }
     assert second and not first & second
-    everything = stack.api("GET", f"/api/spaces/{stack.space}/audit?limit=500")["items"]
     assert [r["id"] for r in everything[:10]] == sorted(first)
     check_page(browser, stack, "08-audit")
 

@@ -113,18 +113,25 @@ export async function route() {
   const [m, page] = match;
   const me = { alive: true, timer: 0 };
   current = me;
-  const ctx = { root: main, params: m.slice(1), header, announce, showError, alive: () => me.alive };
-  replace(main, h("p", { class: "loading" }, "Loading…"));
+  // Each visit draws into a container of its own: a page still loading when the operator moves
+  // on keeps writing into its detached container, never over the next page.
+  const root = h("div", { class: "page" }, h("p", { class: "loading" }, "Loading…"));
+  replace(main, root);
+  const ctx = {
+    root, params: m.slice(1), announce, showError, alive: () => me.alive,
+    header: (trail) => me.alive && header(trail),
+  };
   let view;
   try {
     view = await page(ctx);
   } catch (err) {
+    if (!me.alive) return;
     if (err instanceof ApiError && err.status === 401) {
       clearToken();
       replace(main, loginView("The token is no longer valid; sign in again."));
       return;
     }
-    if (me.alive) replace(main, showError(err));
+    replace(root, showError(err));
     return;
   }
   if (!view || !view.refresh || !me.alive) return;
