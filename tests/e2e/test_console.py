@@ -447,6 +447,15 @@ def test_the_space_page_shows_usage_bars_with_the_right_numbers(
     assert float(fill.get_attribute("width") or 0) == pytest.approx(200 * 1234 / quota, abs=0.01)
     assert text_of(browser, "[data-plan]") == usage["plan"]
     assert browser.find_element(By.CSS_SELECTOR, "[data-badge]").text == account["status"]
+    # The skip link takes the keyboard to the content, and stays on the page.
+    skip = browser.find_element(By.CSS_SELECTOR, "a.skip")
+    browser.execute_script("arguments[0].focus()", skip)
+    skip.send_keys(Keys.ENTER)
+    until(
+        browser, lambda d: d.execute_script("return document.activeElement.id") == "main", "focus"
+    )
+    assert browser.current_url.endswith(f"#/spaces/{stack.space}")
+    assert browser.find_elements(By.CSS_SELECTOR, "[data-meter]")
     check_page(browser, stack, "02-space")
 
 

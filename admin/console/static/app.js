@@ -153,5 +153,10 @@ export async function route() {
   me.timer = setTimeout(tick, view.every || 2000);
 }
 
+// The skip link moves the focus to the content; it must not become a route.
+document.querySelector(".skip").addEventListener("click", (ev) => {
+  ev.preventDefault();
+  main.focus();
+});
 window.addEventListener("hashchange", route);
 route();
