@@ -576,7 +576,7 @@ def test_a_staged_rollout_advances_on_the_page_and_the_pause_button_pauses_it(
     assert "advance" in text_of(browser, "#history")
     assert text_of(browser, "[data-leg='roll'] td[data-requests]")  # the gate's inputs shown
     browser.find_element(By.ID, "reason").send_keys("checking the dashboards")
-    browser.find_element(By.ID, "action-pause").click()
+    browser.find_element(By.ID, "action-pause").send_keys(Keys.ENTER)  # by keyboard
     answer = until(
         browser,
         lambda d: d.find_element(By.CSS_SELECTOR, "#answer [data-state]"),
