@@ -34,6 +34,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from admin.billing.meters import METERS
@@ -598,6 +599,12 @@ def test_a_staged_rollout_advances_on_the_page_and_the_pause_button_pauses_it(
     )
     refusal = until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#answer .error"), "the 409")
     assert "409" in refusal.text and "illegal_transition" in refusal.text
+    # Abort asks first; dismissed, nothing is sent.
+    browser.find_element(By.ID, "action-abort").click()
+    alert = WebDriverWait(browser, WAIT).until(EC.alert_is_present())
+    assert alert and "Abort this rollout" in alert.text
+    alert.dismiss()
+    assert stack.api("GET", api_path)["state"] == "paused"
     check_page(browser, stack, "05-rollout")
 
 

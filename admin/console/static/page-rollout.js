@@ -72,6 +72,9 @@ export async function render(ctx) {
   let doc = first;
 
   const act = async (action) => {
+    // The two actions that end the rollout ask first (confirm() is the browser's own dialog).
+    const final = { abort: "send all traffic back to the baseline", promote: "make the canary take 100 %" };
+    if (final[action] && !window.confirm(`${action[0].toUpperCase()}${action.slice(1)} this rollout: ${final[action]}?`)) return;
     const btn = buttons.get(action);
     btn.disabled = true;
     try {

@@ -47,6 +47,7 @@ function trafficCharts(traffic) {
   return h("div", { class: "charts" },
     lineChart(`Requests/s per deployment, last ${traffic.minutes} min`, rps, { format: (v) => v.toFixed(v < 10 ? 2 : 0) }),
     lineChart(`Error rate (5xx) per deployment, last ${traffic.minutes} min`, err, { format: (v) => pct(v, 1), yMin: 0.01 }),
+    h("p", { class: "help totals" }, "One point per minute, from the gateways' counters; the last minute is still filling."),
     table("Totals over the window", ["Deployment", "Requests", "Errors", "Error rate"],
       traffic.deployments.map((d) => [label(d), num(d.requests), num(d.errors), d.requests ? pct(d.errors / d.requests) : "—"]),
       { class: "totals", "data-traffic": "totals" }));
