@@ -268,8 +268,12 @@ def go(driver: WebDriver, stack: Stack, route: str, ready: str) -> None:
 
 def screenshot(driver: WebDriver, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, max(900, min(int(height) + 40, 4000)))
+    # The window's height includes the (headless) browser's own frame: measure the viewport.
+    height, inner, outer = driver.execute_script(
+        "return [document.documentElement.scrollHeight, innerHeight, outerHeight]"
+    )
+    frame = max(0, int(outer) - int(inner))
+    driver.set_window_size(1280, max(900, min(int(height) + frame + 16, 4000)))
     assert driver.save_screenshot(str(path)), path
     driver.set_window_size(1280, 1400)
     assert path.stat().st_size > 5000, f"{path} looks empty"
