@@ -15,8 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from admin import console
 from admin.auth import LastUsed
 from admin.billing.service import Billing
 from admin.crypto import KeyRing
@@ -52,6 +53,7 @@ RESOURCE_MODULES = (
     "admin.api.billing",
     "admin.api.pods",
     "admin.api.runtime",
+    "admin.api.traffic",
 )
 
 
@@ -168,7 +170,7 @@ def create_app(
             await state.runtime.close()
             await state.store.close()
 
-    routes: list[Route] = []
+    routes: list[BaseRoute] = []
     by_path: dict[str, dict[str, Endpoint]] = {}
     for ep in REGISTRY:
         by_path.setdefault(ep.path, {})[ep.method] = ep
@@ -233,6 +235,7 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        *console.routes(),  # the operator console's static pages (admin/console)
     ]
     app = Starlette(
         routes=routes,

@@ -186,6 +186,7 @@ def _banner(
         f"""
 Turnout dev is running (Ctrl-C to stop)
   admin API   http://{a}      (OpenAPI: http://{a}/openapi.json)
+  console     http://{a}/console/   (sign in with the token below)
   gateway     http://{g}
   runtimes    v1 http://{runtimes[0][0]}:{runtimes[0][1]}   v2 http://{runtimes[1][0]}:{runtimes[1][1]}
 
@@ -286,6 +287,9 @@ async def _demo(
         print(body.decode(), file=sys.stderr)
         return 1
     await _hand_token(demo[1], body)
+    print(
+        f"[demo] the split in the console: http://{args.admin}/console/#/spaces/{space}/services/web"
+    )
     await _wait_routable(ghost, gport, host, "v2")
     seen: Counter[str] = Counter()
     greetings: dict[str, Any] = {}
@@ -341,6 +345,9 @@ async def _demo_rollout(
     await _hand_token(runtime, body)
     path = f"/api/spaces/{space}/app-deployments/{orjson.loads(body)['id']}/rollout"
     print(f"[demo] watch it yourself: turnout admin rollout status {path.split('/')[-2]} --watch")
+    print(
+        f"[demo] or in the console: http://{args.admin}/console/#/spaces/{space}/rollouts/{path.split('/')[-2]}"
+    )
     stage: list[Any] = [1]
     seen: dict[Any, Counter[str]] = {}
 

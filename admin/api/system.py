@@ -1,4 +1,5 @@
-"""Operator endpoints: full route republish, and the audit log (per space and platform-wide).
+"""Operator endpoints: full route republish, and the audit log (per space and platform-wide;
+filtered by ``?action=``, ``?outcome=`` and ``?principal=``, each an exact match).
 
 What a row means (and which space it belongs to) is explained in :mod:`admin.audit`.
 """
@@ -54,6 +55,26 @@ class AuditPage(BaseModel):
     next_cursor: str | None
 
 
+AUDIT_FILTERS = (
+    ("action", "string", "only rows of this action (an operationId, e.g. pause_rollout)"),
+    ("outcome", "string", "only rows with this outcome (success, or an error code)"),
+    ("principal", "string", "only rows of this principal id"),
+)
+
+
+def _filtered(ctx: Ctx, q: sa.Select[Any]) -> sa.Select[Any]:
+    """``q`` narrowed by the ``AUDIT_FILTERS`` query parameters that were given."""
+    for name, column in (
+        ("action", audit_log.c.action),
+        ("outcome", audit_log.c.outcome),
+        ("principal", audit_log.c.principal_id),
+    ):
+        value = ctx.query_param(name)
+        if value:
+            q = q.where(column == value)
+    return q
+
+
 def _require_system(ctx: Ctx) -> None:
     # The scope alone is not enough: only the system principal administers the platform.
     if not ctx.principal.is_system_admin:
@@ -99,12 +120,13 @@ async def resync(ctx: Ctx) -> dict[str, Any]:
     role="admin",
     response=AuditPage,
     paged=True,
+    query=AUDIT_FILTERS,
     tag="audit",
     summary="The space's audit log, oldest first: mutations by callers admitted to the space",
 )
 async def space_audit(ctx: Ctx) -> dict[str, Any]:
     q = sa.select(audit_log).where(audit_log.c.space_id == ctx.space_id)
-    return await paged(ctx, q, audit_log.c.id, _audit_row)
+    return await paged(ctx, _filtered(ctx, q), audit_log.c.id, _audit_row)
 
 
 @endpoint(
@@ -113,9 +135,10 @@ async def space_audit(ctx: Ctx) -> dict[str, Any]:
     scope="system:admin",
     response=AuditPage,
     paged=True,
+    query=AUDIT_FILTERS,
     tag="audit",
     summary="The whole audit log, oldest first (also requests refused before a space was known)",
 )
 async def system_audit(ctx: Ctx) -> dict[str, Any]:
     _require_system(ctx)
-    return await paged(ctx, sa.select(audit_log), audit_log.c.id, _audit_row)
+    return await paged(ctx, _filtered(ctx, sa.select(audit_log)), audit_log.c.id, _audit_row)

@@ -20,6 +20,7 @@ from tests.admin.conftest import (
     call,
     create_space,
     make_user,
+    principal_of,
     rows,
     sql,
     state_of,
@@ -231,6 +232,45 @@ def test_space_audit_access(client: TestClient) -> None:
     assert_error(r, 422, "validation_failed")
     r = client.get(f"/api/spaces/{a}/audit?cursor=@@", headers=auth(system))
     assert_error(r, 422, "validation_failed")
+
+
+def test_audit_filters_by_action_outcome_and_principal(client: TestClient) -> None:
+    system = bootstrap(client)
+    a = create_space(client, system, "a")
+    admin = make_user(client, system, "adm", a, "admin")
+    create_service(client, admin, a, "web")
+    client.post(f"/api/spaces/{a}/services", json={"name": "web"}, headers=auth(admin))  # 409
+    create_service(client, system, a, "api")
+    base = f"/api/spaces/{a}/audit"
+
+    def got(query: str, url: str = base) -> list[tuple[str, str]]:
+        r = client.get(f"{url}?{query}", headers=auth(system))
+        assert r.status_code == 200, r.text
+        return [(i["action"], i["outcome"]) for i in r.json()["items"]]
+
+    assert got("action=create_service") == [
+        ("create_service", "success"),
+        ("create_service", "conflict"),
+        ("create_service", "success"),
+    ]
+    assert got("action=create_service&outcome=conflict") == [("create_service", "conflict")]
+    admin_id = principal_of(client, admin)
+    assert got(f"action=create_service&principal={admin_id}") == [
+        ("create_service", "success"),
+        ("create_service", "conflict"),
+    ]
+    assert got("action=no_such_action") == []
+    assert got("outcome=conflict", "/api/system/audit") == [("create_service", "conflict")]
+    # Filters and paging together: the cursor walks the filtered rows.
+    first = client.get(f"{base}?action=create_service&limit=2", headers=auth(system)).json()
+    rest = client.get(
+        f"{base}?action=create_service&limit=2&cursor={first['next_cursor']}",
+        headers=auth(system),
+    ).json()
+    assert [len(first["items"]), len(rest["items"]), rest["next_cursor"]] == [2, 1, None]
+    for bad in ("action=%00", "outcome=" + "x" * 300, "principal=a%0Ab"):
+        err = assert_error(client.get(f"{base}?{bad}", headers=auth(system)), 422)
+        assert f"query.{bad.split('=')[0]}" in err["message"], err
 
 
 def test_system_audit_sees_every_space(client: TestClient) -> None:
