@@ -1,12 +1,16 @@
 """Route-table scale through the gateway: throughput with N route records vs 10.
 
 Not a test. Starts its own redis-server (free loopback port), publishes N records with
-``replace_all``, starts ``turnout gateway`` (native, 1 worker), waits for ``/readyz``, then runs
-wrk with a Lua script that spreads requests over 1 000 of the table's hostnames. Reports req/s,
-p50/p99, the gateway's resident memory and how long the table took to load. Usage::
+``replace_all``, starts ``turnout gateway`` (native; each ``--tables`` mode × ``--workers``
+count), waits until every worker's ``/readyz`` holds N records (ready from Redis), runs wrk
+with a Lua script that spreads requests over 1 000 of the table's hostnames (best and median of
+``--rounds``), reads RSS and PSS of every worker (PSS counts a shared page once, split between
+the processes mapping it), then restarts the gateway with its snapshot / flat file in place and
+Redis still up and times it to ready again (ready from the file). Usage::
 
     .venv/bin/python benchmarks/scale.py --sizes 10,100000            # default
-    .venv/bin/python benchmarks/scale.py --sizes 10,1000000 --duration 10
+    .venv/bin/python benchmarks/scale.py --sizes 10,1000000 --tables memory,flat --workers 1,2 \
+        --duration 5 --rounds 3
 """
 
 from __future__ import annotations
@@ -17,18 +21,20 @@ import contextlib
 import json
 import os
 import re
-import signal
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from throughput import compiled_build, free_port, machine, redis_server, spawned, wait_port  # noqa: E402
+from throughput import compiled_build, free_port, machine, redis_server, spawned  # noqa: E402
 
 LUA = """
 local hosts = {}
@@ -79,17 +85,126 @@ def publish(redis_url: str, n: int, upstream_port: int) -> float:
     return asyncio.run(go())
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
+def proc_mib(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of one process in MiB (PSS from smaps_rollup)."""
+    rss = pss = 0.0
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1]) / 1024
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1]) / 1024
+    return rss, pss
+
+
+def workers_of(pid: int, count: int) -> list[int]:
+    """The worker processes of a launcher (itself when it runs one worker in-process)."""
+    if count == 1:
+        return [pid]
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        return [int(c) for c in fh.read().split()]
+
+
+def ready(iport: int, workers: int, n: int) -> bool:
+    for w in range(workers):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{iport + w}/readyz", timeout=5) as r:
+                if json.load(r)["table"]["records"] < n:
+                    return False
+        except (OSError, ValueError, KeyError):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def gateway(
+    url: str, snapshot: str, table: str, workers: int, env: dict[str, str]
+) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
+    port, iport = free_port(), free_port()
+    while any(not _free(iport + w) for w in range(workers)):
+        iport = free_port()
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from gateway.launcher import main; sys.exit(main(sys.argv[1:]))",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--redis",
+        url,
+        "--internal",
+        f"127.0.0.1:{iport}",
+        "--log-level",
+        "WARNING",
+        "--workers",
+        str(workers),
+        "--snapshot",
+        snapshot,
+        "--route-table",
+        table,
+    ]
+    with spawned(cmd, port, env) as proc:
+        yield proc, port, iport
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_ready(iport: int, workers: int, n: int, t0: float, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while not ready(iport, workers, n):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gateway not ready with {n} records in time")
+        time.sleep(0.05)
+    return time.perf_counter() - t0
+
+
+def wrk_rounds(port: int, n: int, rounds: int, duration: int) -> list[tuple[float, str, str, int]]:
+    fd, script = tempfile.mkstemp(suffix=".lua")
+    with os.fdopen(fd, "w") as fh:
+        count = min(n, 1000)
+        fh.write(LUA % {"n": count, "stride": max(1, n // count)})
+    out_rows = []
+    try:
+        for _ in range(rounds):
+            out = subprocess.run(
+                [
+                    "wrk",
+                    "-t1",
+                    "-c64",
+                    f"-d{duration}s",
+                    "--latency",
+                    "-s",
+                    script,
+                    f"http://127.0.0.1:{port}/",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+            lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
+            non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+            out_rows.append(
+                (rps, lat.get("50", "?"), lat.get("99", "?"), int(non2xx.group(1)) if non2xx else 0)
+            )
+    finally:
+        os.unlink(script)
+    return out_rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", default="10,100000")
+    ap.add_argument("--tables", default="memory", help="route table modes: memory,flat")
+    ap.add_argument("--workers", default="1", help="worker counts, e.g. 1,2")
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument(
@@ -98,6 +213,8 @@ def main() -> int:
     ap.add_argument("--pure", action="store_true", help="pure-Python gateway, not the mypyc build")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    tables = [t.strip() for t in args.tables.split(",")]
+    worker_counts = [int(w) for w in args.workers.split(",")]
     gw_env = {} if args.pure else compiled_build()
     build_desc = "mypyc-compiled hot path" if gw_env else "pure Python"
     rows = []
@@ -112,108 +229,65 @@ def main() -> int:
             with contextlib.ExitStack() as run:
                 url = run.enter_context(redis_server())
                 pub = publish(url, n, up_port)
-                port, iport = free_port(), free_port()
-                t0 = time.perf_counter()
-                proc = run.enter_context(
-                    spawned(
-                        [
-                            sys.executable,
-                            "-c",
-                            "import sys; from gateway.launcher import main; sys.exit(main(sys.argv[1:]))",
-                            "--listen",
-                            f"127.0.0.1:{port}",
-                            "--redis",
-                            url,
-                            "--internal",
-                            f"127.0.0.1:{iport}",
-                            "--log-level",
-                            "WARNING",
-                            "--workers",
-                            "1",
-                        ],
-                        port,
-                        gw_env,
-                    )
-                )
-                wait_port(iport, proc, 60)
-                deadline = time.monotonic() + args.ready_timeout
-                while True:
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"gateway not ready with {n} records in time")
-                    with (
-                        contextlib.suppress(OSError),
-                        urllib.request.urlopen(f"http://127.0.0.1:{iport}/readyz", timeout=5) as r,
-                    ):
-                        if json.load(r)["table"]["records"] >= n:
-                            break
-                    time.sleep(0.2)
-                load = time.perf_counter() - t0
-                rss = rss_mib(proc.pid)
-                fd, script = tempfile.mkstemp(suffix=".lua")
-                with os.fdopen(fd, "w") as fh:
-                    count = min(n, 1000)
-                    fh.write(LUA % {"n": count, "stride": max(1, n // count)})
-                best = None
-                rates: list[float] = []
-                for _ in range(args.rounds):
-                    out = subprocess.run(
-                        [
-                            "wrk",
-                            "-t1",
-                            "-c64",
-                            f"-d{args.duration}s",
-                            "--latency",
-                            "-s",
-                            script,
-                            f"http://127.0.0.1:{port}/",
-                        ],
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    ).stdout
-                    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-                    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
-                    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-                    res = (
-                        rps,
-                        lat.get("50", "?"),
-                        lat.get("99", "?"),
-                        int(non2xx.group(1)) if non2xx else 0,
-                    )
-                    rates.append(rps)
-                    if best is None or res[0] > best[0]:
-                        best = res
-                os.unlink(script)
-                assert best is not None
-                rows.append((n, pub, load, rss, rates, *best))
-                print(
-                    f"{n} records: {best[0]:.0f} req/s, RSS {rss:.0f} MiB, load {load:.1f}s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
+                for table in tables:
+                    for workers in worker_counts:
+                        tmp = tempfile.mkdtemp(prefix="turnout-scale-")
+                        snapshot = os.path.join(tmp, f"routes.{table}")
+                        try:
+                            t0 = time.perf_counter()
+                            with gateway(url, snapshot, table, workers, gw_env) as (
+                                proc,
+                                port,
+                                iport,
+                            ):
+                                load = wait_ready(iport, workers, n, t0, args.ready_timeout)
+                                results = wrk_rounds(port, n, args.rounds, args.duration)
+                                mem = [proc_mib(p) for p in workers_of(proc.pid, workers)]
+                                time.sleep(1.5)  # the writer's snapshot / flat file lands
+                            t1 = time.perf_counter()
+                            with gateway(url, snapshot, table, workers, gw_env) as (
+                                _p,
+                                _port,
+                                iport2,
+                            ):
+                                from_file = wait_ready(iport2, workers, n, t1, args.ready_timeout)
+                        finally:
+                            shutil.rmtree(tmp, ignore_errors=True)
+                        best = max(results, key=lambda r: r[0])
+                        rates = [r[0] for r in results]
+                        rows.append((n, table, workers, pub, load, from_file, mem, rates, best))
+                        print(
+                            f"{n} records, {table}, {workers} worker(s): {best[0]:.0f} req/s, "
+                            f"PSS/worker {max(m[1] for m in mem):.0f} MiB, ready {load:.1f}s, "
+                            f"from file {from_file:.1f}s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
     print("## Route-table scale through the gateway (`benchmarks/scale.py`)\n")
     print(f"- command: `.venv/bin/python benchmarks/scale.py {' '.join(sys.argv[1:])}`")
     print(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}")
     print(
-        f"- native gateway ({build_desc}), 1 worker; wrk 1 thread × 64 connections, requests "
-        f"spread over 1 000 hostnames of the table; best of {args.rounds} × {args.duration}s\n"
+        f"- native gateway ({build_desc}); wrk 1 thread × 64 connections, requests spread over "
+        f"1 000 hostnames of the table; best and median of {args.rounds} × {args.duration}s; "
+        "ready from Redis = gateway start to every worker holding N records; ready from the "
+        "file = the same after a restart with the snapshot / flat file in place\n"
     )
     print(
-        "| records | publish (replace_all) s | gateway ready s | gateway RSS MiB "
-        "| RSS B/record over smallest | req/s (best) | every round | p50 | p99 | non-2xx |"
+        "| records | table | workers | publish s | ready from Redis s | ready from file s "
+        "| RSS MiB / worker | PSS MiB / worker | req/s best (× smallest) | median | every round "
+        "| p50 | p99 | non-2xx |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
-    smallest = min(rows, key=lambda r: r[0]) if rows else None
-    for n, pub, load, rss, rates, rps, p50, p99, bad in rows:
-        assert smallest is not None
-        base_n, base_rss, base_rps = smallest[0], smallest[3], smallest[5]
-        per = f"{(rss - base_rss) * 1024 * 1024 / (n - base_n):,.0f}" if n > base_n else "-"
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    for n, table, workers, pub, load, from_file, mem, rates, best in rows:
+        base = min((r for r in rows if r[1] == table and r[2] == workers), key=lambda r: r[0])
+        rps, p50, p99, bad = best
+        rss = max(m[0] for m in mem)
+        pss = max(m[1] for m in mem)
         every = ", ".join(f"{r:.0f}" for r in rates)
         print(
-            f"| {n:,} | {pub:.1f} | {load:.1f} | {rss:.0f} | {per} | {rps:.0f} ({rps / base_rps:.2f}×) "
-            f"| {every} | {p50} | {p99} | {bad} |"
+            f"| {n:,} | {table} | {workers} | {pub:.1f} | {load:.1f} | {from_file:.1f} "
+            f"| {rss:.0f} | {pss:.0f} | {rps:.0f} ({rps / base[8][0]:.2f}×) "
+            f"| {statistics.median(rates):.0f} | {every} | {p50} | {p99} | {bad} |"
         )
     return 0
 

@@ -273,7 +273,11 @@ def supervise(config: GatewayConfig) -> int:
             code = 1
             try:
                 code = run_native_worker(config, index)
+            except BaseException:
+                # The reason must reach the log before os._exit (which skips every handler).
+                log.exception("worker %d (pid %d) failed", index, os.getpid())
             finally:
+                logging.shutdown()
                 os._exit(code)
         children[pid] = index
 

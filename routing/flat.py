@@ -45,9 +45,11 @@ import contextlib
 import mmap
 import os
 import struct
+import sys
 import tempfile
 import time
 import zlib
+from array import array
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -80,6 +82,18 @@ def _pad(n: int) -> int:
     return (8 - n % 8) % 8
 
 
+def _crc_of(fd: int, start: int, end: int) -> int:
+    crc = 0
+    pos = start
+    while pos < end:
+        chunk = os.pread(fd, min(8 * _CHUNK, end - pos), pos)
+        if not chunk:
+            break
+        crc = zlib.crc32(chunk, crc)
+        pos += len(chunk)
+    return crc
+
+
 def _slots_for(count: int) -> int:
     slots = 8
     while slots < 2 * count:
@@ -104,6 +118,9 @@ class FlatFile:
             if st.st_size < HEADER.size:
                 raise FlatError(f"{path}: truncated flat table ({st.st_size} bytes)")
             self.mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            # The checksum is read through the descriptor, not the mapping: the pages stay in
+            # the page cache (shared by every worker) without entering this process's RSS.
+            body_crc = _crc_of(fd, HEADER.size, st.st_size)
         finally:
             os.close(fd)
         mm = self.mm
@@ -134,7 +151,7 @@ class FlatFile:
             or index_off + slots * SLOT.size + meta_len != size
         ):
             raise FlatError(f"{path}: truncated or inconsistent flat table")
-        if zlib.crc32(mm[:_CRC_AT], zlib.crc32(memoryview(mm)[HEADER.size :])) != crc:
+        if zlib.crc32(mm[:_CRC_AT], body_crc) != crc:
             raise FlatError(f"{path}: flat table checksum mismatch (corrupt file)")
         try:
             meta = orjson.loads(mm[size - meta_len : size])
@@ -222,9 +239,9 @@ class FlatBuilder:
         fd, self.tmp = tempfile.mkstemp(prefix=".flat-", suffix=".tmp", dir=self.directory)
         self.fh = os.fdopen(fd, "w+b")
         self.fh.write(b"\0" * HEADER.size)  # the header is written last
-        self.hashes: list[int] = []
-        self.units: list[int] = []
-        self.where: dict[bytes, int] = {}  # host -> position in hashes/units (duplicates)
+        # 8 bytes per record in memory: crc32(host) and the record's offset in 8-byte units
+        self.hashes = array("I")
+        self.units = array("I")
         self.data_len = 0
         self._buf: list[bytes] = []
         self._buffered = 0
@@ -242,13 +259,8 @@ class FlatBuilder:
             self._buf.append(b"\0" * pad)
         self._buffered += len(body) + pad
         self.data_len += len(body) + pad
-        seen = self.where.get(host)
-        if seen is None:
-            self.where[bytes(host)] = len(self.units)
-            self.hashes.append(zlib.crc32(host))
-            self.units.append(unit)
-        else:
-            self.units[seen] = unit  # the earlier bytes stay in the file, unreachable
+        self.hashes.append(zlib.crc32(host))
+        self.units.append(unit)
         if self._buffered >= _CHUNK:
             self._flush()
 
@@ -265,17 +277,12 @@ class FlatBuilder:
         returns the record count."""
         try:
             self._flush()
-            count = len(self.units)
-            slots = _slots_for(count)
-            table = [EMPTY] * (2 * slots)
-            mask = slots - 1
-            for h, unit in zip(self.hashes, self.units, strict=True):
-                i = h & mask
-                while table[2 * i + 1] != EMPTY:
-                    i = (i + 1) & mask
-                table[2 * i] = h
-                table[2 * i + 1] = unit
-            index = struct.pack(f"<{2 * slots}I", *table)
+            self.fh.flush()
+            count, table = self._index()
+            if sys.byteorder != "little":
+                table.byteswap()
+            index = table.tobytes()
+            slots = len(table) // 2
             meta = orjson.dumps(
                 {"format": FORMAT, "epoch": epoch, "last_id": last_id, "written_at": time.time()}
             )
@@ -308,6 +315,38 @@ class FlatBuilder:
         finally:
             self.abort()
 
+    def _index(self) -> tuple[int, array[int]]:
+        """The open-addressing index over what was added, and the number of distinct hosts: a
+        host added again (a store scan may return one twice) takes its earlier slot, so the
+        last one added wins and the earlier bytes stay in the file, unreachable."""
+        slots = _slots_for(len(self.units))
+        mask = slots - 1
+        table = array("I", [EMPTY]) * (2 * slots)
+        count = 0
+        data = mmap.mmap(self.fh.fileno(), 0, access=mmap.ACCESS_READ) if self.units else None
+        try:
+            for h, unit in zip(self.hashes, self.units, strict=True):
+                i = h & mask
+                while True:
+                    held = table[2 * i + 1]
+                    if held == EMPTY:
+                        table[2 * i] = h
+                        table[2 * i + 1] = unit
+                        count += 1
+                        break
+                    if (
+                        table[2 * i] == h
+                        and data is not None
+                        and _host_at(data, held) == _host_at(data, unit)
+                    ):
+                        table[2 * i + 1] = unit
+                        break
+                    i = (i + 1) & mask
+        finally:
+            if data is not None:
+                data.close()
+        return count, table
+
     def abort(self) -> None:
         """Drop the temporary file (idempotent)."""
         if self.closed:
@@ -317,6 +356,12 @@ class FlatBuilder:
             self.fh.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp)
+
+
+def _host_at(data: mmap.mmap, unit: int) -> bytes:
+    off = HEADER.size + unit * 8
+    host_len: int = data[off] | (data[off + 1] << 8)
+    return data[off + 16 : off + 16 + host_len]
 
 
 def _fsync_dir(directory: str) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,16 @@ def test_a_host_added_twice_keeps_the_last(tmp_path: Path) -> None:
     assert flat.version(b"a.example.com") == 2
     assert [v for _h, v, _d in flat.items()] == [2]
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_hosts_with_the_same_crc32_are_told_apart(tmp_path: Path) -> None:
+    one, two = "c699378.example.com", "c18020006.example.com"
+    assert zlib.crc32(one.encode()) == zlib.crc32(two.encode())
+    path = tmp_path / "t.flat"
+    build(path, [make_record(one, 1), make_record(two, 2), make_record(one, 3)])
+    flat = FlatFile(str(path))
+    assert (flat.count, flat.version(one.encode()), flat.version(two.encode())) == (2, 3, 2)
+    assert flat.version(b"c0.example.com") == -1
 
 
 def test_empty_table(tmp_path: Path) -> None:
@@ -342,10 +353,14 @@ async def test_versions_never_go_back_under_concurrent_updates(tmp_path: Path) -
                 await asyncio.sleep(0.001)
 
         watcher = asyncio.create_task(watch())
+        compactions: list[asyncio.Task[None]] = []
         for version in range(2, 40):
             for name in names[: 10 + version % 20]:
                 await store.publish(make_record(name, version))
+            if version % 8 == 0:  # compactions run while updates keep coming
+                compactions.append(asyncio.create_task(writer._write_snapshot()))
             await asyncio.sleep(0.01)
+        await asyncio.gather(*compactions)
         want = {h: (v if v >= 0 else None) for h, v in (await store.versions()).items()}
         for table in (writer, reader):
             await wait_until(
@@ -353,7 +368,7 @@ async def test_versions_never_go_back_under_concurrent_updates(tmp_path: Path) -
             )
         stop.set()
         await watcher
-        assert writer.compactions >= 2
+        assert writer.compactions >= len(compactions)
         await wait_until(
             lambda: reader.cold is not None and reader.cold.flat.inode == FlatFile(path).inode, 3.0
         )

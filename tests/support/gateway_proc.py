@@ -23,7 +23,7 @@ from typing import IO, Any, Self
 
 from routing.models import decode_record
 from routing.redis_store import RedisRouteStore
-from tests.support.net import free_port, kill, terminate, wait_ready
+from tests.support.net import free_port, kill, port_is_free, terminate, wait_ready
 from tests.support.rawhttp import RawConnection, request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,9 +125,7 @@ class GatewayProcess:
         last = ""
         for _attempt in range(self.START_ATTEMPTS):
             self.port = free_port()
-            self.internal_port = free_port()
-            while self.internal_port == self.port:
-                self.internal_port = free_port()
+            self.internal_port = self._internal_ports()
             self._out = self._out_path.open("ab")
             self._err = self._err_path.open("ab")
             env = dict(os.environ)
@@ -153,6 +151,20 @@ class GatewayProcess:
             f"--- gateway stderr ({self._err_path}) ---\n{self.stderr_text()[-8000:]}\n"
             f"--- gateway stdout ---\n{self.stdout_text()[-2000:]}"
         )
+
+    def workers(self) -> int:
+        args = self.extra_args
+        return int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+
+    def _internal_ports(self) -> int:
+        """A base port whose next ``workers - 1`` ports are free too: worker N listens on base+N
+        (a taken one makes that worker exit at start and be restarted, once it is free)."""
+        while True:
+            base = free_port()
+            if base != self.port and all(
+                base + i != self.port and port_is_free(base + i) for i in range(1, self.workers())
+            ):
+                return base
 
     def _wait_ready(self) -> tuple[bool, str]:
         assert self._proc is not None

@@ -24,6 +24,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Can ``port`` on ``host`` be bound right now?"""
+    if not 0 < port < 65536:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def terminate(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int:
     """SIGTERM ``proc`` and wait (SIGKILL after ``timeout``); returns its exit code."""
     if proc.poll() is None:
