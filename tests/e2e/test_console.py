@@ -45,9 +45,9 @@ from tests.support.net import free_port
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import started_upstreams
 
-# One worker runs the whole module (scripts/test distributes with --dist loadgroup): one
-# browser and one process set, not one per worker.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("console")]
+# One browser and one process set per worker that runs tests of this module (the suite is
+# distributed with plain `-n`: see scripts/test for why not --dist loadgroup).
+pytestmark = [pytest.mark.e2e]
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
