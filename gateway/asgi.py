@@ -93,8 +93,9 @@ from gateway.errors import (
     UPSTREAM_HEADER_TOO_LARGE,
     Answer,
     UpstreamError,
-    upstream_answer,
+    UpstreamErrorKind,
 )
+from gateway.forwarding import Outcomes, Retry, after_abort, after_failure, answer_bytes
 from gateway.pool import Sink
 from routing.upstreams import EjectionPolicy
 
@@ -330,6 +331,7 @@ class GatewayApp:
         self.pool: UpstreamPool
         self.counters: Counters
         self.access_log: AccessLog | None = None
+        self.outcomes: Outcomes
         self.dispatcher: Dispatcher
         self.dispatcher_tls: Dispatcher
         self.high_water = 256 * 1024
@@ -404,6 +406,7 @@ class GatewayApp:
         self.pool = worker.pool
         self.counters = worker.counters
         self.access_log = worker.server.access_log
+        self.outcomes = worker.server.outcomes
         self.high_water = config.high_water
         self.dispatcher = Dispatcher(worker.table, config, proto=b"http")
         self.dispatcher_tls = Dispatcher(worker.table, config, proto=b"https")
@@ -493,20 +496,7 @@ class GatewayApp:
     ) -> None:
         with contextlib.suppress(OSError):
             await send_answer(send, answer, rid, head_only=method == b"HEAD")
-        self.counters.answered(answer.status)
-        access_log = self.access_log
-        if access_log is not None and access_log.sampled():
-            access_log.write(
-                peer=peer,
-                method=method,
-                url=target,
-                host=None,
-                status=answer.status,
-                nbytes=0,
-                latency_ms=(self.loop.time() - t0) * 1000.0,
-                request_id=rid,
-                deployment=None,
-            )
+        self.outcomes.answered(None, peer, method, target, t0, answer.status, 0, False, rid)
 
     def finish(
         self,
@@ -520,31 +510,7 @@ class GatewayApp:
         timed_out: bool,
     ) -> None:
         """A routed request is answered: count it (as native ``ClientConnection.finish``)."""
-        latency = (self.loop.time() - t0) * 1000.0
-        route = plan.route
-        self.counters.record(
-            route.space_b,
-            route.service_b,
-            plan.target.deployment_b,
-            status,
-            nbytes,
-            latency,
-            timed_out,
-        )
-        self.counters.answered(status, timed_out)
-        access_log = self.access_log
-        if access_log is not None and access_log.sampled():
-            access_log.write(
-                peer=peer,
-                method=method,
-                url=url,
-                host=plan.host,
-                status=status,
-                nbytes=nbytes,
-                latency_ms=latency,
-                request_id=plan.request_id,
-                deployment=plan.target.deployment_b,
-            )
+        self.outcomes.answered(plan, peer, method, url, t0, status, nbytes, timed_out, b"")
 
     # ------------------------------------------------------------------ websocket
 
@@ -795,17 +761,7 @@ class _HttpExchange(_Waiting, Sink):
                 # server cut the connection, the only way the client can learn of it.
                 if self.error is not None:
                     # Counted as a gateway failure for the deployment's health (as native).
-                    route = self.plan.route
-                    self.app.counters.record(
-                        route.space_b,
-                        route.service_b,
-                        self.plan.target.deployment_b,
-                        504 if self.timed_out else 502,
-                        out,
-                        (self.app.loop.time() - self.t0) * 1000.0,
-                        self.timed_out,
-                    )
-                    self.app.counters.answered(self.status, self.timed_out)
+                    self.app.outcomes.cut(self.plan, self.t0, self.status, out, self.timed_out)
                 return
             await self._wait()
         self.finished = True
@@ -834,7 +790,7 @@ class _HttpExchange(_Waiting, Sink):
             self.peer,
             self.t0,
             answer.status,
-            n if answer.status >= 500 else 0,
+            answer_bytes(answer, n),
             self.timed_out,
         )
 
@@ -918,7 +874,7 @@ class _HttpExchange(_Waiting, Sink):
             self.headers = None
             self.chunks.clear()
         else:
-            self.error = UpstreamError("closed", "request body too large")
+            self.error = UpstreamError(UpstreamErrorKind.CLOSED, "request body too large")
         self._wake()
 
     def _client_gone(self) -> None:
@@ -972,34 +928,32 @@ class _HttpExchange(_Waiting, Sink):
             return
         app = self.app
         plan = self.plan
-        now = app.loop.time()
-        replica = plan.replica
-        assert replica is not None
-        if error.kind in ("connect", "timeout") and not error.sent:
-            replica.record_failure(now)
-            app.counters.connect_errors += 1
-        if self.started:
-            self.error = error
+        verdict = after_failure(
+            plan,
+            error,
+            now=app.loop.time(),
+            counters=app.counters,
+            started=self.started,
+            replayable=self._can_replay(),
+            stale_retried=self.stale_retry,
+        )
+        if isinstance(verdict, Retry):
+            connect_timeout = plan.route.policy.connect_timeout_ms / 1000
+            if verdict.fresh:
+                self.stale_retry = True
+                app.pool.connect_fresh(verdict.replica, self, connect_timeout)
+            else:
+                app.pool.acquire(verdict.replica, self, connect_timeout)
+            return
+        if isinstance(verdict, Answer):
+            if error.kind is UpstreamErrorKind.TIMEOUT:
+                self.timed_out = True
+            self.answer = verdict
             self._wake()
+            self._wake_pump()
             return
-        connect_timeout = plan.route.policy.connect_timeout_ms / 1000
-        # A reused keep-alive connection that died before answering: once, on a fresh one.
-        if error.reused and not self.stale_retry and self._can_replay():
-            self.stale_retry = True
-            app.pool.connect_fresh(replica, self, connect_timeout)
-            return
-        if plan.retryable(error.sent) and self._can_replay():
-            nxt = plan.target.next_replica(now, exclude=replica)
-            if nxt is not None:
-                plan.attempts += 1
-                plan.replica = nxt
-                app.pool.acquire(nxt, self, connect_timeout)
-                return
-        if error.kind == "timeout":
-            self.timed_out = True
-        self.answer = upstream_answer(error, responded=False)
+        self.error = error
         self._wake()
-        self._wake_pump()
 
     def response_head(
         self,
@@ -1044,10 +998,11 @@ class _HttpExchange(_Waiting, Sink):
 
     def response_aborted(self, error: UpstreamError) -> None:
         self.conn = None
-        if error.kind == "timeout":
+        if error.kind is UpstreamErrorKind.TIMEOUT:
             self.timed_out = True
-        if not self.started:
-            self.answer = upstream_answer(error, responded=True)
+        verdict = after_abort(error, started=self.started)
+        if isinstance(verdict, Answer):
+            self.answer = verdict
             self.headers = None
             self.chunks.clear()
         else:
@@ -1302,9 +1257,9 @@ class _WsProxy(_Waiting):
                         self._factory(plan.request_head(replica)), replica.host, replica.port
                     )
             except TimeoutError:
-                kind = "timeout"
-            except OSError:
-                kind = "connect"
+                error = UpstreamError(UpstreamErrorKind.TIMEOUT, "websocket connect timed out")
+            except OSError as exc:
+                error = UpstreamError(UpstreamErrorKind.CONNECT, f"websocket connect: {exc}")
             else:
                 assert isinstance(proto, _WsUpstream)
                 replica.record_success()
@@ -1316,16 +1271,18 @@ class _WsProxy(_Waiting):
             if self.upstream is not None:  # made, then given up on: not this one
                 self.upstream.abort()
                 self.upstream = None
-            now = loop.time()
-            replica.record_failure(now)
-            app.counters.connect_errors += 1
-            if plan.retryable(False):
-                nxt = plan.target.next_replica(now, exclude=replica)
-                if nxt is not None:
-                    plan.attempts += 1
-                    plan.replica = nxt
-                    continue
-            return GATEWAY_TIMEOUT if kind == "timeout" else BAD_GATEWAY
+            # A tunnel is never retried on a stale connection: it never uses a pooled one.
+            verdict = after_failure(
+                plan,
+                error,
+                now=loop.time(),
+                counters=app.counters,
+                started=False,
+                replayable=True,
+                stale_retried=True,
+            )
+            if isinstance(verdict, Answer):
+                return verdict
 
     def _factory(self, head: bytes) -> Callable[[], _WsUpstream]:
         return lambda: _WsUpstream(self, head, self.max_size)

@@ -51,8 +51,9 @@ from gateway.errors import (
     REASONS,
     Answer,
     UpstreamError,
-    upstream_answer,
+    UpstreamErrorKind,
 )
+from gateway.forwarding import Outcomes, Retry, after_abort, after_failure, answer_bytes
 from gateway.pool import Sink
 
 if TYPE_CHECKING:
@@ -248,30 +249,28 @@ class Exchange(Sink):
         if client.closed or plan is None or client.current is not self:
             return
         server = client.server
-        now = server.loop.time()
-        replica = plan.replica
-        assert replica is not None
-        if error.kind in ("connect", "timeout") and not error.sent:
-            replica.record_failure(now)
-            server.counters.connect_errors += 1
-        if self.started:
+        verdict = after_failure(
+            plan,
+            error,
+            now=server.loop.time(),
+            counters=server.counters,
+            started=self.started,
+            replayable=self._can_replay(),
+            stale_retried=self.stale_retry,
+        )
+        if isinstance(verdict, Retry):
+            timeout = plan.route.policy.connect_timeout_ms / 1000
+            if verdict.fresh:
+                self.stale_retry = True
+                server.pool.connect_fresh(verdict.replica, self, timeout)
+            else:
+                server.pool.acquire(verdict.replica, self, timeout)
+        elif isinstance(verdict, Answer):
+            if error.kind is UpstreamErrorKind.TIMEOUT:
+                self.timed_out = True
+            client.answer(self, verdict, plan.request_id)
+        else:
             client.abort_response(self)
-            return
-        # A reused keep-alive connection that died before answering: once, on a fresh one.
-        if error.reused and not self.stale_retry and self._can_replay():
-            self.stale_retry = True
-            server.pool.connect_fresh(replica, self, plan.route.policy.connect_timeout_ms / 1000)
-            return
-        if plan.retryable(error.sent) and self._can_replay():
-            nxt = plan.target.next_replica(now, exclude=replica)
-            if nxt is not None:
-                plan.attempts += 1
-                plan.replica = nxt
-                server.pool.acquire(nxt, self, plan.route.policy.connect_timeout_ms / 1000)
-                return
-        if error.kind == "timeout":
-            self.timed_out = True
-        client.answer(self, upstream_answer(error, responded=False), plan.request_id)
 
     def _can_replay(self) -> bool:
         """Only a request whose body (if any) is still entirely in hand can be sent again."""
@@ -366,18 +365,19 @@ class Exchange(Sink):
 
     def response_aborted(self, error: UpstreamError) -> None:
         self.conn = None
-        if error.kind == "timeout":
+        if error.kind is UpstreamErrorKind.TIMEOUT:
             self.timed_out = True
         if self.pending is not None:  # the head never left: a clean answer is still possible
             self.pending = None
             self.started = False
             self.out_chunked = False
-        if not self.started:
+        verdict = after_abort(error, started=self.started)
+        if isinstance(verdict, Answer):
             plan = self.plan
             assert plan is not None
-            self.client.answer(self, upstream_answer(error, responded=True), plan.request_id)
-            return
-        self.client.abort_response(self)
+            self.client.answer(self, verdict, plan.request_id)
+        else:
+            self.client.abort_response(self)
 
     def upstream_pause_writing(self) -> None:
         self.client.pause_for(self)
@@ -680,32 +680,9 @@ class ClientConnection(asyncio.Protocol):
     def finish(self, ex: Exchange) -> None:
         """The response to ``ex`` is complete: count it, then keep-alive, next, or close."""
         server = self.server
-        plan = ex.plan
-        latency = (server.time() - ex.t0) * 1000.0 if ex.t0 else 0.0
-        if plan is not None:
-            server.counters.record(
-                plan.route.space_b,
-                plan.route.service_b,
-                plan.target.deployment_b,
-                ex.status,
-                ex.out_bytes,
-                latency,
-                ex.timed_out,
-            )
-        server.counters.answered(ex.status, ex.timed_out)
-        access_log = server.access_log
-        if access_log is not None and access_log.sampled():
-            access_log.write(
-                peer=self.peer,
-                method=ex.method,
-                url=ex.url,
-                host=plan.host if plan is not None else None,
-                status=ex.status,
-                nbytes=ex.out_bytes,
-                latency_ms=latency,
-                request_id=plan.request_id if plan is not None else b"",
-                deployment=plan.target.deployment_b if plan is not None else None,
-            )
+        server.outcomes.answered(
+            ex.plan, self.peer, ex.method, ex.url, ex.t0, ex.status, ex.out_bytes, ex.timed_out, b""
+        )
         if self.current is ex:
             self.current = None
         self._paused_by.discard(ex)
@@ -754,8 +731,8 @@ class ClientConnection(asyncio.Protocol):
             + (b"Connection: close\r\n\r\n" if close else b"\r\n")
         )
         ex.keep_alive = not close
-        if ex.plan is not None and answer.status >= 500:
-            ex.out_bytes = len(body)
+        if ex.plan is not None:
+            ex.out_bytes = answer_bytes(answer, len(body))
         self.write(head + (b"" if ex.method == b"HEAD" else body))
         self.finish(ex)
 
@@ -778,19 +755,7 @@ class ClientConnection(asyncio.Protocol):
         """The upstream failed after the response head went out: the client can only learn
         it from the connection closing before the body is complete. For the deployment's
         health this is a gateway failure (502, or 504 after a read timeout), not a success."""
-        server = self.server
-        plan = ex.plan
-        if plan is not None:
-            server.counters.record(
-                plan.route.space_b,
-                plan.route.service_b,
-                plan.target.deployment_b,
-                504 if ex.timed_out else 502,
-                ex.out_bytes,
-                (server.time() - ex.t0) * 1000.0,
-                ex.timed_out,
-            )
-        server.counters.answered(ex.status, ex.timed_out)
+        self.server.outcomes.cut(ex.plan, ex.t0, ex.status, ex.out_bytes, ex.timed_out)
         self.close()
 
     def _fail_head(self, answer: Answer) -> None:
@@ -937,6 +902,7 @@ class NativeServer:
         self.pool = pool
         self.counters = counters
         self.access_log = access_log
+        self.outcomes = Outcomes(counters, access_log, self.time)
         self.dispatcher = Dispatcher(table, config)
         self.connections: set[ClientConnection] = set()
         self.high_water = config.high_water

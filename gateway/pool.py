@@ -45,7 +45,7 @@ honoured only for a request that asked to switch (``send(upgrade=...)``) to one 
 protocols, with ``Connection: upgrade``; a transfer coding other than ``chunked`` cannot be
 passed on faithfully and is refused, as nginx does. Refusals are reported as
 ``response_aborted`` with the :class:`~gateway.errors.UpstreamError` kind that
-:func:`gateway.errors.upstream_answer` maps to the client's answer.
+:func:`gateway.forwarding.upstream_answer` maps to the client's answer.
 """
 
 from __future__ import annotations

@@ -175,7 +175,8 @@ def test_only_the_allowed_protocols_of_a_list_are_offered() -> None:
 
 def test_upstream_failures_map_to_one_answer_each() -> None:
     from gateway import errors
-    from gateway.errors import UpstreamError, upstream_answer
+    from gateway.errors import UpstreamError
+    from gateway.forwarding import upstream_answer
 
     def answer(kind: str, responded: bool = False) -> errors.Answer:
         return upstream_answer(UpstreamError(kind, "x"), responded=responded)
