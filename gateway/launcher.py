@@ -1,5 +1,5 @@
 """``turnout gateway``: parse flags, then run N native workers (``SO_REUSEPORT``) or the ASGI
-app under uvicorn or granian.
+app (:mod:`gateway.asgi`) under uvicorn or granian (:func:`run_asgi_server`).
 
 The parent process of a multi-worker native gateway is a small supervisor (nginx's master, in
 spirit): it forks the workers, restarts one that dies, and on SIGTERM/SIGINT forwards SIGTERM so
@@ -12,9 +12,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -203,8 +206,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"turnout gateway: {exc}", file=sys.stderr)
         return 2
     if config.server != "native":
-        from gateway.asgi import run_asgi_server
-
         return run_asgi_server(config)
     if config.workers == 1:
         return run_native_worker(config, 0)
@@ -293,4 +294,70 @@ def supervise(config: GatewayConfig) -> int:
             on_signal(signal.SIGTERM, None)
             continue
         spawn(index)
+    return 0
+
+
+# ---------------------------------------------------------------- the ASGI servers
+
+
+def run_asgi_server(config: GatewayConfig) -> int:
+    """Run the ASGI app under ``config.server`` (uvicorn or granian) with ``config.workers``
+    processes; the workers read their configuration back from the environment."""
+    from gateway.asgi import export_config
+
+    export_config(config)
+    slots: str | None = None
+    if config.workers > 1:
+        os.environ.pop("TURNOUT_WORKER_INDEX", None)
+        slots = tempfile.mkdtemp(prefix="turnout-asgi-slots-")
+        os.environ["TURNOUT_WORKER_SLOTS"] = slots
+    try:
+        if config.server == "granian":
+            return _run_granian(config)
+        return _run_uvicorn(config)
+    finally:
+        if slots is not None:
+            shutil.rmtree(slots, ignore_errors=True)
+
+
+def _run_uvicorn(config: GatewayConfig) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "gateway.asgi:app",
+        host=config.listen_host,
+        port=config.listen_port,
+        workers=config.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,  # the dispatcher applies TURNOUT_TRUSTED_PROXIES itself
+        server_header=False,  # the upstream's headers pass through; no duplicates
+        date_header=False,
+        backlog=2048,
+        timeout_keep_alive=max(1, round(config.keepalive_timeout)),
+        timeout_graceful_shutdown=max(1, math.ceil(config.drain_timeout)),
+    )
+    return 0
+
+
+def _run_granian(config: GatewayConfig) -> int:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
+
+    Granian(
+        "gateway.asgi:app",
+        address=config.listen_host,
+        port=config.listen_port,
+        interface=Interfaces.ASGI,
+        workers=config.workers,
+        loop=Loops.uvloop,
+        log_level=LogLevels.warning,
+        backlog=2048,
+        websockets=True,
+        workers_kill_timeout=max(1, math.ceil(config.drain_timeout)),
+    ).serve()
     return 0

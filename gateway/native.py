@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from gateway.dispatch import H_CONNECTION, Dispatcher, Plan, request_header_class
+from gateway.dispatch import Dispatcher, Plan
 from gateway.errors import (
     BAD_REQUEST,
     HEADERS_TOO_LARGE,
@@ -53,15 +53,13 @@ from gateway.errors import (
     UpstreamError,
     UpstreamErrorKind,
 )
-from gateway.forwarding import Outcomes, Retry, after_abort, after_failure, answer_bytes
+from gateway.forwarding import Retry, after_abort, after_failure, answer_bytes
+from gateway.headers import H_CONNECTION, request_header_class
 from gateway.pool import Sink
 
 if TYPE_CHECKING:
-    from gateway.accesslog import AccessLog
-    from gateway.config import GatewayConfig
-    from gateway.counters import Counters
-    from gateway.pool import UpstreamConnection, UpstreamPool
-    from routing.table import RouteTable
+    from gateway.core import GatewayCore
+    from gateway.pool import UpstreamConnection
 
 log = logging.getLogger("turnout.gateway.native")
 
@@ -883,27 +881,19 @@ class ClientConnection(asyncio.Protocol):
 class NativeServer:
     """One worker's HTTP server: listening socket(s), connections, the periodic sweep."""
 
-    def __init__(
-        self,
-        config: GatewayConfig,
-        table: RouteTable,
-        pool: UpstreamPool,
-        counters: Counters,
-        *,
-        access_log: AccessLog | None = None,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        self.loop = loop or asyncio.get_event_loop()
+    def __init__(self, core: GatewayCore) -> None:
+        config = core.config
+        pool = core.pool
+        self.loop = pool.loop
         # The loop's clock as a bound method: compiled, one call instead of a lookup by name
         # each time (3-4 times per request).
         self.time: Callable[[], float] = self.loop.time
         self.config = config
-        self.table = table
+        self.table = core.table
         self.pool = pool
-        self.counters = counters
-        self.access_log = access_log
-        self.outcomes = Outcomes(counters, access_log, self.time)
-        self.dispatcher = Dispatcher(table, config)
+        self.counters = core.counters
+        self.outcomes = core.outcomes
+        self.dispatcher = Dispatcher(core.table, config)
         self.connections: set[ClientConnection] = set()
         self.high_water = config.high_water
         self.max_header_bytes = config.max_header_bytes

@@ -62,7 +62,8 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 from mypy_extensions import trait
 
-from gateway.dispatch import (
+from gateway.errors import UpstreamError
+from gateway.headers import (
     PLAIN_CONNECTION,
     R_CONNECTION,
     R_CONTENT_LENGTH,
@@ -71,7 +72,6 @@ from gateway.dispatch import (
     R_UPGRADE,
     response_header_class,
 )
-from gateway.errors import UpstreamError
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
