@@ -10,8 +10,10 @@ or ``sink.upstream_failed(error)``. The sink then writes the request through the
 and the connection calls the sink back with the response: ``response_head``, ``response_body``
 (every chunk as it arrives: SSE and long polls are never buffered), ``response_end`` or
 ``response_aborted``. No task or timer exists per request: connects run as one task per *new
-connection*, and every deadline (connect-wait, read idle, write, pool idle) is checked by the
-worker's periodic sweep through :meth:`UpstreamPool.sweep`.
+connection*, and every deadline (connect-wait, response head, read idle, pool idle) is checked
+by the worker's periodic sweep through :meth:`UpstreamPool.sweep`. There is no separate write
+deadline: request body bytes keep the read-idle deadline alive (:meth:`write_body`), so an
+upstream that stops reading an upload stalls it (backpressure) until that deadline passes.
 
 Connection states (:class:`ConnState`), transitions only in this module::
 

@@ -21,7 +21,8 @@ launchers are in :mod:`gateway.launcher`.
 
 from __future__ import annotations
 
-from gateway.asgi.app import GatewayApp, _claim_slot, config_from_env, export_config
+from gateway.asgi.app import GatewayApp, _claim_slot
+from gateway.config import config_from_env, export_config
 
 __all__ = ["GatewayApp", "_claim_slot", "app", "config_from_env", "export_config"]
 

@@ -1,14 +1,15 @@
 """The gateway as an ASGI 3 application: scopes, lifespan, the core, worker slots.
 
-Configuration comes from the environment at lifespan startup (:func:`config_from_env`), so the
-module-level :data:`app` works under any server; ``GatewayApp(config=..., store=...)`` embeds it.
-Worker index: ``TURNOUT_WORKER_INDEX`` when set; under :func:`gateway.launcher.run_asgi_server` with several
-workers (uvicorn and granian do not tell a worker its number) each worker claims the first free
-slot among ``TURNOUT_WORKERS`` lock files in ``TURNOUT_WORKER_SLOTS``, so worker N gets internal
-port ``port + N`` and only worker 0 writes the route snapshot; a worker that finds no free slot
-runs without the internal listener. Without lifespan events the app starts itself on the first
-request (and then is never stopped: no final counter flush).
-
+Configuration is read once, at lifespan startup, from the ``TURNOUT_*`` variables
+(:func:`gateway.config.config_from_env`, the same settings and parsers as the flags), so the
+module-level :data:`gateway.asgi.app` works under any server; ``GatewayApp(config=...,
+store=...)`` embeds it. Worker index: ``TURNOUT_WORKER_INDEX`` when set; under
+:func:`gateway.launcher.run_asgi_server` with several workers (uvicorn and granian do not tell a
+worker its number) each worker claims the first free slot among ``TURNOUT_WORKERS`` lock files
+in ``TURNOUT_WORKER_SLOTS``, so worker N gets internal port ``port + N`` and only worker 0
+writes the route snapshot; a worker that finds no free slot runs without the internal listener.
+Without lifespan events the app starts itself on the first request (and then is never stopped:
+no final counter flush).
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING
 
 from gateway import wsframes
 from gateway.asgi.http import HttpExchange
@@ -35,13 +35,12 @@ from gateway.asgi.messages import (
     ws_reject_answer,
 )
 from gateway.asgi.websocket import WS_REQUEST_DROP, WsProxy
-from gateway.config import GatewayConfig, parse_networks
+from gateway.config import GatewayConfig, config_from_env
 from gateway.dispatch import Dispatcher, Plan
 from gateway.errors import (
     Answer,
 )
 from gateway.forwarding import Outcomes
-from routing.upstreams import EjectionPolicy
 
 if TYPE_CHECKING:
     from gateway.core import GatewayCore
@@ -52,144 +51,6 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("turnout.gateway.asgi")
-
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
-
-
-# =============================================================================== configuration
-
-
-def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"{name}: expected 0 or 1, not {raw!r}")
-
-
-def _env_num(env: Mapping[str, str], name: str, kind: Callable[[str], Any], default: Any) -> Any:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        return kind(raw.strip())
-    except ValueError:
-        raise ValueError(f"{name}: invalid value {raw!r}") from None
-
-
-def _hostport(value: str, name: str) -> tuple[str, int]:
-    host, sep, port = value.strip().rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", value.strip()
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"{name}: invalid port in {value!r}") from None
-    if not 0 <= number <= 65535:
-        raise ValueError(f"{name}: port out of range in {value!r}")
-    return host, number
-
-
-def config_from_env(environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    """The worker configuration from ``TURNOUT_*`` variables (what :func:`export_config` writes).
-
-    ``TURNOUT_REDIS_URL`` (unset: the in-process store, i.e. an empty table),
-    ``TURNOUT_REDIS_PREFIX``, ``TURNOUT_SNAPSHOT``, ``TURNOUT_INTERNAL`` (``host:port`` or
-    ``off``), ``TURNOUT_TRUSTED_PROXIES`` (comma-separated CIDRs), ``TURNOUT_ACCESS_LOG`` (0/1);
-    optional tuning: ``TURNOUT_ACCESS_LOG_SAMPLE``, ``TURNOUT_WORKERS``,
-    ``TURNOUT_DRAIN_TIMEOUT``, ``TURNOUT_KEEPALIVE_TIMEOUT``, ``TURNOUT_POOL_MAX_PER_ORIGIN``,
-    ``TURNOUT_EJECT_AFTER``, ``TURNOUT_EJECT_SECONDS``, ``TURNOUT_FLUSH_INTERVAL``,
-    ``TURNOUT_MAX_RESPONSE_HEADER_BYTES``, ``TURNOUT_MAX_RESPONSE_HEADERS``,
-    ``TURNOUT_RESPONSE_HEADER_TIMEOUT``, ``TURNOUT_SERVER`` and ``TURNOUT_LISTEN``
-    (informational inside a worker)."""
-    env = os.environ if environ is None else environ
-    base = GatewayConfig()
-    internal = env.get("TURNOUT_INTERNAL", f"{base.internal_host}:{base.internal_port}").strip()
-    if internal.lower() in ("off", "", "0"):
-        ihost, iport = base.internal_host, 0
-    else:
-        ihost, iport = _hostport(internal, "TURNOUT_INTERNAL")
-    listen = env.get("TURNOUT_LISTEN")
-    lhost, lport = (
-        _hostport(listen, "TURNOUT_LISTEN") if listen else (base.listen_host, base.listen_port)
-    )
-    try:
-        trusted = parse_networks(env.get("TURNOUT_TRUSTED_PROXIES", "").split(","))
-    except ValueError as exc:
-        raise ValueError(f"TURNOUT_TRUSTED_PROXIES: {exc}") from None
-    default_ejection = base.ejection
-    return GatewayConfig(
-        listen_host=lhost,
-        listen_port=lport,
-        workers=_env_num(env, "TURNOUT_WORKERS", int, 1),
-        server=env.get("TURNOUT_SERVER", "uvicorn").strip() or "uvicorn",
-        redis_url=env.get("TURNOUT_REDIS_URL", "").strip() or None,
-        redis_prefix=env.get("TURNOUT_REDIS_PREFIX", "").strip() or base.redis_prefix,
-        snapshot_path=env.get("TURNOUT_SNAPSHOT", "").strip() or None,
-        internal_host=ihost,
-        internal_port=iport,
-        keepalive_timeout=_env_num(env, "TURNOUT_KEEPALIVE_TIMEOUT", float, base.keepalive_timeout),
-        drain_timeout=_env_num(env, "TURNOUT_DRAIN_TIMEOUT", float, base.drain_timeout),
-        pool_max_per_origin=_env_num(
-            env, "TURNOUT_POOL_MAX_PER_ORIGIN", int, base.pool_max_per_origin
-        ),
-        ejection=EjectionPolicy(
-            _env_num(env, "TURNOUT_EJECT_AFTER", int, default_ejection.max_fails),
-            _env_num(env, "TURNOUT_EJECT_SECONDS", float, default_ejection.eject_seconds),
-        ),
-        trusted_proxies=trusted,
-        flush_interval=_env_num(env, "TURNOUT_FLUSH_INTERVAL", float, base.flush_interval),
-        max_response_header_bytes=_env_num(
-            env, "TURNOUT_MAX_RESPONSE_HEADER_BYTES", int, base.max_response_header_bytes
-        ),
-        max_response_headers=_env_num(
-            env, "TURNOUT_MAX_RESPONSE_HEADERS", int, base.max_response_headers
-        ),
-        response_header_timeout=_env_num(
-            env, "TURNOUT_RESPONSE_HEADER_TIMEOUT", float, base.response_header_timeout
-        ),
-        access_log=_env_bool(env, "TURNOUT_ACCESS_LOG", False),
-        access_log_sample=_env_num(env, "TURNOUT_ACCESS_LOG_SAMPLE", float, base.access_log_sample),
-    )
-
-
-def export_config(config: GatewayConfig, environ: MutableMapping[str, str] | None = None) -> None:
-    """Write ``config`` as the ``TURNOUT_*`` variables :func:`config_from_env` reads back."""
-    env: MutableMapping[str, str] = os.environ if environ is None else environ
-    values: dict[str, str | None] = {
-        "TURNOUT_REDIS_URL": config.redis_url,
-        "TURNOUT_REDIS_PREFIX": config.redis_prefix,
-        "TURNOUT_SNAPSHOT": config.snapshot_path,
-        "TURNOUT_INTERNAL": (
-            f"{config.internal_host}:{config.internal_port}" if config.internal_port else "off"
-        ),
-        "TURNOUT_TRUSTED_PROXIES": ",".join(str(n) for n in config.trusted_proxies),
-        "TURNOUT_ACCESS_LOG": "1" if config.access_log else "0",
-        "TURNOUT_ACCESS_LOG_SAMPLE": repr(config.access_log_sample),
-        "TURNOUT_WORKERS": str(config.workers),
-        "TURNOUT_SERVER": config.server,
-        "TURNOUT_LISTEN": f"{config.listen_host}:{config.listen_port}",
-        "TURNOUT_DRAIN_TIMEOUT": repr(config.drain_timeout),
-        "TURNOUT_KEEPALIVE_TIMEOUT": repr(config.keepalive_timeout),
-        "TURNOUT_POOL_MAX_PER_ORIGIN": str(config.pool_max_per_origin),
-        "TURNOUT_EJECT_AFTER": str(config.ejection.max_fails),
-        "TURNOUT_EJECT_SECONDS": repr(config.ejection.eject_seconds),
-        "TURNOUT_FLUSH_INTERVAL": repr(config.flush_interval),
-        "TURNOUT_MAX_RESPONSE_HEADER_BYTES": str(config.max_response_header_bytes),
-        "TURNOUT_MAX_RESPONSE_HEADERS": str(config.max_response_headers),
-        "TURNOUT_RESPONSE_HEADER_TIMEOUT": repr(config.response_header_timeout),
-    }
-    for name, value in values.items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
 
 
 def _claim_slot(directory: str, slots: int) -> tuple[int, int] | None:

@@ -888,7 +888,7 @@ def test_config_from_env_and_back() -> None:
         config_from_env({"TURNOUT_INTERNAL": "host:port"})
     with pytest.raises(ValueError, match="TURNOUT_MAX_RESPONSE_HEADERS"):
         config_from_env({"TURNOUT_MAX_RESPONSE_HEADERS": "many"})
-    with pytest.raises(ValueError, match="max_response_header_bytes must be at least 1"):
+    with pytest.raises(ValueError, match="TURNOUT_MAX_RESPONSE_HEADER_BYTES: must be at least 1"):
         config_from_env({"TURNOUT_MAX_RESPONSE_HEADER_BYTES": "0"})
     # export_config writes exactly what config_from_env reads back
     full = GatewayConfig(
