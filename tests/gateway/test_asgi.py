@@ -1161,7 +1161,7 @@ def test_run_asgi_server_workers_have_their_own_internal_port(
     cmd = [
         sys.executable,
         "-m",
-        "gateway.cli",
+        "turnout.cli",
         "gateway",
         "--server",
         server_kind,
