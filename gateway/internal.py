@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from gateway import build
+from routing.table import TableState
 
 if TYPE_CHECKING:
     from gateway.counters import Counters
@@ -46,6 +47,7 @@ _REASONS: Final = {
     503: b"Service Unavailable",
 }
 _CLASSES: Final = (("1xx", 1), ("2xx", 2), ("3xx", 3), ("4xx", 4), ("5xx", 5), ("other", 0))
+_TABLE_STATES: Final = tuple(state.value for state in TableState)
 
 
 # ---------------------------------------------------------------------- metrics rendering
@@ -191,6 +193,14 @@ def render_metrics(
         "gauge",
         "1 once the route table synced from the store or loaded a snapshot.",
         bool(table_stats.get("synced", False) or table_stats.get("from_snapshot", False)),
+    )
+    state = table_stats.get("state")
+    out.family(
+        "turnout_route_table_state",
+        "gauge",
+        "1 for the route table's current state: cold (nothing loaded), snapshot (serving a "
+        "snapshot file), current, stale (not known-current), lost (the store lost its data).",
+        [({"state": name}, int(name == state)) for name in _TABLE_STATES],
     )
     out.one(
         "turnout_counter_flushes_total",
