@@ -41,6 +41,11 @@ class UpstreamError(GatewayError):
         self.reused = reused  # it happened on a kept-alive connection (maybe stale)
         super().__init__(message)
 
+    @property
+    def timed_out(self) -> bool:
+        """A deadline passed (the request counts as a timeout: 504)."""
+        return self.kind is UpstreamErrorKind.TIMEOUT
+
 
 class Answer:
     """A response the gateway gives itself: status, error code, message."""

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from gateway.accesslog import AccessLog
     from gateway.counters import Counters
     from gateway.dispatch import Plan
+    from gateway.pool import Sink, UpstreamPool
     from routing.upstreams import Replica
 
 # kind -> (the answer while the upstream had sent nothing, the answer once it had responded)
@@ -78,6 +79,14 @@ class Retry:
     def __init__(self, replica: Replica, *, fresh: bool) -> None:
         self.replica = replica
         self.fresh = fresh
+
+    def send(self, pool: UpstreamPool, sink: Sink, plan: Plan) -> None:
+        """Send the request again, as decided (the pool calls ``sink`` back)."""
+        timeout = plan.route.policy.connect_timeout_ms / 1000
+        if self.fresh:
+            pool.connect_fresh(self.replica, sink, timeout)
+        else:
+            pool.acquire(self.replica, sink, timeout)
 
     def __repr__(self) -> str:
         return f"Retry({self.replica!r}, fresh={self.fresh})"
@@ -171,19 +180,9 @@ class Outcomes:
         """A response went out whole: a forwarded one, or one of the gateway's answers.
         ``plan`` None: the request was never routed (counted only as an answer)."""
         latency = (self.time() - t0) * 1000.0 if t0 else 0.0
-        counters = self.counters
         if plan is not None:
-            route = plan.route
-            counters.record(
-                route.space_b,
-                route.service_b,
-                plan.target.deployment_b,
-                status,
-                nbytes,
-                latency,
-                timed_out,
-            )
-        counters.answered(status, timed_out)
+            self._record(plan, status, nbytes, latency, timed_out)
+        self.counters.answered(status, timed_out)
         access_log = self.access_log
         if access_log is not None and access_log.sampled():
             access_log.write(
@@ -202,16 +201,22 @@ class Outcomes:
         """The upstream failed after the response head (``status``) went out. For the
         deployment's health this is a gateway failure (502, or 504 after a read timeout), not a
         success; no access log line (the response never completed)."""
-        counters = self.counters
         if plan is not None:
-            route = plan.route
-            counters.record(
-                route.space_b,
-                route.service_b,
-                plan.target.deployment_b,
-                504 if timed_out else 502,
-                nbytes,
-                (self.time() - t0) * 1000.0,
-                timed_out,
-            )
-        counters.answered(status, timed_out)
+            latency = (self.time() - t0) * 1000.0
+            self._record(plan, 504 if timed_out else 502, nbytes, latency, timed_out)
+        self.counters.answered(status, timed_out)
+
+    def _record(
+        self, plan: Plan, status: int, nbytes: int, latency: float, timed_out: bool
+    ) -> None:
+        """Count one request of the plan's deployment (its health and usage)."""
+        route = plan.route
+        self.counters.record(
+            route.space_b,
+            route.service_b,
+            plan.target.deployment_b,
+            status,
+            nbytes,
+            latency,
+            timed_out,
+        )

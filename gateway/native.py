@@ -51,7 +51,6 @@ from gateway.errors import (
     REASONS,
     Answer,
     UpstreamError,
-    UpstreamErrorKind,
 )
 from gateway.forwarding import Retry, after_abort, after_failure, answer_bytes
 from gateway.headers import H_CONNECTION, request_header_class
@@ -257,15 +256,10 @@ class Exchange(Sink):
             stale_retried=self.stale_retry,
         )
         if isinstance(verdict, Retry):
-            timeout = plan.route.policy.connect_timeout_ms / 1000
-            if verdict.fresh:
-                self.stale_retry = True
-                server.pool.connect_fresh(verdict.replica, self, timeout)
-            else:
-                server.pool.acquire(verdict.replica, self, timeout)
+            self.stale_retry = self.stale_retry or verdict.fresh
+            verdict.send(server.pool, self, plan)
         elif isinstance(verdict, Answer):
-            if error.kind is UpstreamErrorKind.TIMEOUT:
-                self.timed_out = True
+            self.timed_out = self.timed_out or error.timed_out
             client.answer(self, verdict, plan.request_id)
         else:
             client.abort_response(self)
@@ -363,8 +357,7 @@ class Exchange(Sink):
 
     def response_aborted(self, error: UpstreamError) -> None:
         self.conn = None
-        if error.kind is UpstreamErrorKind.TIMEOUT:
-            self.timed_out = True
+        self.timed_out = self.timed_out or error.timed_out
         if self.pending is not None:  # the head never left: a clean answer is still possible
             self.pending = None
             self.started = False

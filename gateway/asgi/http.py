@@ -366,16 +366,11 @@ class HttpExchange(Waiting, Sink):
             stale_retried=self.stale_retry,
         )
         if isinstance(verdict, Retry):
-            connect_timeout = plan.route.policy.connect_timeout_ms / 1000
-            if verdict.fresh:
-                self.stale_retry = True
-                app.pool.connect_fresh(verdict.replica, self, connect_timeout)
-            else:
-                app.pool.acquire(verdict.replica, self, connect_timeout)
+            self.stale_retry = self.stale_retry or verdict.fresh
+            verdict.send(app.pool, self, plan)
             return
         if isinstance(verdict, Answer):
-            if error.kind is UpstreamErrorKind.TIMEOUT:
-                self.timed_out = True
+            self.timed_out = self.timed_out or error.timed_out
             self.answer = verdict
             self._wake()
             self._wake_pump()
@@ -426,8 +421,7 @@ class HttpExchange(Waiting, Sink):
 
     def response_aborted(self, error: UpstreamError) -> None:
         self.conn = None
-        if error.kind is UpstreamErrorKind.TIMEOUT:
-            self.timed_out = True
+        self.timed_out = self.timed_out or error.timed_out
         verdict = after_abort(error, started=self.started)
         if isinstance(verdict, Answer):
             self.answer = verdict
