@@ -28,6 +28,7 @@ from gateway.internal import InternalServer
 from gateway.pool import UpstreamPool
 from routing.keys import Keys
 from routing.redis_store import RedisRouteStore
+from routing.runtime_state import RedisRuntimeState
 from routing.store import MemoryRouteStore, RouteStore
 from routing.table import RouteTable
 from routing.upstreams import UpstreamRegistry
@@ -42,8 +43,11 @@ def make_store(config: GatewayConfig) -> RouteStore:
 
 
 def make_counter_sink(config: GatewayConfig, store: RouteStore) -> CounterSink:
-    if isinstance(store, RedisRouteStore):
-        return RedisCounterSink(store.redis, Keys(config.redis_prefix))
+    """Counters go where the routes come from: the store's runtime state when it is shared
+    (Redis), else an in-process sink."""
+    runtime = store.runtime_state()
+    if isinstance(runtime, RedisRuntimeState):
+        return RedisCounterSink(runtime, Keys(config.redis_prefix))
     return MemoryCounterSink()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, ResponseError
@@ -22,6 +22,10 @@ from routing.hostnames import validate_hostname
 from routing.keys import Keys
 from routing.models import RouteRecord, encode_record
 from routing.redis_conn import connect, redact_url
+
+if TYPE_CHECKING:
+    from routing.runtime_state import RuntimeState
+
 from routing.store import (
     DEFAULT_MAXLEN,
     ZERO_ID,
@@ -227,6 +231,12 @@ class RedisRouteStore(RouteStore):
     async def close(self) -> None:
         if self._owned:
             await self.redis.aclose()
+
+    def runtime_state(self) -> RuntimeState:
+        """Runtime state on this store's client and key prefix (shared, not owned)."""
+        from routing.runtime_state import RedisRuntimeState
+
+        return RedisRuntimeState(self.redis, prefix=self.keys.prefix)
 
     def __repr__(self) -> str:
         return f"RedisRouteStore({self.url!r}, prefix={self.keys.prefix!r})"

@@ -17,10 +17,14 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from routing.errors import StaleVersionError
 from routing.hostnames import validate_hostname
 from routing.models import RouteRecord, encode_record
+
+if TYPE_CHECKING:
+    from routing.runtime_state import RuntimeState
 
 ZERO_ID = "0-0"
 DEFAULT_MAXLEN = 100_000
@@ -127,6 +131,15 @@ class RouteStore(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    def runtime_state(self) -> RuntimeState:
+        """Runtime state beside this store (leases, counter hashes, notifications, scripts),
+        for the publisher's lease and the gateway's counter sink: on the same server and
+        client (not owned: closing the store closes it). An in-process store gets a new
+        in-process state."""
+        from routing.runtime_state import MemoryRuntimeState
+
+        return MemoryRuntimeState()
 
 
 class MemoryRouteStore(RouteStore):
