@@ -80,7 +80,9 @@ class SyncPoint:
 
 
 class RouteStore(abc.ABC):
-    """Async interface shared by the Redis and in-process stores."""
+    """Async interface shared by the Redis and in-process stores. A store's failures reach
+    callers as :class:`~routing.errors.StoreError` (a refused publish of an older version as
+    :class:`~routing.errors.StaleVersionError`), never as its client library's errors."""
 
     @abc.abstractmethod
     async def publish(self, record: RouteRecord) -> str:
