@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 No Starlette, no per-request dicts beyond the ASGI messages themselves. One
 :class:`HttpExchange` per request is the upstream pool's *sink* (see :mod:`gateway.pool`, and
-:class:`gateway.native.Exchange`, whose rules it follows): the pool calls it back, it records
+:class:`gateway.exchange.Exchange`, whose rules it follows): the pool calls it back, it records
 what happened and wakes the request's coroutine through one reusable future, never a queue.
 
 * The request coroutine waits for the response head (or for the gateway's own answer), sends
@@ -17,7 +17,7 @@ what happened and wakes the request's coroutine through one reusable future, nev
   when the plan says so, held back while the upstream connection's write buffer is full or no
   connection is ready yet (backpressure towards the client); then it waits for
   ``http.disconnect``, which aborts the upstream connection (never returned to the pool).
-* Retries follow :meth:`gateway.native.Exchange.upstream_failed`: a connect failure moves to
+* Retries follow :meth:`gateway.exchange.Exchange.upstream_failed`: a connect failure moves to
   another replica within ``plan.retryable``; a reused connection that died before answering is
   retried once on a fresh one; replica failures and successes feed passive ejection.
 * Deadlines (upstream read idle, pool waits, WebSocket idle) are checked by one periodic sweep
