@@ -33,9 +33,9 @@ if "--pure" not in sys.argv:
 
 from gateway import build
 from gateway.config import GatewayConfig
-from gateway.counters import Counters
+from gateway.core import GatewayCore
 from gateway.native import ClientConnection, NativeServer
-from gateway.pool import ConnState, UpstreamConnection, UpstreamPool
+from gateway.pool import ConnState, UpstreamConnection
 from routing.compiled import CompiledRoute
 from routing.models import decode_record
 from routing.store import MemoryRouteStore
@@ -119,8 +119,10 @@ async def main() -> None:
         }
     )
     table.routes[b"bench.example.com"] = CompiledRoute(record, table.registry)
-    pool = UpstreamPool(config, loop)
-    server = NativeServer(config, table, pool, Counters(), loop=loop)
+    core = GatewayCore(config, store=table.store, table=table)
+    core.open(loop)
+    pool = core.pool
+    server = NativeServer(core)
     # One pooled upstream connection whose transport answers synchronously.
     replica = table.routes[b"bench.example.com"].endpoints[0].layout[0].replicas[0]
     up = UpstreamConnection(pool, replica.key)

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from throughput import free_port, machine, redis_server, spawned  # noqa: E402
 
-LAUNCH = "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+LAUNCH = "import sys; from turnout.cli import main; sys.exit(main(sys.argv[1:]))"
 HEAD = "apiVersion: turnout/v1\nkind: App\nmetadata: {name: dos}\n"
 
 

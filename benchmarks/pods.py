@@ -44,7 +44,7 @@ from throughput import admin_init, free_port, machine, redis_server, spawned  # 
 CLI = [
     sys.executable,
     "-c",
-    "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))",
+    "import sys; from turnout.cli import main; sys.exit(main(sys.argv[1:]))",
 ]
 
 

@@ -38,7 +38,7 @@ from throughput import (  # noqa: E402
 CLI = [
     sys.executable,
     "-c",
-    "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))",
+    "import sys; from turnout.cli import main; sys.exit(main(sys.argv[1:]))",
 ]
 
 

@@ -412,7 +412,7 @@ def main() -> int:
 
 def admin_init(db: str, env: dict[str, str]) -> str:
     """``turnout admin init --db <db> --json`` (migrate, bootstrap); the ``*`` token it printed."""
-    launch = "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+    launch = "import sys; from turnout.cli import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run(
         [sys.executable, "-c", launch, "admin", "init", "--db", db, "--json"],
         env=env,

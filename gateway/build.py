@@ -12,7 +12,14 @@ import importlib
 import importlib.machinery
 from functools import cache
 
-HOT_MODULES = ("gateway.native", "gateway.pool", "gateway.dispatch", "routing.compiled")
+HOT_MODULES = (
+    "gateway.native",
+    "gateway.pool",
+    "gateway.dispatch",
+    "gateway.headers",
+    "gateway.forwarding",
+    "routing.compiled",
+)
 
 
 @cache

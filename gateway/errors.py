@@ -1,11 +1,13 @@
 """The gateway's answers (spec: "Gateway answers"), as exceptions and prebuilt bytes.
 
 Every answer is JSON ``{"error": {"code", "message", "request_id"}}`` with ``X-Request-Id``.
-They are produced in exactly one place per front-end from :class:`Answer` values.
+They are produced in exactly one place per front-end from :class:`Answer` values; which
+answer an upstream failure gets is :mod:`gateway.forwarding`'s table.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Final
 
 import orjson
@@ -15,16 +17,34 @@ class GatewayError(Exception):
     """Base of the gateway's exceptions."""
 
 
+class UpstreamErrorKind(enum.StrEnum):
+    """What went wrong talking to an upstream (``gateway.forwarding.ANSWERS`` maps each to the
+    client's answer)."""
+
+    CONNECT = "connect"  # the connection could not be made
+    TIMEOUT = "timeout"  # connect, response head or read idle deadline passed
+    RESET = "reset"  # the upstream closed or reset the connection
+    CLOSED = "closed"  # the gateway gave up on the exchange (e.g. the request body too large)
+    POOL = "pool"  # no connection could be had (pool wait, shutdown)
+    PROTOCOL = "protocol"  # an invalid response
+    HEAD_TOO_LARGE = "head_too_large"  # a response head over the limits
+    UPGRADE = "upgrade"  # a 101 the request did not ask for
+
+
 class UpstreamError(GatewayError):
-    """Talking to an upstream failed. ``kind``: ``connect``, ``timeout``, ``reset``, ``closed``,
-    ``pool`` (no connection could be had), ``protocol`` (an invalid response), ``head_too_large``
-    (a response head over the limits), ``upgrade`` (a 101 the request did not ask for)."""
+    """Talking to an upstream failed; ``kind`` says how (:class:`UpstreamErrorKind`, or its
+    string value)."""
 
     def __init__(self, kind: str, message: str, *, sent: bool = False, reused: bool = False):
-        self.kind = kind
+        self.kind = UpstreamErrorKind(kind)
         self.sent = sent  # whether any request byte may have reached the upstream
         self.reused = reused  # it happened on a kept-alive connection (maybe stale)
         super().__init__(message)
+
+    @property
+    def timed_out(self) -> bool:
+        """A deadline passed (the request counts as a timeout: 504)."""
+        return self.kind is UpstreamErrorKind.TIMEOUT
 
 
 class Answer:
@@ -118,22 +138,3 @@ CL_AND_TE: Final = Answer(
 )
 BAD_LENGTH: Final = Answer(400, "bad_request", "invalid Content-Length", close=True)
 BAD_TE: Final = Answer(501, "not_implemented", "unsupported Transfer-Encoding", close=True)
-
-
-def upstream_answer(error: UpstreamError, *, responded: bool) -> Answer:
-    """The answer for an upstream failure before any response byte reached the client — the one
-    place both front-ends turn an :class:`UpstreamError` into what the client sees. ``responded``:
-    the upstream had sent bytes (so a reset means a broken response, not an unreachable
-    upstream)."""
-    kind = error.kind
-    if kind == "timeout":
-        return GATEWAY_TIMEOUT
-    if kind == "head_too_large":
-        return UPSTREAM_HEADER_TOO_LARGE
-    if kind == "upgrade":
-        return BAD_GATEWAY_UPGRADE
-    if kind == "pool":
-        return NO_UPSTREAM
-    if responded or kind == "protocol":
-        return BAD_GATEWAY_RESPONSE
-    return BAD_GATEWAY

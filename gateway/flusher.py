@@ -42,14 +42,14 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.counters import C2, C4, C5, LAT, REQ, TIMEOUTS, Counters, Key, Row, epoch_minute
 from gateway.usage import USAGE_METER, USAGE_TTL, Staged, UsageLedger
+from routing.errors import StoreError
 from routing.health import HEALTH_TTL, LATENCY_FIELDS
 from routing.keys import Keys
-from routing.runtime_state import MemoryRuntimeState
+from routing.runtime_state import MemoryRuntimeState, RedisRuntimeState
 
 log = logging.getLogger("turnout.gateway.flusher")
 
@@ -64,7 +64,7 @@ _HEALTH_FIELDS: Final = (
     ("timeouts", TIMEOUTS),
     ("latency_ms_sum", LAT),
 )
-_WRITE_ERRORS: Final = (RedisError, OSError, TimeoutError)
+_WRITE_ERRORS: Final = (StoreError, RedisError, OSError, TimeoutError)
 
 __all__ = [
     "HEALTH_TTL",
@@ -203,16 +203,17 @@ class RedisCounterSink:
     Owns this worker's :class:`UsageLedger` (``usage``): staged values are committed once the
     script ran. The script also returns the store's epoch; when it changed or vanished since
     the previous write (Redis lost or replaced its data), every ledger entry is written again
-    right away. The client belongs to the caller, who closes it; its retry policy applies.
+    right away. It runs on the route store's runtime state (``store.runtime_state()``: the
+    store's client, which the store owns and closes; its retry policy applies), so every Redis
+    failure reaches the flusher as the store's :class:`~routing.errors.StoreError`.
     """
 
-    __slots__ = ("_epoch", "_script", "keys", "redis", "usage")
+    __slots__ = ("_epoch", "_script", "keys", "usage")
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, usage: UsageLedger | None = None):
-        self.redis = redis
+    def __init__(self, runtime: RedisRuntimeState, keys: Keys, usage: UsageLedger | None = None):
         self.keys = keys
         self.usage = usage or UsageLedger()
-        self._script = redis.register_script(_WRITE_LUA)
+        self._script = runtime.script(_WRITE_LUA)
         self._epoch = _UNSEEN
 
     async def write(self, batch: Batch, now: float) -> None:
@@ -259,9 +260,7 @@ class RedisCounterSink:
         )
         # A connection-level failure or a refused script (e.g. OOM) raises here with nothing
         # applied; per-command errors are counted by the script and come back as a result.
-        res = await self._script(
-            keys=[*(item.key for item in plan), self.keys.epoch], args=[payload]
-        )
+        res = await self._script([*(item.key for item in plan), self.keys.epoch], [payload])
         done, failed, first = int(res[0]), int(res[1]), res[2]
         epoch = res[3] if len(res) > 3 and isinstance(res[3], bytes) else b""
         if not failed:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from gateway import build
+from routing.table import TableState
 
 if TYPE_CHECKING:
     from gateway.counters import Counters
@@ -46,6 +47,7 @@ _REASONS: Final = {
     503: b"Service Unavailable",
 }
 _CLASSES: Final = (("1xx", 1), ("2xx", 2), ("3xx", 3), ("4xx", 4), ("5xx", 5), ("other", 0))
+_TABLE_STATES: Final = tuple(state.value for state in TableState)
 
 
 # ---------------------------------------------------------------------- metrics rendering
@@ -250,6 +252,14 @@ def render_metrics(
     if isinstance(flat, Mapping):
         for name, kind, help_text, key in _FLAT_METRICS:
             out.one(name, kind, help_text, flat.get(key, 0))
+    state = table_stats.get("state")
+    out.family(
+        "turnout_route_table_state",
+        "gauge",
+        "1 for the route table's current state: cold (nothing loaded), snapshot (serving a "
+        "snapshot file), current, stale (not known-current), lost (the store lost its data).",
+        [({"state": name}, int(name == state)) for name in _TABLE_STATES],
+    )
     out.one(
         "turnout_counter_flushes_total",
         "counter",

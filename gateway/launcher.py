@@ -1,5 +1,5 @@
 """``turnout gateway``: parse flags, then run N native workers (``SO_REUSEPORT``) or the ASGI
-app under uvicorn or granian.
+app (:mod:`gateway.asgi`) under uvicorn or granian (:func:`run_asgi_server`).
 
 The parent process of a multi-worker native gateway is a small supervisor (nginx's master, in
 spirit): it forks the workers, restarts one that dies, and on SIGTERM/SIGINT forwards SIGTERM so
@@ -12,198 +12,98 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from typing import Any, Final
 
 from gateway import build
-from gateway.config import GatewayConfig, parse_networks
-from routing.upstreams import EjectionPolicy
+from gateway.config import (
+    SERVERS,
+    SETTINGS,
+    GatewayConfig,
+    Setting,
+    config_from_values,
+    default_value,
+    export_config,
+    parse_networks,
+)
 
 log = logging.getLogger("turnout.gateway")
 
 
-def _hostport(value: str, default_host: str, flag: str) -> tuple[str, int]:
-    try:
-        return _parse_hostport(value, default_host)
-    except argparse.ArgumentTypeError as exc:
-        raise argparse.ArgumentTypeError(f"{flag}: {exc}") from None
-
-
-def _parse_hostport(value: str, default_host: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        host, port = default_host, value
-    host = host.strip("[]") or default_host
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port in {value!r}") from None
-    if not 0 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range in {value!r}")
-    return host, number
-
-
 # Chosen from benchmarks/RESULTS.md ("Worker count"): see there for the measurement.
-DEFAULT_WORKERS = "1"
+DEFAULT_WORKERS = str(default_value("workers"))
+
+# Flags parsed after argparse (their errors: "turnout gateway: --flag: ...", exit status 2).
+_LATE: Final = frozenset({"listen", "internal"})
 
 
-def _workers(value: str) -> int:
-    """``N`` or ``auto`` (one per CPU this process may run on, as nginx's ``worker_processes``)."""
-    if value == "auto":
-        return max(1, len(os.sched_getaffinity(0)))
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--workers: expected a positive integer or 'auto', got {value!r}"
-        ) from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"--workers: must be at least 1, got {number}")
-    return number
+def _flag_type(setting: Setting) -> Callable[[str], Any]:
+    """The setting's one parser, its errors named by the flag (argparse: a usage error)."""
 
-
-def _at_least_one(flag: str) -> Callable[[str], int]:
-    def parse(value: str) -> int:
+    def parse(value: str) -> Any:
         try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{flag}: expected an integer, got {value!r}"
-            ) from None
-        if number < 1:
-            raise argparse.ArgumentTypeError(f"{flag}: must be at least 1, got {number}")
-        return number
-
-    return parse
-
-
-def _seconds(flag: str) -> Callable[[str], float]:
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag}: expected seconds, got {value!r}") from None
-        if not number > 0 or number == float("inf"):
-            raise argparse.ArgumentTypeError(f"{flag}: must be a positive number, got {value}")
-        return number
+            return setting.parse(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{setting.flag}: {exc}") from None
 
     return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of :data:`gateway.config.SETTINGS`, their defaults from ``GatewayConfig``."""
     p = argparse.ArgumentParser(prog="turnout gateway", description="Run the dispatch gateway.")
-    p.add_argument("--listen", default="0.0.0.0:8080", help="address:port (default 0.0.0.0:8080)")
-    p.add_argument(
-        "--workers",
-        type=_workers,
-        default=DEFAULT_WORKERS,
-        help=f"worker processes: N or 'auto' = one per CPU (default {DEFAULT_WORKERS})",
-    )
-    p.add_argument("--server", choices=("native", "uvicorn", "granian"), default="native")
-    p.add_argument(
-        "--redis",
-        default=os.environ.get("TURNOUT_REDIS_URL"),
-        help="redis://[user:pw@]host:port/db, rediss://…, or "
-        "redis+sentinel://[user:pw@]host:port[,host:port…]/service[/db] "
-        "(default $TURNOUT_REDIS_URL)",
-    )
-    p.add_argument("--redis-prefix", default="turnout")
-    p.add_argument("--snapshot", default=None, help="last-known-good route snapshot file")
-    p.add_argument(
-        "--route-table",
-        choices=("memory", "flat"),
-        default="memory",
-        help="memory: each worker decodes the whole table; flat: the --snapshot file is a flat "
-        "table shared by all workers through mmap, hot routes cached per worker (default memory)",
-    )
-    p.add_argument(
-        "--hot-cache",
-        type=_at_least_one("--hot-cache"),
-        default=65_536,
-        help="flat mode: compiled routes (and misses) each worker keeps (default 65536)",
-    )
-    p.add_argument(
-        "--internal",
-        default="127.0.0.1:9901",
-        help="health/metrics listener; worker N uses port+N; 'off' disables",
-    )
-    p.add_argument(
-        "--trusted-proxy",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="honour X-Forwarded-For from these peers (repeatable)",
-    )
-    p.add_argument("--header-timeout", type=float, default=10.0)
-    p.add_argument("--keepalive-timeout", type=float, default=75.0)
-    p.add_argument("--drain-timeout", type=float, default=30.0)
-    p.add_argument("--max-header-bytes", type=int, default=64 * 1024)
-    p.add_argument("--max-headers", type=int, default=100)
-    p.add_argument(
-        "--max-response-header-bytes",
-        type=_at_least_one("--max-response-header-bytes"),
-        default=64 * 1024,
-        help="upstream response head size limit, interim 1xx heads included (default 65536)",
-    )
-    p.add_argument(
-        "--max-response-headers",
-        type=_at_least_one("--max-response-headers"),
-        default=100,
-        help="headers per upstream response head (default 100)",
-    )
-    p.add_argument(
-        "--response-header-timeout",
-        type=_seconds("--response-header-timeout"),
-        default=30.0,
-        help="seconds from request sent to the upstream's final response head; never longer "
-        "than the route's read timeout (default 30)",
-    )
-    p.add_argument("--pool-max-per-origin", type=int, default=512)
-    p.add_argument("--eject-after", type=int, default=3, help="consecutive connect failures")
-    p.add_argument("--eject-seconds", type=float, default=10.0)
-    p.add_argument("--flush-interval", type=float, default=1.0)
-    p.add_argument("--access-log", action="store_true", help="one JSON line per request")
-    p.add_argument("--access-log-sample", type=float, default=1.0)
+    for s in SETTINGS:
+        default = default_value(s.name)
+        shown = s.dump(default) if default not in (None, ()) else None
+        lead = f"{s.help} " if s.help else ""
+        help_text = f"{lead}(default {shown})" if shown else s.help or None
+        if s.name == "access_log":
+            p.add_argument(s.flag, dest=s.name, action="store_true", help=help_text)
+        elif s.name == "trusted_proxies":
+            p.add_argument(
+                s.flag, dest=s.name, action="append", default=[], metavar="CIDR", help=help_text
+            )
+        elif s.name == "server":
+            p.add_argument(s.flag, dest=s.name, choices=SERVERS, default=default, help=help_text)
+        elif s.name == "redis_url":
+            p.add_argument(
+                s.flag,
+                dest=s.name,
+                default=os.environ.get(s.env),
+                help=f"{s.help} (default ${s.env})",
+            )
+        elif s.name in _LATE:
+            p.add_argument(s.flag, dest=s.name, default=s.dump(default), help=help_text)
+        elif s.name == "workers":
+            p.add_argument(
+                s.flag, dest=s.name, type=_flag_type(s), default=DEFAULT_WORKERS, help=help_text
+            )
+        else:
+            p.add_argument(s.flag, dest=s.name, type=_flag_type(s), default=default, help=help_text)
     p.add_argument("--log-level", default="INFO")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
-    host, port = _hostport(args.listen, "0.0.0.0", "--listen")
-    if args.internal == "off":
-        ihost, iport = "127.0.0.1", 0
-    else:
-        ihost, iport = _hostport(args.internal, "127.0.0.1", "--internal")
-    return GatewayConfig(
-        listen_host=host,
-        listen_port=port,
-        workers=args.workers,
-        server=args.server,
-        redis_url=args.redis,
-        redis_prefix=args.redis_prefix,
-        snapshot_path=args.snapshot,
-        route_table=args.route_table,
-        hot_cache=args.hot_cache,
-        internal_host=ihost,
-        internal_port=iport,
-        max_header_bytes=args.max_header_bytes,
-        max_headers=args.max_headers,
-        max_response_header_bytes=args.max_response_header_bytes,
-        max_response_headers=args.max_response_headers,
-        response_header_timeout=args.response_header_timeout,
-        header_timeout=args.header_timeout,
-        keepalive_timeout=args.keepalive_timeout,
-        drain_timeout=args.drain_timeout,
-        pool_max_per_origin=args.pool_max_per_origin,
-        ejection=EjectionPolicy(args.eject_after, args.eject_seconds),
-        trusted_proxies=parse_networks(args.trusted_proxy),
-        flush_interval=args.flush_interval,
-        access_log=args.access_log,
-        access_log_sample=args.access_log_sample,
-    )
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        value = getattr(args, s.name)
+        if s.name in _LATE:
+            try:
+                value = s.parse(value)
+            except ValueError as exc:
+                raise ValueError(f"{s.flag}: {exc}") from None
+        elif s.name == "trusted_proxies":
+            value = parse_networks(value)
+        values[s.name] = value
+    return config_from_values(values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,12 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = config_from_args(args)
-    except (ValueError, argparse.ArgumentTypeError) as exc:
+    except ValueError as exc:
         print(f"turnout gateway: {exc}", file=sys.stderr)
         return 2
     if config.server != "native":
-        from gateway.asgi import run_asgi_server
-
         return run_asgi_server(config)
     if config.workers == 1:
         return run_native_worker(config, 0)
@@ -312,4 +210,68 @@ def supervise(config: GatewayConfig) -> int:
             on_signal(signal.SIGTERM, None)
             continue
         spawn(index)
+    return 0
+
+
+# ---------------------------------------------------------------- the ASGI servers
+
+
+def run_asgi_server(config: GatewayConfig) -> int:
+    """Run the ASGI app under ``config.server`` (uvicorn or granian) with ``config.workers``
+    processes; the workers read their configuration back from the environment."""
+    export_config(config)
+    slots: str | None = None
+    if config.workers > 1:
+        os.environ.pop("TURNOUT_WORKER_INDEX", None)
+        slots = tempfile.mkdtemp(prefix="turnout-asgi-slots-")
+        os.environ["TURNOUT_WORKER_SLOTS"] = slots
+    try:
+        if config.server == "granian":
+            return _run_granian(config)
+        return _run_uvicorn(config)
+    finally:
+        if slots is not None:
+            shutil.rmtree(slots, ignore_errors=True)
+
+
+def _run_uvicorn(config: GatewayConfig) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "gateway.asgi:app",
+        host=config.listen_host,
+        port=config.listen_port,
+        workers=config.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,  # the dispatcher applies TURNOUT_TRUSTED_PROXIES itself
+        server_header=False,  # the upstream's headers pass through; no duplicates
+        date_header=False,
+        backlog=2048,
+        timeout_keep_alive=max(1, round(config.keepalive_timeout)),
+        timeout_graceful_shutdown=max(1, math.ceil(config.drain_timeout)),
+    )
+    return 0
+
+
+def _run_granian(config: GatewayConfig) -> int:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
+
+    Granian(
+        "gateway.asgi:app",
+        address=config.listen_host,
+        port=config.listen_port,
+        interface=Interfaces.ASGI,
+        workers=config.workers,
+        loop=Loops.uvloop,
+        log_level=LogLevels.warning,
+        backlog=2048,
+        websockets=True,
+        workers_kill_timeout=max(1, math.ceil(config.drain_timeout)),
+    ).serve()
     return 0

@@ -43,30 +43,24 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from gateway.dispatch import H_CONNECTION, Dispatcher, Plan, request_header_class
+from gateway.dispatch import Dispatcher, Plan
 from gateway.errors import (
     BAD_REQUEST,
     HEADERS_TOO_LARGE,
     PAYLOAD_TOO_LARGE,
     REASONS,
     Answer,
-    UpstreamError,
-    upstream_answer,
 )
-from gateway.pool import Sink
+from gateway.exchange import Exchange
+from gateway.forwarding import answer_bytes
+from gateway.headers import H_CONNECTION, request_header_class
 
 if TYPE_CHECKING:
-    from gateway.accesslog import AccessLog
-    from gateway.config import GatewayConfig
-    from gateway.counters import Counters
-    from gateway.pool import UpstreamConnection, UpstreamPool
-    from routing.table import RouteTable
+    from gateway.core import GatewayCore
 
 log = logging.getLogger("turnout.gateway.native")
 
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-_LAST_CHUNK: Final = b"0\r\n\r\n"
-_CRLF: Final = b"\r\n"
 _STATUS_LINES: Final = {
     code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()
 }
@@ -91,308 +85,7 @@ class _Spent:
 # What a closed connection's ``parser`` becomes (data_received never feeds it: closed).
 _SPENT_PARSER: Final = httptools.HttpRequestParser(_Spent())
 
-_DISCARD_LIMIT: Final = 64 * 1024  # body bytes we read and drop to keep a connection alive
 _MAX_PIPELINE: Final = 16  # queued requests per connection before reading pauses
-
-
-class Exchange(Sink):
-    """One request/response cycle; the upstream pool's sink for that request."""
-
-    __slots__ = (
-        "body_buf",
-        "body_bytes",
-        "buffered",
-        "client",
-        "conn",
-        "connection_header",
-        "deferred",
-        "head_bytes",
-        "headers",
-        "keep_alive",
-        "method",
-        "out_bytes",
-        "out_chunked",
-        "pending",
-        "plan",
-        "request_done",
-        "stale_retry",
-        "started",
-        "status",
-        "t0",
-        "timed_out",
-        "tunnel_buf",
-        "url",
-        "verdict",
-        "version_10",
-    )
-
-    def __init__(self, client: ClientConnection) -> None:
-        self.client = client
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head_bytes = 0
-        self.method = b""
-        self.version_10 = False
-        self.connection_header = False  # the request has a Connection header
-        self.keep_alive = True
-        self.plan: Plan | None = None
-        self.conn: UpstreamConnection | None = None
-        self.body_buf: list[bytes] | None = None  # request body not yet sent upstream
-        self.buffered = 0
-        self.body_bytes = 0
-        self.request_done = False
-        self.started = False  # response head written to the client
-        self.out_chunked = False
-        self.out_bytes = 0
-        self.pending: bytes | None = None  # response head not yet written (joined with body)
-        self.status = 0
-        self.stale_retry = False
-        self.timed_out = False
-        self.tunnel_buf: list[bytes] | None = None
-        self.deferred: tuple[Answer, bytes] | None = None  # answer waiting for the body's end
-        self.verdict: Answer | None = None  # a malformed request: answered so in its turn
-        self.t0 = 0.0
-
-    # ------------------------------------------------------------ request body (from client)
-
-    def body_chunk(self, chunk: bytes) -> None:
-        self.body_bytes += len(chunk)
-        if self.deferred is not None:
-            # We already know the answer; drop the body, up to a point, to keep the connection.
-            if self.body_bytes > _DISCARD_LIMIT:
-                answer, rid = self.deferred
-                self.deferred = None
-                self.request_done = True
-                self.keep_alive = False
-                self.client.answer(self, answer, rid)
-            return
-        plan = self.plan
-        if plan is not None and self.body_bytes > plan.route.policy.max_body_bytes:
-            self.client.too_large(self)
-            return
-        conn = self.conn
-        if conn is not None and self.body_buf is None:
-            if plan is not None and plan.chunked:
-                conn.write_body(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            else:
-                conn.write_body(chunk)
-            return
-        if self.body_buf is None:
-            self.body_buf = []
-        self.body_buf.append(chunk)
-        self.buffered += len(chunk)
-        if self.buffered > self.client.server.high_water:
-            self.client.pause_for(self)
-
-    def body_end(self) -> None:
-        self.request_done = True
-        if self.deferred is not None:
-            answer, rid = self.deferred
-            self.deferred = None
-            self.client.answer(self, answer, rid)
-            return
-        conn = self.conn
-        plan = self.plan
-        if (
-            conn is not None
-            and self.body_buf is None
-            and plan is not None
-            and plan.has_body
-            and plan.upgrade is None  # an upgrade forwards no body (see upstream_ready)
-        ):
-            conn.end_request(_LAST_CHUNK if plan.chunked else b"")
-
-    # ------------------------------------------------------------ Sink: pool callbacks
-
-    def upstream_ready(self, conn: UpstreamConnection) -> None:
-        client = self.client
-        plan = self.plan
-        if client.closed or plan is None or client.current is not self:
-            conn.abort()
-            return
-        replica = plan.replica
-        assert replica is not None
-        if not conn.reused:
-            replica.record_success()
-        self.conn = conn
-        if client._writing_paused:
-            conn.pause_reading()  # the client is not reading its earlier responses yet
-        head_only = self.method == b"HEAD"
-        has_body = plan.has_body and plan.upgrade is None  # an upgrade forwards no body
-        conn.send(
-            self,
-            plan.request_head(replica),
-            head_only=head_only,
-            read_timeout=plan.route.policy.read_timeout_ms / 1000,
-            complete=not has_body,
-            upgrade=plan.upgrade,
-        )
-        buf = self.body_buf
-        if buf is not None:
-            self.body_buf = None
-            self.buffered = 0
-            if plan.chunked:
-                for chunk in buf:
-                    conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            else:
-                for chunk in buf:
-                    conn.write(chunk)
-            client.unpause_for(self)
-        if self.request_done and has_body:
-            conn.end_request(_LAST_CHUNK if plan.chunked else b"")
-
-    def upstream_failed(self, error: UpstreamError) -> None:
-        self.conn = None
-        client = self.client
-        plan = self.plan
-        if client.closed or plan is None or client.current is not self:
-            return
-        server = client.server
-        now = server.loop.time()
-        replica = plan.replica
-        assert replica is not None
-        if error.kind in ("connect", "timeout") and not error.sent:
-            replica.record_failure(now)
-            server.counters.connect_errors += 1
-        if self.started:
-            client.abort_response(self)
-            return
-        # A reused keep-alive connection that died before answering: once, on a fresh one.
-        if error.reused and not self.stale_retry and self._can_replay():
-            self.stale_retry = True
-            server.pool.connect_fresh(replica, self, plan.route.policy.connect_timeout_ms / 1000)
-            return
-        if plan.retryable(error.sent) and self._can_replay():
-            nxt = plan.target.next_replica(now, exclude=replica)
-            if nxt is not None:
-                plan.attempts += 1
-                plan.replica = nxt
-                server.pool.acquire(nxt, self, plan.route.policy.connect_timeout_ms / 1000)
-                return
-        if error.kind == "timeout":
-            self.timed_out = True
-        client.answer(self, upstream_answer(error, responded=False), plan.request_id)
-
-    def _can_replay(self) -> bool:
-        """Only a request whose body (if any) is still entirely in hand can be sent again."""
-        plan = self.plan
-        assert plan is not None
-        return plan.upgrade is None and (not plan.has_body or self.body_bytes == self.buffered)
-
-    def response_head(
-        self,
-        status: int,
-        reason: bytes,
-        headers: list[tuple[bytes, bytes]],
-        content_length: bytes | None,
-        body_expected: bool,
-    ) -> None:
-        client = self.client
-        plan = self.plan
-        assert plan is not None
-        self.status = status
-        self.started = True
-        parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
-        for name, value in headers:
-            parts.append(b"%b: %b\r\n" % (name, value))  # compiled: one allocation
-        parts.append(b"X-Request-Id: %b\r\n" % plan.request_id)
-        if status == 101:
-            pass
-        elif not body_expected:
-            if content_length is not None:
-                parts.append(b"Content-Length: " + content_length + b"\r\n")
-        elif content_length is not None:
-            parts.append(b"Content-Length: " + content_length + b"\r\n")
-        elif not self.version_10:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-            self.out_chunked = True
-        else:
-            self.keep_alive = False  # HTTP/1.0 client: the body ends when we close
-        if status != 101:
-            if not self.request_done:
-                # Answered before the request ended: the rest of it is never forwarded, and the
-                # connection closes after this response (lingering, see finish()).
-                self.keep_alive = False
-            if not self.keep_alive or client.draining:
-                self.keep_alive = False
-                parts.append(b"Connection: close\r\n")
-            elif self.version_10:
-                parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        if status == 101:
-            client.write(b"".join(parts))
-            client.enter_tunnel(self)
-        else:
-            # Held back until the first body bytes or the end of this read from the upstream,
-            # so a small response leaves in one write (one syscall) instead of two.
-            self.pending = b"".join(parts)
-
-    def response_body(self, data: bytes) -> None:
-        self.out_bytes += len(data)
-        transport = self.client.transport
-        if transport is None:
-            return
-        pending = self.pending
-        if pending is not None:
-            self.pending = None
-            if self.out_chunked:
-                transport.writelines((pending, b"%x\r\n" % len(data), data, _CRLF))
-            else:
-                transport.writelines((pending, data))
-        elif self.out_chunked:
-            transport.writelines((b"%x\r\n" % len(data), data, _CRLF))
-        else:
-            transport.write(data)
-
-    def response_flush(self) -> None:
-        pending = self.pending
-        if pending is not None:
-            self.pending = None
-            self.client.write(pending)
-
-    def response_end(self) -> None:
-        self.conn = None
-        client = self.client
-        if client.tunnel is self and self.status == 101:
-            client.close()
-            return
-        pending = self.pending
-        if pending is not None:
-            self.pending = None
-            client.write(pending + _LAST_CHUNK if self.out_chunked else pending)
-        elif self.out_chunked:
-            client.write(_LAST_CHUNK)
-        client.finish(self)
-
-    def response_aborted(self, error: UpstreamError) -> None:
-        self.conn = None
-        if error.kind == "timeout":
-            self.timed_out = True
-        if self.pending is not None:  # the head never left: a clean answer is still possible
-            self.pending = None
-            self.started = False
-            self.out_chunked = False
-        if not self.started:
-            plan = self.plan
-            assert plan is not None
-            self.client.answer(self, upstream_answer(error, responded=True), plan.request_id)
-            return
-        self.client.abort_response(self)
-
-    def upstream_pause_writing(self) -> None:
-        self.client.pause_for(self)
-
-    def upstream_resume_writing(self) -> None:
-        self.client.unpause_for(self)
-
-    def tunnel_data(self, data: bytes) -> None:
-        client = self.client
-        client.tunnel_deadline = client.server.loop.time() + client.tunnel_idle
-        if client.transport is not None:
-            client.transport.write(data)
-
-    def __repr__(self) -> str:
-        return f"Exchange({self.method!r} {self.url!r}, status={self.status})"
 
 
 class ClientConnection(asyncio.Protocol):
@@ -680,32 +373,9 @@ class ClientConnection(asyncio.Protocol):
     def finish(self, ex: Exchange) -> None:
         """The response to ``ex`` is complete: count it, then keep-alive, next, or close."""
         server = self.server
-        plan = ex.plan
-        latency = (server.time() - ex.t0) * 1000.0 if ex.t0 else 0.0
-        if plan is not None:
-            server.counters.record(
-                plan.route.space_b,
-                plan.route.service_b,
-                plan.target.deployment_b,
-                ex.status,
-                ex.out_bytes,
-                latency,
-                ex.timed_out,
-            )
-        server.counters.answered(ex.status, ex.timed_out)
-        access_log = server.access_log
-        if access_log is not None and access_log.sampled():
-            access_log.write(
-                peer=self.peer,
-                method=ex.method,
-                url=ex.url,
-                host=plan.host if plan is not None else None,
-                status=ex.status,
-                nbytes=ex.out_bytes,
-                latency_ms=latency,
-                request_id=plan.request_id if plan is not None else b"",
-                deployment=plan.target.deployment_b if plan is not None else None,
-            )
+        server.outcomes.answered(
+            ex.plan, self.peer, ex.method, ex.url, ex.t0, ex.status, ex.out_bytes, ex.timed_out, b""
+        )
         if self.current is ex:
             self.current = None
         self._paused_by.discard(ex)
@@ -754,8 +424,8 @@ class ClientConnection(asyncio.Protocol):
             + (b"Connection: close\r\n\r\n" if close else b"\r\n")
         )
         ex.keep_alive = not close
-        if ex.plan is not None and answer.status >= 500:
-            ex.out_bytes = len(body)
+        if ex.plan is not None:
+            ex.out_bytes = answer_bytes(answer, len(body))
         self.write(head + (b"" if ex.method == b"HEAD" else body))
         self.finish(ex)
 
@@ -778,19 +448,7 @@ class ClientConnection(asyncio.Protocol):
         """The upstream failed after the response head went out: the client can only learn
         it from the connection closing before the body is complete. For the deployment's
         health this is a gateway failure (502, or 504 after a read timeout), not a success."""
-        server = self.server
-        plan = ex.plan
-        if plan is not None:
-            server.counters.record(
-                plan.route.space_b,
-                plan.route.service_b,
-                plan.target.deployment_b,
-                504 if ex.timed_out else 502,
-                ex.out_bytes,
-                (server.time() - ex.t0) * 1000.0,
-                ex.timed_out,
-            )
-        server.counters.answered(ex.status, ex.timed_out)
+        self.server.outcomes.cut(ex.plan, ex.t0, ex.status, ex.out_bytes, ex.timed_out)
         self.close()
 
     def _fail_head(self, answer: Answer) -> None:
@@ -918,26 +576,19 @@ class ClientConnection(asyncio.Protocol):
 class NativeServer:
     """One worker's HTTP server: listening socket(s), connections, the periodic sweep."""
 
-    def __init__(
-        self,
-        config: GatewayConfig,
-        table: RouteTable,
-        pool: UpstreamPool,
-        counters: Counters,
-        *,
-        access_log: AccessLog | None = None,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        self.loop = loop or asyncio.get_event_loop()
+    def __init__(self, core: GatewayCore) -> None:
+        config = core.config
+        pool = core.pool
+        self.loop = pool.loop
         # The loop's clock as a bound method: compiled, one call instead of a lookup by name
         # each time (3-4 times per request).
         self.time: Callable[[], float] = self.loop.time
         self.config = config
-        self.table = table
+        self.table = core.table
         self.pool = pool
-        self.counters = counters
-        self.access_log = access_log
-        self.dispatcher = Dispatcher(table, config)
+        self.counters = core.counters
+        self.outcomes = core.outcomes
+        self.dispatcher = Dispatcher(core.table, config)
         self.connections: set[ClientConnection] = set()
         self.high_water = config.high_water
         self.max_header_bytes = config.max_header_bytes

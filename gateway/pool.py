@@ -10,8 +10,10 @@ or ``sink.upstream_failed(error)``. The sink then writes the request through the
 and the connection calls the sink back with the response: ``response_head``, ``response_body``
 (every chunk as it arrives: SSE and long polls are never buffered), ``response_end`` or
 ``response_aborted``. No task or timer exists per request: connects run as one task per *new
-connection*, and every deadline (connect-wait, read idle, write, pool idle) is checked by the
-worker's periodic sweep through :meth:`UpstreamPool.sweep`.
+connection*, and every deadline (connect-wait, response head, read idle, pool idle) is checked
+by the worker's periodic sweep through :meth:`UpstreamPool.sweep`. There is no separate write
+deadline: request body bytes keep the read-idle deadline alive (:meth:`write_body`), so an
+upstream that stops reading an upload stalls it (backpressure) until that deadline passes.
 
 Connection states (:class:`ConnState`), transitions only in this module::
 
@@ -45,7 +47,7 @@ honoured only for a request that asked to switch (``send(upgrade=...)``) to one 
 protocols, with ``Connection: upgrade``; a transfer coding other than ``chunked`` cannot be
 passed on faithfully and is refused, as nginx does. Refusals are reported as
 ``response_aborted`` with the :class:`~gateway.errors.UpstreamError` kind that
-:func:`gateway.errors.upstream_answer` maps to the client's answer.
+:func:`gateway.forwarding.upstream_answer` maps to the client's answer.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 from mypy_extensions import trait
 
-from gateway.dispatch import (
+from gateway.errors import UpstreamError
+from gateway.headers import (
     PLAIN_CONNECTION,
     R_CONNECTION,
     R_CONTENT_LENGTH,
@@ -71,7 +74,6 @@ from gateway.dispatch import (
     R_UPGRADE,
     response_header_class,
 )
-from gateway.errors import UpstreamError
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig

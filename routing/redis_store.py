@@ -9,19 +9,24 @@ the new epoch and an epoch marker in the log, so gateways never observe a half-w
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from routing.errors import StaleVersionError, StoreError
 from routing.hostnames import validate_hostname
 from routing.keys import Keys
 from routing.models import RouteRecord, encode_record
 from routing.redis_conn import connect, redact_url
+
+if TYPE_CHECKING:
+    from routing.runtime_state import RuntimeState
+
 from routing.store import (
     DEFAULT_MAXLEN,
     ZERO_ID,
@@ -53,6 +58,30 @@ return {1, id}
 """
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+# What a Redis call can fail with; the store raises StoreError instead (one error for callers).
+_ERRORS: Final = (RedisError, OSError, TimeoutError)
+
+
+def _store_errors(
+    what: str,
+) -> Callable[[Callable[_P, Awaitable[_T]]], Callable[_P, Coroutine[Any, Any, _T]]]:
+    """Turn a Redis failure of the decorated method into :class:`StoreError`."""
+
+    def wrap(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
+        @functools.wraps(fn)
+        async def run(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+            try:
+                return await fn(*args, **kwargs)
+            except _ERRORS as exc:
+                raise StoreError(f"redis {what} failed: {exc}") from exc
+
+        return run
+
+    return wrap
+
+
 class RedisRouteStore(RouteStore):
     """Route store backed by Redis. Owns its client unless one is passed in."""
 
@@ -81,6 +110,7 @@ class RedisRouteStore(RouteStore):
         self._publish = self.redis.register_script(_PUBLISH_LUA)
         self._info_refused = False  # the ACL user may not run INFO: no origin checks then
 
+    @_store_errors("publish")
     async def _write(self, host: str, version: int, data: bytes) -> str:
         k = self.keys
         try:
@@ -101,6 +131,7 @@ class RedisRouteStore(RouteStore):
         validate_hostname(host)
         return await self._write(host, version, b"")
 
+    @_store_errors("replace_all")
     async def replace_all(self, records: Iterable[RouteRecord], epoch: str | None = None) -> str:
         epoch = epoch or new_epoch()
         k = self.keys
@@ -143,6 +174,7 @@ class RedisRouteStore(RouteStore):
             pipe.hset(tmp_v, mapping=versions)  # type: ignore[arg-type]
             await pipe.execute()
 
+    @_store_errors("get")
     async def get(self, host: str) -> bytes | None:
         value: bytes | None = await self.redis.hget(self.keys.routes, host)  # type: ignore[assignment]
         return value
@@ -150,13 +182,17 @@ class RedisRouteStore(RouteStore):
     async def scan(self, batch: int = 1000) -> AsyncIterator[list[tuple[str, bytes]]]:
         cursor = 0
         while True:
-            res: Any = await self.redis.hscan(self.keys.routes, cursor, count=batch)
+            try:
+                res: Any = await self.redis.hscan(self.keys.routes, cursor, count=batch)
+            except _ERRORS as exc:
+                raise StoreError(f"redis scan failed: {exc}") from exc
             cursor, items = res
             if items:
                 yield [(h.decode(), v) for h, v in items.items()]
             if cursor == 0:
                 return
 
+    @_store_errors("sync_point")
     async def sync_point(self) -> SyncPoint:
         k = self.keys
         async with self.redis.pipeline(transaction=True) as tx:
@@ -170,6 +206,7 @@ class RedisRouteStore(RouteStore):
             _id(last[0][0]) if last else ZERO_ID,
         )
 
+    @_store_errors("read_log")
     async def read_log(self, after: str, count: int, block_ms: int) -> list[LogEntry]:
         res: Any = await self.redis.xread(
             {self.keys.log: after}, count=count, block=block_ms if block_ms > 0 else None
@@ -182,10 +219,12 @@ class RedisRouteStore(RouteStore):
                 out.append(_entry(_id(raw_id), fields))
         return out
 
+    @_store_errors("get_epoch")
     async def get_epoch(self) -> str | None:
         value: Any = await self.redis.get(self.keys.epoch)
         return value.decode() if value is not None else None
 
+    @_store_errors("set_epoch")
     async def set_epoch(self, epoch: str) -> None:
         await self.redis.set(self.keys.epoch, epoch)
 
@@ -202,6 +241,7 @@ class RedisRouteStore(RouteStore):
         run_id = info.get("run_id")
         return str(run_id) if run_id else None
 
+    @_store_errors("identity")
     async def identity(self) -> StoreIdentity:
         k = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -215,9 +255,11 @@ class RedisRouteStore(RouteStore):
             server,
         )
 
+    @_store_errors("set_origin")
     async def set_origin(self, server: str) -> None:
         await self.redis.set(self.keys.origin, server)
 
+    @_store_errors("versions")
     async def versions(self) -> dict[str, int]:
         out: dict[str, int] = {}
         async for host, version in self.redis.hscan_iter(self.keys.versions, count=1000):
@@ -227,6 +269,12 @@ class RedisRouteStore(RouteStore):
     async def close(self) -> None:
         if self._owned:
             await self.redis.aclose()
+
+    def runtime_state(self) -> RuntimeState:
+        """Runtime state on this store's client and key prefix (shared, not owned)."""
+        from routing.runtime_state import RedisRuntimeState
+
+        return RedisRuntimeState(self.redis, prefix=self.keys.prefix)
 
     def __repr__(self) -> str:
         return f"RedisRouteStore({self.url!r}, prefix={self.keys.prefix!r})"

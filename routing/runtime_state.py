@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 import fnmatch
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,6 @@ from redis.exceptions import RedisError
 from routing.errors import StoreError
 from routing.keys import Keys
 from routing.redis_conn import connect
-from routing.redis_store import RedisRouteStore
 from routing.store import RouteStore
 from routing.subscription import Callback, LocalSubscription, RedisSubscription, Subscription
 
@@ -72,6 +71,8 @@ return 0
 """
 
 _ERRORS = (RedisError, OSError, TimeoutError)
+# A registered server-side script: (keys, args) -> its result.
+Script = Callable[[list[str], list[Any]], Awaitable[Any]]
 
 
 def _str(value: bytes | str) -> str:
@@ -195,6 +196,16 @@ class RedisRuntimeState(RuntimeState):
             return await coro
         except _ERRORS as exc:
             raise StoreError(f"redis {what} failed: {exc}") from exc
+
+    def script(self, source: str) -> Script:
+        """A server-side (Lua) script, run atomically in one round trip; a connection failure
+        or a refused script (READONLY, OOM, ...) raises :class:`StoreError`."""
+        registered = self.redis.register_script(source)
+
+        async def run(keys: list[str], args: list[Any]) -> Any:
+            return await self._run("script", registered(keys=keys, args=args))
+
+        return run
 
     async def try_lease(self, key: str, owner: str, ttl_ms: int) -> LeaseAnswer:
         res = await self._run("lease", self._acquire(keys=[key], args=[owner, int(ttl_ms)]))
@@ -370,8 +381,6 @@ class MemoryRuntimeState(RuntimeState):
 
 
 def runtime_for(store: RouteStore) -> RuntimeState:
-    """Runtime state beside a route store: on its Redis client (shared, not owned), or a new
-    in-process state for an in-process store."""
-    if isinstance(store, RedisRouteStore):
-        return RedisRuntimeState(store.redis, prefix=store.keys.prefix)
-    return MemoryRuntimeState()
+    """Runtime state beside a route store (:meth:`RouteStore.runtime_state`): on its Redis
+    client (shared, not owned), or a new in-process state for an in-process store."""
+    return store.runtime_state()

@@ -17,10 +17,14 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from routing.errors import StaleVersionError
 from routing.hostnames import validate_hostname
 from routing.models import RouteRecord, encode_record
+
+if TYPE_CHECKING:
+    from routing.runtime_state import RuntimeState
 
 ZERO_ID = "0-0"
 DEFAULT_MAXLEN = 100_000
@@ -76,7 +80,9 @@ class SyncPoint:
 
 
 class RouteStore(abc.ABC):
-    """Async interface shared by the Redis and in-process stores."""
+    """Async interface shared by the Redis and in-process stores. A store's failures reach
+    callers as :class:`~routing.errors.StoreError` (a refused publish of an older version as
+    :class:`~routing.errors.StaleVersionError`), never as its client library's errors."""
 
     @abc.abstractmethod
     async def publish(self, record: RouteRecord) -> str:
@@ -127,6 +133,15 @@ class RouteStore(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    def runtime_state(self) -> RuntimeState:
+        """Runtime state beside this store (leases, counter hashes, notifications, scripts),
+        for the publisher's lease and the gateway's counter sink: on the same server and
+        client (not owned: closing the store closes it). An in-process store gets a new
+        in-process state."""
+        from routing.runtime_state import MemoryRuntimeState
+
+        return MemoryRuntimeState()
 
 
 class MemoryRouteStore(RouteStore):

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import gc
 import logging
 import os
@@ -71,6 +72,17 @@ from routing.upstreams import UpstreamRegistry
 log = logging.getLogger("turnout.routing.table")
 
 _CONN_ERRORS = (OSError, RedisError, StoreError, TimeoutError, asyncio.TimeoutError)
+
+
+class TableState(enum.StrEnum):
+    """Where a route table stands (:attr:`RouteTable.state`; ``/readyz`` ``table.state`` and the
+    ``turnout_route_table_state`` metric). Derived in one place from the table's flags."""
+
+    COLD = "cold"  # nothing to serve yet: no snapshot loaded, no sync from the store
+    SNAPSHOT = "snapshot"  # serving a snapshot file; not synced from the store yet
+    CURRENT = "current"  # synced, and following the store's change log without a gap
+    STALE = "stale"  # synced once, not known-current now (store unreachable, a log gap)
+    LOST = "lost"  # the store lost its data: serving what was held until a full publish
 
 
 class RouteTable:
@@ -163,6 +175,19 @@ class RouteTable:
         """Synced from the store at least once, or serving a loaded snapshot."""
         return self.synced or self.from_snapshot
 
+    @property
+    def state(self) -> TableState:
+        """The table's :class:`TableState` (lost, then snapshot, cold, stale, current)."""
+        if self._lost:
+            return TableState.LOST
+        if self.from_snapshot:
+            return TableState.SNAPSHOT
+        if not self.synced:
+            return TableState.COLD
+        if self.stale:
+            return TableState.STALE
+        return TableState.CURRENT
+
     def staleness(self) -> float:
         """Seconds since the table stopped being known-current (0 when current)."""
         if self._stale_since is None:
@@ -235,6 +260,7 @@ class RouteTable:
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {
+            "state": self.state.value,
             "records": self.record_count(),
             "epoch": self.epoch,
             "last_id": self.last_id,

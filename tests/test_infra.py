@@ -53,7 +53,7 @@ def test_free_port_fixture(free_port: int) -> None:
 
 
 def test_cli_reports_missing_subcommand_cleanly() -> None:
-    from gateway import cli
+    from turnout import cli
 
     assert cli.main(["bench", "--help"]) == 0
     # Subcommands whose modules are not built yet must fail cleanly, not with a traceback.
@@ -64,6 +64,6 @@ def test_cli_reports_missing_subcommand_cleanly() -> None:
 
 def test_cli_module_help() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "turnout.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "turnout" in out.stdout

@@ -26,7 +26,7 @@ def project(tmp_path: Path) -> Path:
     dst.mkdir()
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, dst / name)
-    for pkg in ("routing", "gateway", "admin"):
+    for pkg in ("routing", "gateway", "admin", "turnout"):
         shutil.copytree(ROOT / pkg, dst / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     fake = tmp_path / "fake" / "mypyc"
     fake.mkdir(parents=True)

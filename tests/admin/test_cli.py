@@ -17,7 +17,7 @@ from admin.auth import TOKEN_LEN, TOKEN_PREFIX
 from admin.crypto import KeyRing
 from tests.admin.conftest import TEST_KEYS, auth, make_admin_app
 
-TURNOUT = [sys.executable, "-m", "gateway.cli", "admin"]
+TURNOUT = [sys.executable, "-m", "turnout.cli", "admin"]
 
 
 def _env(keys: str | None = TEST_KEYS) -> dict[str, str]:

@@ -21,7 +21,7 @@ from tests.admin.test_deployments import (
     manifest,
 )
 
-ENTRY = "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+ENTRY = "import sys; from turnout.cli import main; sys.exit(main(sys.argv[1:]))"
 RING_21 = f"*k2:{KEY_2}, k1:{KEY_1}"
 
 

@@ -187,7 +187,7 @@ def test_turnout_admin_rollout_loads_without_the_admin_planes_imports() -> None:
     """The client starts at once: no SQLAlchemy, Alembic or crypto behind ``--help``."""
     code = (
         "import sys\n"
-        "from gateway.cli import main\n"
+        "from turnout.cli import main\n"
         "try:\n"
         "    main(['admin', 'rollout', '--help'])\n"
         "except SystemExit:\n"

@@ -55,7 +55,7 @@ ARTIFACTS = ROOT / "build" / "test-artifacts" / "console"
 PREFIX = "tcons"
 BASE = "turnout.localhost"
 WAIT = 20.0  # seconds: the longest any single wait in this module may take
-_LAUNCH = "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+_LAUNCH = "import sys; from turnout.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 # ---------------------------------------------------------------------- processes

@@ -14,7 +14,7 @@ from tests.support.net import free_port
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-_LAUNCH = "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+_LAUNCH = "import sys; from turnout.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def test_demo_walks_a_staged_rollout_to_completion(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ BASE = "turnout.localhost"
 INTERVAL = 2.0  # the shared admin's TURNOUT_ROLLOUT_INTERVAL
 FLUSH = 1.0  # the gateway's counter flush interval (its default)
 SAMPLE = 5000  # clients per share measurement
-_LAUNCH = "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+_LAUNCH = "import sys; from turnout.cli import main; sys.exit(main(sys.argv[1:]))"
 ROOT = Path(__file__).resolve().parents[2]
 
 

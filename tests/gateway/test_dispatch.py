@@ -95,20 +95,20 @@ def test_header_rules_hold_in_any_letter_case() -> None:
 
 
 def test_header_class_cache_stays_bounded_and_correct() -> None:
-    from gateway import dispatch
+    from gateway import headers
 
-    for i in range(3 * dispatch._CLASS_CACHE_MAX):
-        assert dispatch.request_header_class(b"X-Made-Up-%d" % i) == dispatch.H_FORWARD
-        assert dispatch.response_header_class(b"X-Made-Up-%d" % i) == dispatch.R_FORWARD
-    assert len(dispatch._request_class_cache) <= dispatch._CLASS_CACHE_MAX
-    assert len(dispatch._response_class_cache) <= dispatch._CLASS_CACHE_MAX
-    assert dispatch.request_header_class(b"Content-LENGTH") == dispatch.H_CONTENT_LENGTH
-    assert dispatch.request_header_class(b"X-Turnout-Deployment") == dispatch.H_OVERRIDE
-    assert dispatch.request_header_class(b"x-turnout-anything") == dispatch.H_DROP
-    assert dispatch.request_header_class(b"proxy-connection") == dispatch.H_DROP
-    assert dispatch.response_header_class(b"Transfer-Encoding") == dispatch.R_TRANSFER_ENCODING
-    assert dispatch.response_header_class(b"X-Request-ID") == dispatch.R_DROP
-    assert dispatch.response_header_class(b"Proxy-Authenticate") == dispatch.R_DROP
+    for i in range(3 * headers._CLASS_CACHE_MAX):
+        assert headers.request_header_class(b"X-Made-Up-%d" % i) == headers.H_FORWARD
+        assert headers.response_header_class(b"X-Made-Up-%d" % i) == headers.R_FORWARD
+    assert len(headers._request_class_cache) <= headers._CLASS_CACHE_MAX
+    assert len(headers._response_class_cache) <= headers._CLASS_CACHE_MAX
+    assert headers.request_header_class(b"Content-LENGTH") == headers.H_CONTENT_LENGTH
+    assert headers.request_header_class(b"X-Turnout-Deployment") == headers.H_OVERRIDE
+    assert headers.request_header_class(b"x-turnout-anything") == headers.H_DROP
+    assert headers.request_header_class(b"proxy-connection") == headers.H_DROP
+    assert headers.response_header_class(b"Transfer-Encoding") == headers.R_TRANSFER_ENCODING
+    assert headers.response_header_class(b"X-Request-ID") == headers.R_DROP
+    assert headers.response_header_class(b"Proxy-Authenticate") == headers.R_DROP
 
 
 def test_request_ids_are_unique_and_sane_across_the_table_boundaries() -> None:
@@ -175,7 +175,8 @@ def test_only_the_allowed_protocols_of_a_list_are_offered() -> None:
 
 def test_upstream_failures_map_to_one_answer_each() -> None:
     from gateway import errors
-    from gateway.errors import UpstreamError, upstream_answer
+    from gateway.errors import UpstreamError
+    from gateway.forwarding import upstream_answer
 
     def answer(kind: str, responded: bool = False) -> errors.Answer:
         return upstream_answer(UpstreamError(kind, "x"), responded=responded)

@@ -28,6 +28,7 @@ from gateway.flusher import (
 from gateway.usage import USAGE_TTL, UsageLedger
 from routing.health import LATENCY_FIELDS, latency_bucket
 from routing.keys import Keys
+from routing.runtime_state import RedisRuntimeState
 from tests.support.net import free_port
 from tests.support.redis_server import RedisServer
 
@@ -156,7 +157,7 @@ async def test_n_recorded_are_exactly_n_in_redis(
 ) -> None:
     r = make_client(redis_url)
     counters = Counters()
-    sink = RedisCounterSink(r, KEYS)
+    sink = RedisCounterSink(RedisRuntimeState(r, prefix=KEYS.prefix), KEYS)
     flusher = CounterFlusher(counters, sink, clock=fixed_clock())
     record_n(counters, 1000)
     record_n(counters, 7, space=b"sp-2", dep=b"dep-2")
@@ -188,7 +189,9 @@ async def test_n_recorded_are_exactly_n_in_redis(
     assert await r.hget(usage_key("sp-1"), field) == b"1003"
     other = Counters()
     record_n(other, 5)
-    assert await CounterFlusher(other, RedisCounterSink(r, KEYS), clock=fixed_clock()).flush()
+    assert await CounterFlusher(
+        other, RedisCounterSink(RedisRuntimeState(r, prefix=KEYS.prefix), KEYS), clock=fixed_clock()
+    ).flush()
     assert await usage_in(r, usage_key("sp-1")) == 1008
     assert len(await r.hgetall(usage_key("sp-1"))) == 2
 
@@ -199,7 +202,11 @@ async def test_failed_flush_keeps_counts_until_a_later_flush_writes_them_once(
     dead = make_client(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     live = make_client(redis_url)
     counters = Counters()
-    flusher = CounterFlusher(counters, RedisCounterSink(dead, KEYS), clock=fixed_clock())
+    flusher = CounterFlusher(
+        counters,
+        RedisCounterSink(RedisRuntimeState(dead, prefix=KEYS.prefix), KEYS),
+        clock=fixed_clock(),
+    )
     record_n(counters, 40)
 
     with caplog.at_level(logging.WARNING, logger="turnout.gateway.flusher"):
@@ -212,7 +219,7 @@ async def test_failed_flush_keeps_counts_until_a_later_flush_writes_them_once(
     warnings = [r for r in caplog.records if r.name == "turnout.gateway.flusher"]
     assert len(warnings) == 1 and "counter flush failed" in warnings[0].getMessage()
 
-    flusher.sink = RedisCounterSink(live, KEYS)
+    flusher.sink = RedisCounterSink(RedisRuntimeState(live, prefix=KEYS.prefix), KEYS)
     assert await flusher.flush() is True
     assert await flusher.flush() is True
     assert flusher.flushes == 1 and counters.pending == {}
@@ -225,7 +232,11 @@ async def test_flush_survives_redis_going_away_and_coming_back(
 ) -> None:
     r = make_client(own_redis.url)
     counters = Counters()
-    flusher = CounterFlusher(counters, RedisCounterSink(r, KEYS), clock=fixed_clock())
+    flusher = CounterFlusher(
+        counters,
+        RedisCounterSink(RedisRuntimeState(r, prefix=KEYS.prefix), KEYS),
+        clock=fixed_clock(),
+    )
     record_n(counters, 5)
     assert await flusher.flush() is True
 
@@ -250,7 +261,11 @@ async def test_partial_write_is_counted_and_not_retried(
     r = make_client(redis_url)
     await r.set(usage_key(), "not a hash")  # WRONGTYPE for the usage HINCRBY only
     counters = Counters()
-    flusher = CounterFlusher(counters, RedisCounterSink(r, KEYS), clock=fixed_clock())
+    flusher = CounterFlusher(
+        counters,
+        RedisCounterSink(RedisRuntimeState(r, prefix=KEYS.prefix), KEYS),
+        clock=fixed_clock(),
+    )
     record_n(counters, 4)
 
     assert await flusher.flush() is False
@@ -266,7 +281,10 @@ async def test_background_loop_flushes_every_interval(
     r = make_client(redis_url)
     counters = Counters()
     flusher = CounterFlusher(
-        counters, RedisCounterSink(r, KEYS), interval=0.02, clock=fixed_clock()
+        counters,
+        RedisCounterSink(RedisRuntimeState(r, prefix=KEYS.prefix), KEYS),
+        interval=0.02,
+        clock=fixed_clock(),
     )
     flusher.start()
     try:
@@ -291,7 +309,10 @@ async def test_stop_does_a_final_flush(redis_url: str, make_client: ClientFactor
     r = make_client(redis_url)
     counters = Counters()
     flusher = CounterFlusher(
-        counters, RedisCounterSink(r, KEYS), interval=3600, clock=fixed_clock()
+        counters,
+        RedisCounterSink(RedisRuntimeState(r, prefix=KEYS.prefix), KEYS),
+        interval=3600,
+        clock=fixed_clock(),
     )
     flusher.start()
     await asyncio.sleep(0)
@@ -310,7 +331,7 @@ class LostReplySink(RedisCounterSink):
     __slots__ = ("drop",)
 
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
-        super().__init__(redis, keys)
+        super().__init__(RedisRuntimeState(redis, prefix=keys.prefix), keys)
         self.drop = True
 
     async def _run(self, plan: list[Any]) -> bytes:
@@ -343,7 +364,11 @@ async def test_an_epoch_change_rewrites_every_usage_total(
     r = make_client(own_redis.url)
     await r.set(KEYS.epoch, "e1")
     counters = Counters()
-    flusher = CounterFlusher(counters, RedisCounterSink(r, KEYS), clock=fixed_clock(NOW - 7200))
+    flusher = CounterFlusher(
+        counters,
+        RedisCounterSink(RedisRuntimeState(r, prefix=KEYS.prefix), KEYS),
+        clock=fixed_clock(NOW - 7200),
+    )
     record_n(counters, 7, space=b"sp-quiet")
     record_n(counters, 5)
     assert await flusher.flush() is True
@@ -373,7 +398,7 @@ async def test_an_expired_usage_key_is_restored_by_the_next_write(
 ) -> None:
     r = make_client(redis_url)
     counters = Counters()
-    sink = RedisCounterSink(r, KEYS)
+    sink = RedisCounterSink(RedisRuntimeState(r, prefix=KEYS.prefix), KEYS)
     now = [NOW - 3600]  # the same month throughout
     flusher = CounterFlusher(counters, sink, clock=lambda: now[0])
     record_n(counters, 9)
@@ -488,7 +513,11 @@ async def test_a_server_refusing_every_write_keeps_the_whole_batch(
     partial write; the batch is kept and written once when the server accepts writes again."""
     r = make_client(own_redis.url)
     counters = Counters()
-    flusher = CounterFlusher(counters, RedisCounterSink(r, KEYS), clock=fixed_clock())
+    flusher = CounterFlusher(
+        counters,
+        RedisCounterSink(RedisRuntimeState(r, prefix=KEYS.prefix), KEYS),
+        clock=fixed_clock(),
+    )
     await r.config_set("maxmemory-policy", "noeviction")
     await r.config_set("maxmemory", "1")
     record_n(counters, 7)

@@ -119,6 +119,7 @@ async def test_readyz_follows_the_route_table(server: InternalServer, table: Rou
     body = orjson.loads(reply.body)
     assert body["status"] == "not_ready"
     assert body["table"]["synced"] is False and body["table"]["records"] == 0
+    assert body["table"]["state"] == "cold"
 
     assert isinstance(table.store, MemoryRouteStore)
     await table.store.publish(make_record("app.example.com"))
@@ -129,6 +130,7 @@ async def test_readyz_follows_the_route_table(server: InternalServer, table: Rou
     body = orjson.loads(reply.body)
     assert body["status"] == "ready"
     assert body["table"]["records"] == 1 and body["table"]["synced"] is True
+    assert body["table"]["state"] == "current"
 
 
 async def test_metrics_parse_as_prometheus_text(server: InternalServer, table: RouteTable) -> None:
@@ -161,6 +163,8 @@ async def test_metrics_parse_as_prometheus_text(server: InternalServer, table: R
     assert m[f"turnout_route_table_resyncs_total{{{w}}}"] == 0
     assert m[f"turnout_route_table_stale{{{w}}}"] == 0
     assert m[f"turnout_route_table_connected{{{w}}}"] == 0
+    assert m[f'turnout_route_table_state{{{w},state="cold"}}'] == 1
+    assert m[f'turnout_route_table_state{{{w},state="current"}}'] == 0
     assert m[f"turnout_counter_flush_errors_total{{{w}}}"] == 0
     assert m[f"turnout_counter_pending_keys{{{w}}}"] == 1
 
@@ -171,6 +175,11 @@ async def test_metrics_parse_as_prometheus_text(server: InternalServer, table: R
     assert m[f"turnout_route_table_records{{{w}}}"] == 1
     assert m[f"turnout_route_table_connected{{{w}}}"] == 1
     assert m[f"turnout_route_table_ready{{{w}}}"] == 1
+    states = {k: v for k, v in m.items() if k.startswith("turnout_route_table_state{")}
+    assert states == {
+        f'turnout_route_table_state{{{w},state="{s}"}}': int(s == "current")
+        for s in ("cold", "snapshot", "current", "stale", "lost")
+    }
 
 
 async def test_unknown_paths_and_methods_are_404(server: InternalServer) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.config import GatewayConfig
-from gateway.counters import Counters
+from gateway.core import GatewayCore
 from gateway.native import NativeServer
 from gateway.pool import UpstreamPool
 from gateway.worker import bind_socket
@@ -91,8 +91,10 @@ async def _server(config: GatewayConfig, uport: int) -> tuple[NativeServer, Upst
     )
     table.routes[b"app.test"] = CompiledRoute(record, table.registry)
     loop = asyncio.get_running_loop()
-    pool = UpstreamPool(config, loop)
-    server = NativeServer(config, table, pool, Counters(), loop=loop)
+    core = GatewayCore(config, store=table.store, table=table)
+    core.open(loop)
+    pool = core.pool
+    server = NativeServer(core)
     sock = bind_socket("127.0.0.1", 0, reuse_port=False)
     await server.listen(sock)
     return server, pool, sock.getsockname()[1]

@@ -681,3 +681,19 @@ async def test_stats_and_repr(make_store: StoreMaker, make_table: TableMaker) ->
     assert stats["last_id"] == (await admin.sync_point()).last_id
     assert table.ready
     assert "records=1" in repr(table) and "'e1'" in repr(table)
+
+
+def test_state_is_derived_from_the_flags_in_one_place() -> None:
+    from routing.table import TableState
+
+    table = RouteTable(MemoryRouteStore())
+    assert table.state is TableState.COLD
+    table.from_snapshot = True
+    assert table.state is TableState.SNAPSHOT
+    table.from_snapshot, table.synced = False, True
+    assert table.state is TableState.CURRENT
+    table.stale = True
+    assert table.state is TableState.STALE
+    table._lost = True
+    assert table.state is TableState.LOST
+    assert table.stats()["state"] == "lost"

@@ -50,7 +50,7 @@ from admin.crypto import KeyRing
 from tests.support.net import free_port, kill, terminate, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
-_LAUNCH = "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+_LAUNCH = "import sys; from turnout.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 class AdminStartError(RuntimeError):

@@ -21,7 +21,7 @@ from typing import Final
 _TARGETS: Final[dict[str, tuple[str, str]]] = {
     "gateway": ("gateway.launcher", "run the dispatch gateway (data plane)"),
     "admin": ("admin.cli", "run or operate the admin plane (control plane)"),
-    "dev": ("admin.dev", "run a local all-in-one stack (try: turnout dev --demo)"),
+    "dev": ("turnout.dev", "run a local all-in-one stack (try: turnout dev --demo)"),
 }
 
 # ``turnout admin rollout …`` is a small client of the admin API: loaded without the admin
