@@ -302,8 +302,11 @@ def test_the_issues_manifest_costs_little_cpu() -> None:
     ids=["timestamps", "block-map", "1MiB-flow", "1MiB-json", "1MiB-scalar"],
 )
 def test_worst_case_shapes_stay_bounded(text: str) -> None:
+    # A guard against superlinear shapes (they took seconds to minutes before issue 15 D4),
+    # not a speed measurement: ~0.1-0.2 s on a quiet 2-core box, up to ~0.3 s on a loaded one;
+    # the speed itself is measured in benchmarks/manifest_dos.py.
     spent = cpu_of(lambda: parse_manifest(text.encode()))
-    assert spent < 0.25, f"{spent * 1000:.0f} ms of CPU"
+    assert spent < 1.0, f"{spent * 1000:.0f} ms of CPU"
 
 
 # --------------------------------------------------------------------------------- duplicates
