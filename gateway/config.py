@@ -270,7 +270,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "TURNOUT_HOT_CACHE",
         parse_at_least_one,
         str,
-        "flat mode: compiled routes (and misses) each worker keeps",
+        "flat mode: compiled routes each worker keeps (names the file lacks: apart, up to 4096)",
     ),
     Setting(
         "internal",

@@ -69,7 +69,8 @@ RECORD: Final = struct.Struct("<HHIQ")  # 16 bytes
 SLOT: Final = struct.Struct("<II")
 EMPTY: Final = 0xFFFFFFFF
 MAX_DATA: Final = EMPTY * 8  # record offsets are stored in 8-byte units
-HOT_CACHE: Final = 65_536  # default bound of a worker's hot cache (routes, misses included)
+HOT_CACHE: Final = 65_536  # default bound of a worker's hot cache of compiled routes
+ABSENT_CACHE: Final = 4_096  # names the file does not hold, remembered apart (bounded)
 _CHUNK: Final = 1 << 20
 _CRC_AT: Final = 56  # the CRC covers the header before it, then everything after the header
 
@@ -394,17 +395,20 @@ def record_head(host: str, data: bytes) -> int:
 
 
 class ColdRoutes:
-    """One worker's view of a flat file: a bounded hot cache of compiled routes (misses
-    cached too), the tombstones of hosts the stream deleted since the file was written, and the
-    counters /metrics reports. The worker's overlay of changed routes lives in the table's
-    ``routes`` dict, which :func:`find_route` reads first."""
+    """One worker's view of a flat file: a bounded hot cache of compiled routes, a separate
+    bounded cache of names the file does not hold (so a flood of unknown hostnames can never
+    push hot routes out), the tombstones of hosts the stream deleted since the file was
+    written, and the counters /metrics reports. The worker's overlay of changed routes lives in
+    the table's ``routes`` dict, which :func:`find_route` reads first."""
 
     def __init__(self, flat: FlatFile, registry: UpstreamRegistry, limit: int = HOT_CACHE) -> None:
         self.flat = flat
         self.registry = registry
         self.interner = Interner(registry)
         self.limit = max(1, limit)
-        self.cache: dict[bytes, CompiledRoute | None] = {}
+        self.cache: dict[bytes, CompiledRoute] = {}
+        self.absent: dict[bytes, None] = {}  # names the file does not hold (or cannot serve)
+        self.absent_limit = max(1, min(self.limit, ABSENT_CACHE))
         self.deleted: dict[bytes, int] = {}  # host -> version of the deletion
         self.hits = 0
         self.misses = 0
@@ -412,9 +416,14 @@ class ColdRoutes:
 
     def get(self, host: bytes) -> CompiledRoute | None:
         cache = self.cache
-        if host in cache:
+        hit = cache.get(host)
+        if hit is not None:
             self.hits += 1
-            return cache[host]
+            return hit
+        absent = self.absent
+        if host in absent:
+            self.hits += 1
+            return None
         self.misses += 1
         route: CompiledRoute | None = None
         if host not in self.deleted:
@@ -425,6 +434,11 @@ class ColdRoutes:
                 except RecordError:
                     self.invalid += 1
                     route = None
+        if route is None:
+            if len(absent) >= self.absent_limit:
+                del absent[next(iter(absent))]  # oldest first
+            absent[host] = None
+            return None
         if len(cache) >= self.limit:
             del cache[next(iter(cache))]  # oldest first
         cache[host] = route
@@ -438,6 +452,7 @@ class ColdRoutes:
 
     def forget(self, host: bytes) -> None:
         self.cache.pop(host, None)
+        self.absent.pop(host, None)
 
 
 def find_route(

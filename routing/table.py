@@ -491,13 +491,15 @@ class RouteTable:
             if old is not None:
                 cold.deleted = {h: v for h, v in old.deleted.items() if 0 <= flat.version(h) < v}
                 for host, route in old.cache.items():
-                    held = flat.version(host)
-                    if (route is None and held < 0) or (
-                        route is not None and held == route.version
-                    ):
-                        if len(cold.cache) >= cold.limit:
-                            break
+                    if len(cold.cache) >= cold.limit:
+                        break
+                    if flat.version(host) == route.version:
                         cold.cache[host] = route
+                for host in old.absent:
+                    if len(cold.absent) >= cold.absent_limit:
+                        break
+                    if flat.version(host) < 0:
+                        cold.absent[host] = None
         # Two assignments, no await between them: a lookup sees the old pair or the new one.
         self.routes = routes
         self.cold = cold

@@ -268,6 +268,20 @@ def test_an_invalid_record_in_the_file_serves_no_route(tmp_path: Path) -> None:
     assert cold.invalid == 1
 
 
+def test_a_flood_of_unknown_names_never_evicts_hot_routes(tmp_path: Path) -> None:
+    path = tmp_path / "t.flat"
+    build(path, [make_record(h, 1) for h in hosts(10)])
+    cold = ColdRoutes(FlatFile(str(path)), UpstreamRegistry(), limit=10)
+    hot = [cold.get(h.encode()) for h in hosts(10)]
+    assert all(r is not None for r in hot) and len(cold.cache) == 10
+    for i in range(20_000):
+        assert cold.get(f"scan{i}.attacker.test".encode()) is None
+    assert len(cold.absent) == cold.absent_limit <= 4096
+    misses = cold.misses
+    assert [cold.get(h.encode()) for h in hosts(10)] == hot  # the same objects, from the cache
+    assert cold.misses == misses
+
+
 # ---------------------------------------------------------------------------- flat mode
 
 
