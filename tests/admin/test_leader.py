@@ -134,14 +134,16 @@ async def _die(lease: Lease) -> None:
 async def test_heartbeat_keeps_the_lease_through_long_work(
     runtimes: list[RedisRuntimeState],
 ) -> None:
-    a, b = Lease(runtimes[0], "p", 300), Lease(runtimes[1], "p", 300)
+    # A 1 s TTL (renewed about every third of it): a 300 ms one lost the lease to a 240 ms
+    # event-loop stall of the loaded test box, which is not what this test is about.
+    a, b = Lease(runtimes[0], "p", 1000), Lease(runtimes[1], "p", 1000)
     a.start()
     await _until(lambda: a.holding, 2, "a leads")
     b.start()
     try:
 
         async def long_job() -> str:
-            await asyncio.sleep(1.0)  # > 3 TTLs: only the heartbeat keeps the lease
+            await asyncio.sleep(3.2)  # > 3 TTLs: only the heartbeat keeps the lease
             return "done"
 
         assert await a.run_fenced(long_job) == "done"
