@@ -11,10 +11,12 @@ file before the store answers, deletions survive compactions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import struct
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +293,22 @@ async def published(n: int, version: int = 1) -> MemoryRouteStore:
     return store
 
 
+@contextlib.asynccontextmanager
+async def writer_and_reader(
+    store: MemoryRouteStore, path: str
+) -> AsyncIterator[tuple[RouteTable, RouteTable]]:
+    """Two workers' tables on one flat file: the writer (worker 0) and a reader, started."""
+    writer = RouteTable(store, snapshot_path=path, flat=True, **FAST)
+    reader = RouteTable(store, snapshot_path=path, flat=True, flat_writer=False, **FAST)
+    try:
+        await writer.start()
+        await reader.start()
+        yield writer, reader
+    finally:
+        await reader.stop()
+        await writer.stop()
+
+
 def version_of(table: RouteTable, host: str) -> int | None:
     route = table.lookup(host.encode())
     return None if route is None else route.version
@@ -348,13 +366,9 @@ async def test_versions_never_go_back_under_concurrent_updates(tmp_path: Path) -
     only grows, and the end state is the store's."""
     store = await published(100)
     path = str(tmp_path / "routes.flat")
-    writer = RouteTable(store, snapshot_path=path, flat=True, **FAST)
-    reader = RouteTable(store, snapshot_path=path, flat=True, flat_writer=False, **FAST)
     names = hosts(100)
     seen: dict[tuple[int, str], int] = {}
-    try:
-        await writer.start()
-        await reader.start()
+    async with writer_and_reader(store, path) as (writer, reader):
         stop = asyncio.Event()
 
         async def watch() -> None:
@@ -386,19 +400,12 @@ async def test_versions_never_go_back_under_concurrent_updates(tmp_path: Path) -
         await wait_until(
             lambda: reader.cold is not None and reader.cold.flat.inode == FlatFile(path).inode, 3.0
         )
-    finally:
-        await reader.stop()
-        await writer.stop()
 
 
 async def test_two_workers_agree_after_a_swap(tmp_path: Path) -> None:
     store = await published(30)
     path = str(tmp_path / "routes.flat")
-    writer = RouteTable(store, snapshot_path=path, flat=True, **FAST)
-    reader = RouteTable(store, snapshot_path=path, flat=True, flat_writer=False, **FAST)
-    try:
-        await writer.start()
-        await reader.start()
+    async with writer_and_reader(store, path) as (writer, reader):
         assert reader.cold is not None
         first = reader.cold.flat.inode
         await store.publish(make_record("h00003.example.com", 5))
@@ -409,27 +416,17 @@ async def test_two_workers_agree_after_a_swap(tmp_path: Path) -> None:
             assert same(writer.lookup(name.encode()), reader.lookup(name.encode())), name
         assert version_of(reader, "h00003.example.com") == 5
         assert reader.lookup(b"h00004.example.com") is None
-    finally:
-        await reader.stop()
-        await writer.stop()
 
 
 async def test_a_reader_resyncs_to_the_writers_file_of_a_new_epoch(tmp_path: Path) -> None:
     store = await published(10)
     path = str(tmp_path / "routes.flat")
-    writer = RouteTable(store, snapshot_path=path, flat=True, **FAST)
-    reader = RouteTable(store, snapshot_path=path, flat=True, flat_writer=False, **FAST)
-    try:
-        await writer.start()
-        await reader.start()
+    async with writer_and_reader(store, path) as (writer, reader):
         await store.replace_all([make_record(h, 9) for h in hosts(12)], epoch="epoch-2")
         for table in (writer, reader):
             await wait_until(lambda t=table: t.epoch == "epoch-2" and t.synced, 3.0)
             assert version_of(table, "h00011.example.com") == 9
         assert reader.cold is not None and reader.cold.flat.epoch == "epoch-2"
-    finally:
-        await reader.stop()
-        await writer.stop()
 
 
 async def test_a_reader_without_the_writers_file_syncs_into_memory(
