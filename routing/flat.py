@@ -386,6 +386,8 @@ def record_head(host: str, data: bytes) -> int:
         raise RecordError("$", f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise RecordError("$", "a record must be a JSON object")
+    if not host.isascii():  # a store under attack: the file keys hosts as ASCII bytes
+        raise RecordError("host", f"not an ASCII hostname: {host!r}")
     if obj.get("host") != host:
         raise RecordError("host", f"record filed under {host} names {obj.get('host')!r}")
     version = obj.get("version")

@@ -259,6 +259,23 @@ def test_record_head_refuses(data: bytes, field: str) -> None:
     assert err.value.path == field
 
 
+def test_record_head_refuses_a_non_ascii_host() -> None:
+    with pytest.raises(RecordError) as err:
+        record_head("bü.example.com", b'{"host":"b\\u00fc.example.com","version":1}')
+    assert err.value.path == "host"
+
+
+async def test_a_full_sync_skips_a_non_ascii_host_in_the_store(tmp_path: Path) -> None:
+    store = await published(3)
+    store._routes["bü.example.com"] = b'{"host":"b\\u00fc.example.com","version":1}'  # type: ignore[attr-defined]
+    table = RouteTable(store, snapshot_path=str(tmp_path / "r.flat"), flat=True, **FAST)
+    try:
+        assert await table.start()
+        assert table.invalid == 1 and FlatFile(str(tmp_path / "r.flat")).count == 3
+    finally:
+        await table.stop()
+
+
 def test_an_invalid_record_in_the_file_serves_no_route(tmp_path: Path) -> None:
     path = tmp_path / "t.flat"
     builder = FlatBuilder(str(path))
