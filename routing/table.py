@@ -550,6 +550,10 @@ class RouteTable:
         host = entry.host
         if not host:
             return
+        if not host.isascii():  # never from the admin; a hostile or broken writer of the log
+            self.invalid += 1
+            log.error("ignoring log entry %s for a non-ASCII host %r", entry.id, host)
+            return
         key = host.encode("ascii")
         current = self.routes.get(key)
         cold = self.cold

@@ -36,7 +36,7 @@ from routing.flat import (
     record_head,
 )
 from routing.models import RouteRecord, decode_record, encode_record
-from routing.store import MemoryRouteStore, SyncPoint
+from routing.store import LogEntry, MemoryRouteStore, SyncPoint
 from routing.table import RouteTable
 from routing.upstreams import UpstreamRegistry
 from tests.routing.store_support import hosts, make_record, wait_until
@@ -274,6 +274,13 @@ async def test_a_full_sync_skips_a_non_ascii_host_in_the_store(tmp_path: Path) -
         assert table.invalid == 1 and FlatFile(str(tmp_path / "r.flat")).count == 3
     finally:
         await table.stop()
+
+
+@pytest.mark.parametrize("flat", [False, True])
+async def test_a_log_entry_for_a_non_ascii_host_is_ignored(tmp_path: Path, flat: bool) -> None:
+    table = RouteTable(MemoryRouteStore(), snapshot_path=str(tmp_path / "r.flat"), flat=flat)
+    table._apply(LogEntry(id="1-1", host="bü.example.com", version=2, record=None, epoch=None))
+    assert table.invalid == 1 and table.routes == {}
 
 
 def test_an_invalid_record_in_the_file_serves_no_route(tmp_path: Path) -> None:
