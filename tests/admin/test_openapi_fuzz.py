@@ -68,6 +68,49 @@ MANIFEST = {
 MANAGED_HOLDS = {*MANAGED_SCOPES, *RUNTIME_SCOPES}
 
 
+# The parts of the world ensure() keeps alive, and which of them a mutation can reach.
+SPACE_PARTS = frozenset({"space", "members", "service", "managed", "rollout", "pods"})
+PARTS = SPACE_PARTS | {"invitation"}
+_DEPLOYED = frozenset({"service", "managed", "rollout"})
+_NOTHING: frozenset[str] = frozenset()
+# Exact paths first: creating a space, a principal or a token breaks nothing of the world's
+# (deletes name spare ones); plans, usage reports, credits and a resync change nothing a check
+# could put back.
+REACH_EXACT = {
+    "/api/spaces": _NOTHING,
+    "/api/spaces/{space}/pods:rebuild": frozenset({"pods"}),
+    "/api/spaces/{space}/usage": _NOTHING,
+    "/api/spaces/{space}/billing/credit": _NOTHING,
+    "/api/system/resync": _NOTHING,
+}
+REACH: list[tuple[str, frozenset[str]]] = [  # the first prefix that matches decides
+    ("/api/plans", _NOTHING),
+    ("/api/tokens", frozenset({"managed"})),
+    ("/api/principals", frozenset({"members", "managed"})),
+    ("/api/spaces/{space}/pods", frozenset({"pods"})),
+    ("/api/spaces/{space}/members", frozenset({"members"})),
+    ("/api/spaces/{space}/invitations", frozenset({"invitation"})),
+    ("/api/invitations", frozenset({"invitation"})),
+    ("/api/runtime", frozenset({"managed"})),
+    ("/api/spaces/{space}/services", _DEPLOYED),
+    ("/api/spaces/{space}/app-deployments", _DEPLOYED),
+    ("/api/spaces/{space}/deployments", _DEPLOYED),
+    ("/api/spaces/{space}/snapshots", _DEPLOYED),
+    ("/api/spaces/{space}/common-env", _DEPLOYED),
+]
+
+
+def reach(path: str) -> frozenset[str]:
+    """What a mutation of ``path`` may break: a part it cannot reach is not checked again.
+    Anything not listed (billing, the space itself) may reach everything."""
+    if path in REACH_EXACT:
+        return REACH_EXACT[path]
+    for prefix, parts in REACH:
+        if path == prefix or path.startswith(prefix + "/"):
+            return parts
+    return PARTS
+
+
 def rollout_manifest(strategy: str) -> dict[str, Any]:
     """A second app whose staged deploys give the rollout endpoints a real ``{id}``."""
     return {
@@ -110,7 +153,7 @@ class World:
         self.managed = ""  # the managed token of the deployment of "web"
         self.spawned = 0
         self.examples = 0
-        self.dirty = True  # a mutation ran since the last ensure()
+        self.dirty: set[str] = set(PARTS)  # what a mutation since the last ensure() may have broken
 
     @property
     def auth(self) -> dict[str, str]:
@@ -157,20 +200,38 @@ class World:
         self.invitation, self.invitation_space = invited["id"], space["id"]
 
     def ensure(self) -> None:
-        """(Re)create whatever a mutation since the last call deleted or stopped."""
-        if not self.dirty:
+        """(Re)create whatever a mutation since the last call may have deleted or stopped.
+
+        Only the parts the mutations since the last call could reach (:func:`reach`) are
+        checked: the checks were most of the run's time when every part was checked after
+        every mutation."""
+        dirty, self.dirty = self.dirty, set()
+        if not dirty:
             return
-        self.dirty = False
-        self.ensure_invitation()
+        if "invitation" in dirty:
+            self.ensure_invitation()
         if not self.user_id:
             body = self._call("POST", "/api/principals", 201, json={"kind": "user", "name": "u"})
             self.user_id = body["id"]
-        if (
+        if "space" in dirty and (
             not self.space
             or self.client.get(f"/api/spaces/{self.space}", headers=self.auth).status_code != 200
         ):
             self.space = self.spare_space()
+            dirty |= SPACE_PARTS  # a new space: everything in it is to be made
         space = self.space
+        if "members" in dirty:
+            self._ensure_member(space)
+        if "service" in dirty:
+            self._ensure_service(space)
+        if "managed" in dirty:
+            self._ensure_managed(space)
+        if "rollout" in dirty:
+            self._ensure_rollout(space)
+        if "pods" in dirty:
+            self.ensure_pods(space)
+
+    def _ensure_member(self, space: str) -> None:
         members = self._call("GET", f"/api/spaces/{space}/members?limit=500", 200)
         if self.user_id not in {m["principal_id"] for m in members["items"]}:
             self._call(
@@ -179,6 +240,8 @@ class World:
                 201,
                 json={"principal_id": self.user_id, "role": "editor"},
             )
+
+    def _ensure_service(self, space: str) -> None:
         svc = self.client.get(f"/api/spaces/{space}/services/web", headers=self.auth)
         hosts = self.client.get(f"/api/spaces/{space}/services/web/hostnames", headers=self.auth)
         if (
@@ -194,9 +257,6 @@ class World:
             self.snapshot_id = dep["snapshot_id"]
             self.host = dep["hostnames"][0]
             self.managed = dep["managed_token"]["token"]
-        self._ensure_managed(space)
-        self._ensure_rollout(space)
-        self.ensure_pods(space)
 
     def _ensure_managed(self, space: str) -> None:
         """A working managed token (a generated re-issue or refresh may have retired it)."""
@@ -258,7 +318,7 @@ class World:
         if scope in RUNTIME_SCOPES or (scope in MANAGED_HOLDS and self.examples % 2 == 0):
             case.headers["Authorization"] = f"Bearer {self.managed}"
         if method != "GET":
-            self.dirty = True
+            self.dirty |= reach(path)
         self.examples += 1
         params = case.path_parameters
         if not params or self.examples % 3 == 0:

@@ -286,10 +286,14 @@ def read_ws_message(conn: RawConnection) -> tuple[int, bytes]:
 
 
 CANARY_BP = 2000
-SPLIT_REQUESTS = 20_000
+# Every request's landing is checked against its key's bucket, so the count only needs to be
+# large enough to exercise pipelining over many connections and to make the share meaningful
+# (6 000 keys: 19.98 % of them are in the canary's buckets). It was 20 000: the slowest gateway
+# test on both builds, for no check the smaller count misses.
+SPLIT_REQUESTS = 6_000
 
 
-def test_canary_split_over_20000_requests(front: Front) -> None:
+def test_canary_split_over_many_requests(front: Front) -> None:
     host = front.route(
         endpoints=split_endpoints(front.ups.a.url, front.ups.b.url, CANARY_BP),
         space_id=SPACE,
