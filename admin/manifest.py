@@ -28,6 +28,7 @@ from typing import Any, Final, Literal
 
 from admin.crypto import Secret
 from admin.errors import Unprocessable
+from admin.inputs import unprocessable
 from admin.manifest_access import Access, parse_access
 from admin.manifest_hints import takos_hints
 from admin.manifest_load import (
@@ -240,7 +241,7 @@ def manifest_body(raw: bytes) -> ManifestParcel:
     try:
         return ManifestParcel.pack(parse_manifest(raw))
     except ManifestError as exc:
-        raise Unprocessable(str(exc), exc.as_details(), code="invalid_manifest") from None
+        raise unprocessable(exc, code="invalid_manifest") from None
 
 
 def manifest_from_obj(doc: Any) -> Manifest:
