@@ -1231,3 +1231,29 @@ def test_policy_upgrades_are_stored_lower_case_and_encoded() -> None:
     rec["policy"] = {"upgrades": ["h2c"]}
     assert decode_record(rec).policy is decode_record(rec).policy
     assert decode_record(rec).policy.upgrades == ("h2c",)
+
+
+def test_an_unknown_key_is_named_printable_and_bounded() -> None:
+    obj = minimal()
+    obj["x\n" + "y" * 100] = 1
+    with pytest.raises(RecordError) as info:
+        decode_record(obj)
+    assert info.value.path == "x\\u000a" + "y" * 54 + "..."  # 64 characters in all
+    assert info.value.reason.startswith("unknown field (allowed: host, version, ")
+
+
+def test_a_huge_integer_is_shown_by_its_digit_count() -> None:
+    obj = minimal()
+    obj["version"] = 10**30
+    with pytest.raises(RecordError) as info:
+        decode_record(obj)
+    assert info.value.reason == f"must be between 1 and {2**63 - 1}, got a number of 31 digits"
+
+
+def test_an_unknown_status_is_quoted() -> None:
+    obj = minimal()
+    obj["endpoints"][0]["targets"][0]["status"] = "live"
+    with pytest.raises(RecordError) as info:
+        decode_record(obj)
+    assert info.value.path == "endpoints[0].targets[0].status"
+    assert info.value.reason == "must be one of active, canary, rollback, not 'live'"
