@@ -13,6 +13,10 @@ come back through a sibling:
 - **Body strings** never hold NUL (JSON allows ``"\\u0000"``; orjson already refuses lone
   surrogates) → 422 naming the field, checked by the models' shared validator
   (:func:`refuse_nul`).
+- **Checks from the validation vocabulary** (:mod:`routing.validation`: hostnames, manifests)
+  fail with a :class:`~routing.errors.FieldError` (one field) or an
+  :class:`~routing.errors.InvalidFields` (every issue); :func:`unprocessable` is the one way
+  either becomes a 422 whose ``details.fields`` lists the ``{"path", "message"}`` issues.
 - **X-Request-Id** from the client is kept only if it is 1..128 of ``[A-Za-z0-9._:-]`` (else 422
   naming ``header.X-Request-Id``); it is stored apart from the server's own request id, which the
   server always generates (:func:`new_request_id`).
@@ -24,7 +28,8 @@ import re
 import secrets
 from typing import Any, Final
 
-from admin.errors import ApiError, PayloadTooLarge, field_error
+from admin.errors import ApiError, PayloadTooLarge, Unprocessable, field_error
+from routing.errors import FieldError, InvalidFields
 
 MAX_PARAM_LEN: Final = 255
 MAX_INT_DIGITS: Final = 18  # below 2**63: fits a BIGINT column and never reaches int()'s limit
@@ -54,6 +59,13 @@ def client_text(raw: str, path: str, max_len: int = MAX_PARAM_LEN) -> str:
         bad = next(c for c in raw if not c.isprintable())
         raise field_error(path, f"must not contain U+{ord(bad):04X} (only printable characters)")
     return raw
+
+
+def unprocessable(exc: FieldError | InvalidFields, *, code: str | None = None) -> Unprocessable:
+    """A validation failure as a 422: the error's text as the message, its issues as
+    ``details.fields`` (one for a :class:`FieldError`, every one for :class:`InvalidFields`)."""
+    issues = [exc.issue] if isinstance(exc, FieldError) else exc.issues
+    return Unprocessable(str(exc), [{"path": p, "message": m} for p, m in issues], code=code)
 
 
 def client_request_id(raw: str | None) -> str | None:

@@ -5,8 +5,10 @@ size, characters, libyaml's C parser under a counting composer, depth, aliases, 
 errors that carry a position or a field path but never document content.
 
 Validation collects every problem it can as ``(path, message)`` issues
-(``spec.services.web.upstreams[0]``) and raises one :class:`ManifestError`, so the API answers a
-single 422 listing all failing fields. Forms written for Takos get hints naming the Turnout
+(``spec.services.web.upstreams[0]``) under a :class:`~routing.validation.Collector` and raises
+one :class:`ManifestError`, so the API answers a single 422 listing all failing fields. Type
+names, field paths and the shared checks are :mod:`routing.validation`'s, the words route
+records use too. Forms written for Takos get hints naming the Turnout
 equivalent (:mod:`admin.manifest_hints`), listed first. Field rules shared with route records
 (hostnames, upstream URLs, path prefixes) reuse :mod:`routing.models` and
 :mod:`routing.hostnames`. Values of ``env``, ``secrets`` and ``bindings`` are only ever checked
@@ -17,16 +19,16 @@ from __future__ import annotations
 
 import copyreg
 import dataclasses
-import datetime
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal, ParamSpec, TypeVar
+from typing import Any, Final, Literal
 
 from admin.crypto import Secret
 from admin.errors import Unprocessable
+from admin.inputs import unprocessable
 from admin.manifest_access import Access, parse_access
 from admin.manifest_hints import takos_hints
 from admin.manifest_load import (
@@ -37,13 +39,26 @@ from admin.manifest_load import (
     MAX_VALUES,
     Issue,
     ManifestError,
-    key_text,
     load_document,
 )
-from routing.errors import RecordError
+from routing.errors import FieldError
 from routing.health import HEALTH_TTL
 from routing.hostnames import validate_hostname
 from routing.models import Upstream, normalize_prefix, parse_upstream
+from routing.validation import (
+    ROOT,
+    Collector,
+    expect_bool,
+    expect_list,
+    expect_mapping,
+    expect_string,
+    field_path,
+    index_path,
+    integer,
+    key_problems,
+    one_of,
+    type_error,
+)
 
 __all__ = [
     "MAX_ALIASES",
@@ -174,27 +189,6 @@ class Manifest:
 
 # --------------------------------------------------------------------------------- validation
 
-_T = TypeVar("_T")
-_P = ParamSpec("_P")
-
-
-class _Issues:
-    """Collects issues; :meth:`check` runs one field validator and records its failure."""
-
-    def __init__(self) -> None:
-        self.items: list[Issue] = []
-
-    def add(self, path: str, message: str) -> None:
-        if len(self.items) < MAX_ISSUES:
-            self.items.append(Issue(path, message))
-
-    def check(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T | None:
-        try:
-            return fn(*args, **kwargs)
-        except RecordError as exc:
-            self.add(exc.path, exc.reason)
-            return None
-
 
 def parse_manifest(text: str | bytes) -> Manifest:
     """Parse and validate a manifest (YAML or JSON); raise :class:`ManifestError` with issues."""
@@ -247,7 +241,7 @@ def manifest_body(raw: bytes) -> ManifestParcel:
     try:
         return ManifestParcel.pack(parse_manifest(raw))
     except ManifestError as exc:
-        raise Unprocessable(str(exc), exc.as_details(), code="invalid_manifest") from None
+        raise unprocessable(exc, code="invalid_manifest") from None
 
 
 def manifest_from_obj(doc: Any) -> Manifest:
@@ -265,19 +259,19 @@ def manifest_from_obj(doc: Any) -> Manifest:
 
 
 def _validate(doc: Any, hinted: bool) -> Manifest:
-    issues = _Issues()
-    root = issues.check(_object, doc, "$")
+    issues = Collector(MAX_ISSUES)
+    root = issues.check(expect_mapping, doc, ROOT)
     if root is None:
         raise ManifestError(issues.items)
-    _keys(issues, root, "", required=("apiVersion", "kind", "metadata", "spec"))
+    _keys(issues, root, ROOT, required=("apiVersion", "kind", "metadata", "spec"))
     api_version = None
     if "apiVersion" in root:
-        api_version = issues.check(_choice, root["apiVersion"], "apiVersion", API_VERSIONS)
+        api_version = issues.check(one_of, root["apiVersion"], "apiVersion", API_VERSIONS)
     if "kind" in root:
-        issues.check(_choice, root["kind"], "kind", (KIND,))
+        issues.check(one_of, root["kind"], "kind", (KIND,))
     name = None
     if "metadata" in root:
-        meta = issues.check(_object, root["metadata"], "metadata")
+        meta = issues.check(expect_mapping, root["metadata"], "metadata")
         if meta is not None:
             _keys(issues, meta, "metadata", required=("name",))
             if "name" in meta:
@@ -285,7 +279,7 @@ def _validate(doc: Any, hinted: bool) -> Manifest:
     services: dict[str, Service] = {}
     routes: tuple[Route, ...] = ()
     rollout = Rollout()
-    spec = issues.check(_object, root["spec"], "spec") if "spec" in root else None
+    spec = issues.check(expect_mapping, root["spec"], "spec") if "spec" in root else None
     if spec is not None:
         _keys(issues, spec, "spec", required=("services",), optional=("routes", "rollout"))
         declared: set[str] = set()
@@ -306,9 +300,9 @@ def _validate(doc: Any, hinted: bool) -> Manifest:
     )
 
 
-def _services(issues: _Issues, value: Any, declared: set[str]) -> dict[str, Service]:
+def _services(issues: Collector, value: Any, declared: set[str]) -> dict[str, Service]:
     path = "spec.services"
-    obj = issues.check(_object, value, path)
+    obj = issues.check(expect_mapping, value, path)
     if obj is None:
         return {}
     if not obj:
@@ -317,7 +311,7 @@ def _services(issues: _Issues, value: Any, declared: set[str]) -> dict[str, Serv
         issues.add(path, f"at most {MAX_SERVICES} services")
     services: dict[str, Service] = {}
     for key, svc_obj in obj.items():
-        spath = f"{path}.{key_text(key)}"
+        spath = field_path(path, key)
         if not isinstance(key, str) or not _NAME.fullmatch(key):
             issues.add(spath, "service name must be a DNS label ([a-z0-9-], at most 63 chars)")
             continue
@@ -328,8 +322,8 @@ def _services(issues: _Issues, value: Any, declared: set[str]) -> dict[str, Serv
     return services
 
 
-def _service(issues: _Issues, name: str, value: Any, path: str) -> Service | None:
-    obj = issues.check(_object, value, path)
+def _service(issues: Collector, name: str, value: Any, path: str) -> Service | None:
+    obj = issues.check(expect_mapping, value, path)
     if obj is None:
         return None
     kind = obj.get("type")
@@ -345,7 +339,7 @@ def _service(issues: _Issues, name: str, value: Any, path: str) -> Service | Non
         optional=("env", "secrets", "bindings", "limits", "access"),
     )
     if "type" in obj:
-        issues.check(_choice, kind, f"{path}.type", ("http",))
+        issues.check(one_of, kind, f"{path}.type", ("http",))
     upstreams = (
         _upstreams(issues, obj["upstreams"], f"{path}.upstreams") if "upstreams" in obj else ()
     )
@@ -389,8 +383,8 @@ def _service(issues: _Issues, name: str, value: Any, path: str) -> Service | Non
     )
 
 
-def _upstreams(issues: _Issues, value: Any, path: str) -> tuple[Upstream, ...]:
-    items = issues.check(_list, value, path)
+def _upstreams(issues: Collector, value: Any, path: str) -> tuple[Upstream, ...]:
+    items = issues.check(expect_list, value, path)
     if items is None:
         return ()
     if not items:
@@ -401,11 +395,12 @@ def _upstreams(issues: _Issues, value: Any, path: str) -> tuple[Upstream, ...]:
     ups: list[Upstream] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
-        up = issues.check(parse_upstream, item, f"{path}[{i}]")
+        upath = index_path(path, i)
+        up = issues.check(parse_upstream, item, upath)
         if up is None:
             continue
         if up.url in seen:
-            issues.add(f"{path}[{i}]", f"duplicate upstream (also {path}[{seen[up.url]}])")
+            issues.add(upath, f"duplicate upstream (also {index_path(path, seen[up.url])})")
             continue
         seen[up.url] = i
         ups.append(up)
@@ -413,9 +408,9 @@ def _upstreams(issues: _Issues, value: Any, path: str) -> tuple[Upstream, ...]:
 
 
 def _string_map(
-    issues: _Issues, value: Any, path: str, key_pattern: re.Pattern[str], key_rule: str
+    issues: Collector, value: Any, path: str, key_pattern: re.Pattern[str], key_rule: str
 ) -> dict[str, str]:
-    obj = issues.check(_object, value, path)
+    obj = issues.check(expect_mapping, value, path)
     if obj is None:
         return {}
     if len(obj) > MAX_VARS:
@@ -423,12 +418,12 @@ def _string_map(
         return {}
     out: dict[str, str] = {}
     for key, item in obj.items():
-        kpath = f"{path}.{key_text(key)}"
+        kpath = field_path(path, key)
         if not isinstance(key, str) or not key_pattern.fullmatch(key):
             issues.add(kpath, f"name must be {key_rule}")
             continue
         if not isinstance(item, str):
-            issues.add(kpath, f"must be a string, not {_type_name(item)} (quote it in YAML)")
+            issues.add(kpath, f"{type_error(kpath, 'a string', item).reason} (quote it in YAML)")
             continue
         if len(item) > MAX_VALUE_LEN:
             issues.add(kpath, f"must be at most {MAX_VALUE_LEN} characters")
@@ -437,24 +432,24 @@ def _string_map(
     return out
 
 
-def _limits(issues: _Issues, value: Any, path: str) -> Limits | None:
-    obj = issues.check(_object, value, path)
+def _limits(issues: Collector, value: Any, path: str) -> Limits | None:
+    obj = issues.check(expect_mapping, value, path)
     if obj is None:
         return None
     _keys(issues, obj, path, optional=("timeout_ms", "max_body_bytes"))
     timeout = body = None
     if "timeout_ms" in obj:
-        timeout = issues.check(_int, obj["timeout_ms"], f"{path}.timeout_ms", 1, MAX_TIMEOUT_MS)
+        timeout = issues.check(integer, obj["timeout_ms"], f"{path}.timeout_ms", 1, MAX_TIMEOUT_MS)
     if "max_body_bytes" in obj:
         body = issues.check(
-            _int, obj["max_body_bytes"], f"{path}.max_body_bytes", 0, MAX_BODY_BYTES
+            integer, obj["max_body_bytes"], f"{path}.max_body_bytes", 0, MAX_BODY_BYTES
         )
     return Limits(timeout_ms=timeout, max_body_bytes=body)
 
 
-def _routes(issues: _Issues, value: Any, declared: set[str]) -> tuple[Route, ...]:
+def _routes(issues: Collector, value: Any, declared: set[str]) -> tuple[Route, ...]:
     path = "spec.routes"
-    items = issues.check(_list, value, path)
+    items = issues.check(expect_list, value, path)
     if items is None:
         return ()
     if len(items) > MAX_ROUTES:
@@ -463,7 +458,7 @@ def _routes(issues: _Issues, value: Any, declared: set[str]) -> tuple[Route, ...
     routes: list[Route] = []
     seen: dict[tuple[str, str, tuple[str, ...]], int] = {}
     for i, item in enumerate(items):
-        rpath = f"{path}[{i}]"
+        rpath = index_path(path, i)
         route = _route(issues, item, rpath, declared)
         if route is None:
             continue
@@ -472,22 +467,24 @@ def _routes(issues: _Issues, value: Any, declared: set[str]) -> tuple[Route, ...
         host_key = route.hostname if route.hostname is not None else f"<platform:{route.service}>"
         key = (host_key, route.path, tuple(sorted(route.methods)))
         if key in seen:
-            issues.add(rpath, f"duplicates {path}[{seen[key]}] (same hostname, path and methods)")
+            issues.add(
+                rpath, f"duplicates {index_path(path, seen[key])} (same hostname, path and methods)"
+            )
             continue
         seen[key] = i
         routes.append(route)
     return tuple(routes)
 
 
-def _route(issues: _Issues, value: Any, path: str, declared: set[str]) -> Route | None:
-    obj = issues.check(_object, value, path)
+def _route(issues: Collector, value: Any, path: str, declared: set[str]) -> Route | None:
+    obj = issues.check(expect_mapping, value, path)
     if obj is None:
         return None
     before = len(issues.items)
     _keys(issues, obj, path, required=("service",), optional=("hostname", "path", "methods"))
     service = None
     if "service" in obj:
-        service = issues.check(_string, obj["service"], f"{path}.service")
+        service = issues.check(expect_string, obj["service"], f"{path}.service")
         if service is not None and service not in declared:
             known = ", ".join(sorted(declared)) or "none"
             issues.add(f"{path}.service", f"unknown service {service[:64]!r} (declared: {known})")
@@ -503,15 +500,15 @@ def _route(issues: _Issues, value: Any, path: str, declared: set[str]) -> Route 
     return Route(service=service, hostname=hostname, path=prefix, methods=methods)
 
 
-def _methods(issues: _Issues, value: Any, path: str) -> tuple[str, ...]:
-    items = issues.check(_list, value, path)
+def _methods(issues: Collector, value: Any, path: str) -> tuple[str, ...]:
+    items = issues.check(expect_list, value, path)
     if items is None:
         return ()
     methods: list[str] = []
     for i, item in enumerate(items):
-        mpath = f"{path}[{i}]"
-        if not isinstance(item, str):
-            issues.add(mpath, f"must be a string, not {_type_name(item)}")
+        mpath = index_path(path, i)
+        item = issues.check(expect_string, item, mpath)
+        if item is None:
             continue
         method = item.upper()
         if not _METHOD.fullmatch(method):
@@ -523,8 +520,8 @@ def _methods(issues: _Issues, value: Any, path: str) -> tuple[str, ...]:
     return tuple(methods)
 
 
-def _rollout(issues: _Issues, value: Any, path: str) -> Rollout | None:
-    obj = issues.check(_object, value, path)
+def _rollout(issues: Collector, value: Any, path: str) -> Rollout | None:
+    obj = issues.check(expect_mapping, value, path)
     if obj is None:
         return None
     before = len(issues.items)
@@ -537,13 +534,15 @@ def _rollout(issues: _Issues, value: Any, path: str) -> Rollout | None:
     )
     strategy = None
     if "strategy" in obj:
-        strategy = issues.check(_choice, obj["strategy"], f"{path}.strategy", STRATEGIES)
+        strategy = issues.check(one_of, obj["strategy"], f"{path}.strategy", STRATEGIES)
     canary_weight = None
     if "canary_weight" in obj:
         if strategy not in (None, "canary"):
             issues.add(f"{path}.canary_weight", "only valid with strategy: canary")
         else:
-            canary_weight = issues.check(_int, obj["canary_weight"], f"{path}.canary_weight", 1, 99)
+            canary_weight = issues.check(
+                integer, obj["canary_weight"], f"{path}.canary_weight", 1, 99
+            )
     elif strategy == "canary":
         issues.add(f"{path}.canary_weight", "is required with strategy: canary (1..99)")
     stages: tuple[Stage, ...] = ()
@@ -562,13 +561,11 @@ def _rollout(issues: _Issues, value: Any, path: str) -> Rollout | None:
             health = _health_check(issues, obj["health_check"], f"{path}.health_check") or health
     auto_promote = True
     if "auto_promote" in obj:
-        flag = obj["auto_promote"]
         if strategy in ("direct", "canary"):
             issues.add(f"{path}.auto_promote", _GATED_ONLY)
-        elif not isinstance(flag, bool):
-            issues.add(f"{path}.auto_promote", f"must be a boolean, not {_type_name(flag)}")
         else:
-            auto_promote = flag
+            flag = issues.check(expect_bool, obj["auto_promote"], f"{path}.auto_promote")
+            auto_promote = True if flag is None else flag
     if len(issues.items) != before or strategy is None:
         return None
     return Rollout(
@@ -580,8 +577,8 @@ def _rollout(issues: _Issues, value: Any, path: str) -> Rollout | None:
     )
 
 
-def _stages(issues: _Issues, value: Any, path: str) -> tuple[Stage, ...]:
-    items = issues.check(_list, value, path)
+def _stages(issues: Collector, value: Any, path: str) -> tuple[Stage, ...]:
+    items = issues.check(expect_list, value, path)
     if items is None:
         return ()
     if not items:
@@ -592,19 +589,19 @@ def _stages(issues: _Issues, value: Any, path: str) -> tuple[Stage, ...]:
         return ()
     stages: list[Stage] = []
     for i, item in enumerate(items):
-        spath = f"{path}[{i}]"
-        obj = issues.check(_object, item, spath)
+        spath = index_path(path, i)
+        obj = issues.check(expect_mapping, item, spath)
         if obj is None:
             continue
         _keys(issues, obj, spath, required=("weight", "pause_minutes"))
         weight = (
-            issues.check(_int, obj.get("weight"), f"{spath}.weight", 1, 100)
+            issues.check(integer, obj.get("weight"), f"{spath}.weight", 1, 100)
             if "weight" in obj
             else None
         )
         pause = (
             issues.check(
-                _int, obj.get("pause_minutes"), f"{spath}.pause_minutes", 0, MAX_PAUSE_MINUTES
+                integer, obj.get("pause_minutes"), f"{spath}.pause_minutes", 0, MAX_PAUSE_MINUTES
             )
             if "pause_minutes" in obj
             else None
@@ -622,8 +619,8 @@ def _stages(issues: _Issues, value: Any, path: str) -> tuple[Stage, ...]:
     return tuple(stages)
 
 
-def _health_check(issues: _Issues, value: Any, path: str) -> HealthCheck | None:
-    obj = issues.check(_object, value, path)
+def _health_check(issues: Collector, value: Any, path: str) -> HealthCheck | None:
+    obj = issues.check(expect_mapping, value, path)
     if obj is None:
         return None
     before = len(issues.items)
@@ -640,7 +637,7 @@ def _health_check(issues: _Issues, value: Any, path: str) -> HealthCheck | None:
         f"{path}.error_rate_threshold",
     )
     min_requests = issues.check(
-        _int,
+        integer,
         obj.get("min_requests", default.min_requests),
         f"{path}.min_requests",
         1,
@@ -652,7 +649,7 @@ def _health_check(issues: _Issues, value: Any, path: str) -> HealthCheck | None:
     p99 = None
     if obj.get("p99_latency_ms") is not None:
         p99 = issues.check(
-            _int, obj["p99_latency_ms"], f"{path}.p99_latency_ms", 1, MAX_P99_LATENCY_MS
+            integer, obj["p99_latency_ms"], f"{path}.p99_latency_ms", 1, MAX_P99_LATENCY_MS
         )
     if len(issues.items) != before or threshold is None or min_requests is None or window is None:
         return None
@@ -665,77 +662,36 @@ def _health_check(issues: _Issues, value: Any, path: str) -> HealthCheck | None:
 
 
 # --------------------------------------------------------------------------------- primitives
-# Each raises RecordError(path, reason) for one field; _Issues.check turns it into an issue.
+# The shared checks are routing.validation's; these are the manifest's own. Each raises
+# FieldError(path, reason) for one field; Collector.check turns it into an issue.
 
 
 def _keys(
-    issues: _Issues,
+    issues: Collector,
     obj: dict[Any, Any],
     path: str,
     *,
     required: tuple[str, ...] = (),
     optional: tuple[str, ...] = (),
 ) -> None:
-    prefix = f"{path}." if path else ""
-    for key in obj:
-        if key not in required and key not in optional:
-            allowed = ", ".join((*required, *optional))
-            issues.add(f"{prefix}{key_text(key)}", f"unknown field (allowed: {allowed})")
-    for key in required:
-        if key not in obj:
-            issues.add(f"{prefix}{key}", "is required")
-
-
-def _object(value: Any, path: str) -> dict[Any, Any]:
-    if not isinstance(value, dict):
-        raise RecordError(path, f"must be a mapping, not {_type_name(value)}")
-    return value
-
-
-def _list(value: Any, path: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise RecordError(path, f"must be a list, not {_type_name(value)}")
-    return value
-
-
-def _string(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        raise RecordError(path, f"must be a string, not {_type_name(value)}")
-    return value
-
-
-def _choice(value: Any, path: str, choices: tuple[_T, ...]) -> _T:
-    text = _string(value, path)
-    for choice in choices:
-        if text == choice:
-            return choice
-    raise RecordError(path, f"must be one of {', '.join(map(str, choices))}, not {text[:64]!r}")
+    issues.extend(key_problems(obj, path, required, optional))
 
 
 def _dns_name(value: Any, path: str) -> str:
-    text = _string(value, path)
+    text = expect_string(value, path)
     if not _NAME.fullmatch(text):
-        raise RecordError(
+        raise FieldError(
             path, "must be a DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'"
         )
     return text
 
 
-def _int(value: Any, path: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RecordError(path, f"must be an integer, not {_type_name(value)}")
-    if not lo <= value <= hi:
-        shown = value if abs(value) < 10**15 else f"a number of {len(str(abs(value)))} digits"
-        raise RecordError(path, f"must be between {lo} and {hi}, got {shown}")
-    return value
-
-
 def _window(value: Any, path: str) -> int:
     try:
-        return _int(value, path, 1, MAX_WINDOW_MINUTES)
-    except RecordError as exc:
+        return integer(value, path, 1, MAX_WINDOW_MINUTES)
+    except FieldError as exc:
         if isinstance(value, int) and not isinstance(value, bool) and value > MAX_WINDOW_MINUTES:
-            raise RecordError(
+            raise FieldError(
                 path,
                 f"{exc.reason} (the gateway keeps health counters for "
                 f"{MAX_WINDOW_MINUTES} minutes)",
@@ -745,29 +701,7 @@ def _window(value: Any, path: str) -> int:
 
 def _rate(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RecordError(path, f"must be a number, not {_type_name(value)}")
+        raise type_error(path, "a number", value)
     if not math.isfinite(value) or not 0 <= value <= 1:
-        raise RecordError(path, f"must be between 0 and 1, got {value}")
+        raise FieldError(path, f"must be between 0 and 1, got {value}")
     return float(value)
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "mapping"
-    if isinstance(value, datetime.datetime):
-        return "timestamp"
-    if isinstance(value, datetime.date):
-        return "date"
-    return type(value).__name__

@@ -35,7 +35,7 @@ import json
 import logging
 import re
 from collections.abc import Generator, Hashable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final
 
 import yaml
 from yaml.composer import Composer, ComposerError
@@ -43,6 +43,12 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode
 from yaml.resolver import Resolver
+
+# Issue and key_text are the validation vocabulary's (routing.validation); re-exported here.
+from routing.errors import InvalidFields
+from routing.errors import Issue as Issue
+from routing.validation import field_path, index_path
+from routing.validation import key_text as key_text
 
 log = logging.getLogger("turnout.admin.manifest")
 
@@ -71,23 +77,11 @@ _STR_TAG: Final = "tag:yaml.org,2002:str"
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
 
-class Issue(NamedTuple):
-    path: str
-    message: str
-
-
-class ManifestError(Exception):
+class ManifestError(InvalidFields):
     """The manifest is invalid; ``issues`` lists every ``(path, message)`` found (→ 422)."""
 
     def __init__(self, issues: Iterable[tuple[str, str]]) -> None:
-        self.issues: tuple[Issue, ...] = tuple(Issue(p, m) for p, m in issues)
-        shown = "; ".join(f"{i.path}: {i.message}" for i in self.issues[:5])
-        more = f" (and {len(self.issues) - 5} more)" if len(self.issues) > 5 else ""
-        super().__init__(f"invalid manifest: {shown}{more}")
-
-    def as_details(self) -> list[dict[str, str]]:
-        """The issues as JSON-ready ``{"path", "message"}`` objects for the error envelope."""
-        return [{"path": i.path, "message": i.message} for i in self.issues]
+        super().__init__(issues, "invalid manifest")
 
 
 def _fail(message: str) -> ManifestError:
@@ -95,14 +89,6 @@ def _fail(message: str) -> ManifestError:
 
 
 # --------------------------------------------------------------------------------- text
-
-
-def key_text(key: object) -> str:
-    """A mapping key as a path segment: non-printable characters escaped, at most 64 chars."""
-    text = key if isinstance(key, str) else str(key)
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
-    return text if len(text) <= 64 else f"{text[:61]}..."
 
 
 def _where(text: str, index: int) -> str:
@@ -430,11 +416,7 @@ def join_path(segments: Iterable[object]) -> str:
             continue
         if opaque == 0:
             break
-        if isinstance(seg, int):
-            path += f"[{seg}]"
-        else:
-            text = key_text(seg)
-            path = f"{path}.{text}" if path else text
+        path = index_path(path, seg) if isinstance(seg, int) else field_path(path, seg)
         if opaque > 0:
             opaque -= 1
         elif isinstance(seg, str) and seg in OPAQUE_MAPS:

@@ -58,8 +58,9 @@ import orjson
 from routing.compiled import CompiledRoute, Interner
 from routing.errors import RecordError, RoutingError
 from routing.hostnames import wildcard_parent
-from routing.models import decode_record
+from routing.models import MAX_INT64, decode_record
 from routing.upstreams import UpstreamRegistry
+from routing.validation import ROOT, range_error, type_error
 
 FORMAT: Final = "turnout-flat/1"
 MAGIC: Final = b"TRNFLAT1"
@@ -383,16 +384,18 @@ def record_head(host: str, data: bytes) -> int:
     try:
         obj: Any = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise RecordError("$", f"not JSON: {exc}") from None
+        raise RecordError(ROOT, f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise RecordError("$", "a record must be a JSON object")
+        raise type_error(ROOT, "a mapping", obj)
     if not host.isascii():  # a store under attack: the file keys hosts as ASCII bytes
         raise RecordError("host", f"not an ASCII hostname: {host!r}")
     if obj.get("host") != host:
         raise RecordError("host", f"record filed under {host} names {obj.get('host')!r}")
     version = obj.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise RecordError("version", "must be a non-negative integer")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise type_error("version", "an integer", version)
+    if version < 0:
+        raise range_error("version", 0, MAX_INT64, version)
     return version
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from routing.errors import RecordError
+from routing.validation import type_error
 
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _DELETE_VALID = b"abcdefghijklmnopqrstuvwxyz0123456789-."
@@ -24,7 +25,7 @@ def validate_hostname(value: object, path: str = "host", *, allow_wildcard: bool
     here rather than silently changed (the admin lower-cases user input before building records).
     """
     if not isinstance(value, str):
-        raise RecordError(path, f"must be a string, not {_type_name(value)}")
+        raise type_error(path, "a string", value)
     host = value
     if not host:
         raise RecordError(path, "must not be empty")
@@ -121,21 +122,3 @@ def wildcard_parent(host: bytes) -> bytes | None:
 
 def _valid_port(port: bytes) -> bool:
     return 0 < len(port) <= 5 and not port.translate(None, _PORT_DIGITS) and int(port) <= 65535
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__

@@ -1,7 +1,8 @@
 """The route record: one per hostname, what the gateway needs to dispatch it.
 
 Records are immutable values. :func:`decode_record` is strict (every malformed input is a
-:class:`~routing.errors.RecordError` naming the field path and the reason) and
+:class:`~routing.errors.RecordError` naming the field path and the reason, in the words of
+:mod:`routing.validation`; the first problem found is raised) and
 :func:`encode_record` is canonical: the same record always encodes to the same bytes (sorted
 keys, policy defaults written out, no whitespace), so bytes can be compared and hashed.
 """
@@ -16,7 +17,19 @@ from urllib.parse import urlsplit
 import orjson
 
 from routing.errors import RecordError
-from routing.hostnames import _type_name, validate_hostname
+from routing.hostnames import validate_hostname
+from routing.validation import (
+    ROOT,
+    expect_bool,
+    expect_list,
+    expect_mapping,
+    expect_string,
+    index_path,
+    integer,
+    key_problems,
+    one_of,
+    type_error,
+)
 
 TOTAL_WEIGHT: Final = 10000
 STATUSES: Final = ("active", "canary", "rollback")
@@ -25,6 +38,7 @@ MAX_ENDPOINTS: Final = 256
 MAX_TARGETS: Final = 64
 MAX_UPSTREAMS: Final = 256
 MAX_ID_LEN: Final = 128
+MAX_INT64: Final = (1 << 63) - 1  # versions and timestamps: signed 64-bit
 
 Status = Literal["active", "canary", "rollback"]
 
@@ -113,31 +127,31 @@ def decode_record(data: bytes | str | dict[str, Any]) -> RouteRecord:
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise RecordError("$", f"invalid JSON: {exc}") from None
+            raise RecordError(ROOT, f"invalid JSON: {exc}") from None
     return record_from_obj(obj)
 
 
 def record_from_obj(obj: Any) -> RouteRecord:
-    rec = _object(obj, "$")
+    rec = expect_mapping(obj, ROOT)
     _keys(
         rec,
-        "$",
+        ROOT,
         required=("host", "version", "space_id", "service_id", "endpoints"),
         optional=("policy", "blocked", "updated_at"),
     )
     host = validate_hostname(rec["host"], "host")
-    version = _int(rec["version"], "version", 1, (1 << 63) - 1)
+    version = integer(rec["version"], "version", 1, MAX_INT64)
     space_id = _ident(rec["space_id"], "space_id")
     service_id = _ident(rec["service_id"], "service_id")
     blocked = rec.get("blocked")
     if blocked is not None:
         if not isinstance(blocked, str):
-            raise RecordError("blocked", f"must be null or a string, not {_type_name(blocked)}")
+            raise type_error("blocked", "null or a string", blocked)
         if blocked not in BLOCK_REASONS:
             raise RecordError("blocked", f"must be null or one of {', '.join(BLOCK_REASONS)}")
-    updated_at = _int(rec.get("updated_at", 0), "updated_at", 0, (1 << 63) - 1)
+    updated_at = integer(rec.get("updated_at", 0), "updated_at", 0, MAX_INT64)
     policy = policy_from_obj(rec.get("policy", {}), "policy")
-    eps = _list(rec["endpoints"], "endpoints")
+    eps = expect_list(rec["endpoints"], "endpoints")
     if not eps:
         raise RecordError("endpoints", "must not be empty")
     if len(eps) > MAX_ENDPOINTS:
@@ -190,21 +204,16 @@ def policy_from_obj(obj: Any, path: str = "policy") -> Policy:
 
 
 def _policy_from_obj(obj: Any, path: str) -> Policy:
-    pol = _object(obj, path)
+    pol = expect_mapping(obj, path)
     _keys(pol, path, required=(), optional=(*_POLICY_INTS, "sticky", "allow_override", "upgrades"))
     values: dict[str, Any] = {}
     for name, (lo, hi) in _POLICY_INTS.items():
         if name in pol:
-            values[name] = _int(pol[name], f"{path}.{name}", lo, hi)
+            values[name] = integer(pol[name], f"{path}.{name}", lo, hi)
     if "sticky" in pol:
         values["sticky"] = validate_sticky(pol["sticky"], f"{path}.sticky")
     if "allow_override" in pol:
-        flag = pol["allow_override"]
-        if not isinstance(flag, bool):
-            raise RecordError(
-                f"{path}.allow_override", f"must be a boolean, not {_type_name(flag)}"
-            )
-        values["allow_override"] = flag
+        values["allow_override"] = expect_bool(pol["allow_override"], f"{path}.allow_override")
     if "upgrades" in pol:
         values["upgrades"] = validate_upgrades(pol["upgrades"], f"{path}.upgrades")
     if not values:
@@ -214,25 +223,25 @@ def _policy_from_obj(obj: Any, path: str) -> Policy:
 
 def validate_upgrades(value: Any, path: str = "policy.upgrades") -> tuple[str, ...]:
     """Upgrade protocol names (RFC 9110 §7.8 ``protocol-name``, tokens), stored lower-case."""
-    items = _list(value, path)
+    items = expect_list(value, path)
     if len(items) > MAX_UPGRADES:
         raise RecordError(path, f"must hold at most {MAX_UPGRADES} protocols")
     out: list[str] = []
     for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise RecordError(f"{path}[{i}]", f"must be a string, not {_type_name(item)}")
+        ipath = index_path(path, i)
+        expect_string(item, ipath)
         if not _TOKEN.fullmatch(item) or len(item) > 64:
-            raise RecordError(f"{path}[{i}]", "must be a protocol name (an HTTP token, ≤ 64 chars)")
+            raise RecordError(ipath, "must be a protocol name (an HTTP token, ≤ 64 chars)")
         name = item.lower()
         if name in out:
-            raise RecordError(f"{path}[{i}]", f"duplicate protocol {item!r}")
+            raise RecordError(ipath, f"duplicate protocol {item!r}")
         out.append(name)
     return tuple(out)
 
 
 def validate_sticky(value: Any, path: str = "policy.sticky") -> str:
     if not isinstance(value, str):
-        raise RecordError(path, f"must be a string, not {_type_name(value)}")
+        raise type_error(path, "a string", value)
     if value in ("ip", "none"):
         return str(value)
     kind, sep, name = value.partition(":")
@@ -266,8 +275,7 @@ def parse_upstream(value: Any, path: str) -> Upstream:
 
 
 def _parse_upstream(value: Any, path: str) -> Upstream:
-    if not isinstance(value, str):
-        raise RecordError(path, f"must be a string, not {_type_name(value)}")
+    expect_string(value, path)
     if len(value) > 2048:
         raise RecordError(path, "must be at most 2048 characters")
     if not value.isascii() or _URL_BAD.search(value):
@@ -308,21 +316,20 @@ def _parse_upstream(value: Any, path: str) -> Upstream:
 
 
 def _endpoint(obj: Any, path: str) -> Endpoint:
-    ep = _object(obj, path)
+    ep = expect_mapping(obj, path)
     _keys(ep, path, required=("path_prefix", "targets"), optional=("methods",))
     prefix = normalize_prefix(ep["path_prefix"], f"{path}.path_prefix")
-    methods_obj = _list(ep.get("methods", []), f"{path}.methods")
+    methods_obj = expect_list(ep.get("methods", []), f"{path}.methods")
     methods: list[str] = []
     for i, m in enumerate(methods_obj):
         mpath = f"{path}.methods[{i}]"
-        if not isinstance(m, str):
-            raise RecordError(mpath, f"must be a string, not {_type_name(m)}")
+        expect_string(m, mpath)
         if not _TOKEN.fullmatch(m) or m != m.upper() or len(m) > 32:
             raise RecordError(mpath, "must be an upper-case HTTP method token")
         if m in methods:
             raise RecordError(mpath, f"duplicate method {m}")
         methods.append(m)
-    tobjs = _list(ep["targets"], f"{path}.targets")
+    tobjs = expect_list(ep["targets"], f"{path}.targets")
     if not tobjs:
         raise RecordError(f"{path}.targets", "must not be empty")
     if len(tobjs) > MAX_TARGETS:
@@ -345,8 +352,8 @@ def _endpoint(obj: Any, path: str) -> Endpoint:
 
 
 def normalize_prefix(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        raise RecordError(path, f"must be a string, not {_type_name(value)}")
+    if not isinstance(value, str):  # inline: it runs for every record on a sync
+        raise type_error(path, "a string", value)
     if not value.startswith("/"):
         raise RecordError(path, "must start with '/'")
     if len(value) > 1024:
@@ -360,16 +367,14 @@ def normalize_prefix(value: Any, path: str) -> str:
 
 
 def _target(obj: Any, path: str) -> Target:
-    t = _object(obj, path)
+    t = expect_mapping(obj, path)
     _keys(t, path, required=("deployment_id", "weight", "status", "upstreams"), optional=())
     dep = _ident(t["deployment_id"], f"{path}.deployment_id")
-    weight = _int(t["weight"], f"{path}.weight", 0, TOTAL_WEIGHT)
+    weight = integer(t["weight"], f"{path}.weight", 0, TOTAL_WEIGHT)
     status = t["status"]
-    if not isinstance(status, str):
-        raise RecordError(f"{path}.status", f"must be a string, not {_type_name(status)}")
-    if status not in STATUSES:
-        raise RecordError(f"{path}.status", f"must be one of {', '.join(STATUSES)}")
-    ups = _list(t["upstreams"], f"{path}.upstreams")
+    if status not in STATUSES:  # the common, valid case costs one lookup
+        one_of(status, f"{path}.status", STATUSES)  # raises, naming what is wrong
+    ups = expect_list(t["upstreams"], f"{path}.upstreams")
     if not ups:
         raise RecordError(f"{path}.upstreams", "must not be empty")
     if len(ups) > MAX_UPSTREAMS:
@@ -378,19 +383,7 @@ def _target(obj: Any, path: str) -> Target:
     urls = [u.url for u in upstreams]
     if len(set(urls)) != len(urls):
         raise RecordError(f"{path}.upstreams", "duplicate upstream URL")
-    return Target(deployment_id=dep, weight=weight, status=status, upstreams=upstreams)  # type: ignore[arg-type]
-
-
-def _object(value: Any, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise RecordError(path, f"must be an object, not {_type_name(value)}")
-    return value
-
-
-def _list(value: Any, path: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise RecordError(path, f"must be an array, not {_type_name(value)}")
-    return value
+    return Target(deployment_id=dep, weight=weight, status=status, upstreams=upstreams)
 
 
 # (required, optional) -> (allowed keys, required keys), for the fast check in _keys
@@ -409,26 +402,12 @@ def _keys(
     keys = obj.keys()
     if keys <= sets[0] and keys >= sets[1]:
         return  # the common, valid case; the loops below name what is wrong otherwise
-    prefix = "" if path == "$" else f"{path}."
-    for key in obj:
-        if key not in required and key not in optional:
-            raise RecordError(f"{prefix}{key}", "unknown field")
-    for key in required:
-        if key not in obj:
-            raise RecordError(f"{prefix}{key}", "is required")
-
-
-def _int(value: Any, path: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RecordError(path, f"must be an integer, not {_type_name(value)}")
-    if not lo <= value <= hi:
-        raise RecordError(path, f"must be between {lo} and {hi}, got {value}")
-    return value
+    raise RecordError(*key_problems(obj, path, required, optional)[0])
 
 
 def _ident(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        raise RecordError(path, f"must be a string, not {_type_name(value)}")
+    if not isinstance(value, str):  # inline: it runs for every record on a sync
+        raise type_error(path, "a string", value)
     if not value:
         raise RecordError(path, "must not be empty")
     if len(value) > MAX_ID_LEN:

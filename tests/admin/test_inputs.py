@@ -13,7 +13,15 @@ import pytest
 from admin.app import load_resources
 from admin.errors import ApiError, PayloadTooLarge, Unprocessable
 from admin.framework import REGISTRY, Endpoint
-from admin.inputs import client_int, client_request_id, client_text, content_length, refuse_nul
+from admin.inputs import (
+    client_int,
+    client_request_id,
+    client_text,
+    content_length,
+    refuse_nul,
+    unprocessable,
+)
+from routing.errors import FieldError, InvalidFields
 from tests.admin.conftest import assert_error, auth
 from tests.admin.deployed import World, deployed_world
 
@@ -43,6 +51,24 @@ def test_client_int_refuses(raw: str) -> None:
         client_int(raw, "query.limit", 1, 500)
     assert info.value.details == {
         "fields": [{"path": "query.limit", "message": "must be an integer 1..500"}]
+    }
+
+
+def test_unprocessable_from_one_field_error() -> None:
+    err = unprocessable(FieldError("body.host", "must not be empty"))
+    assert (err.status, err.code, str(err)) == (
+        422,
+        "validation_failed",
+        "body.host: must not be empty",
+    )
+    assert err.details == {"fields": [{"path": "body.host", "message": "must not be empty"}]}
+
+
+def test_unprocessable_from_collected_issues_lists_every_one() -> None:
+    err = unprocessable(InvalidFields([("a", "bad"), ("b[0]", "worse")], "invalid x"), code="x_bad")
+    assert (err.status, err.code, str(err)) == (422, "x_bad", "invalid x: a: bad; b[0]: worse")
+    assert err.details == {
+        "fields": [{"path": "a", "message": "bad"}, {"path": "b[0]", "message": "worse"}]
     }
 
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from admin.crypto import Secret
+from admin.errors import Unprocessable
 from admin.manifest import (
     DEFAULT_STAGES,
     MAX_MANIFEST_BYTES,
@@ -20,9 +21,12 @@ from admin.manifest import (
     ManifestError,
     Rollout,
     Stage,
+    manifest_body,
     manifest_from_obj,
     parse_manifest,
 )
+from routing.errors import InvalidFields, RecordError
+from routing.models import decode_record
 
 FULL_YAML = """\
 apiVersion: takos.dev/v1alpha1
@@ -682,3 +686,70 @@ def test_secret_values_never_in_error_messages() -> None:
         manifest_from_obj(doc)
     assert "super-secret-value" not in str(info.value.issues)
     assert "also-secret" not in str(info.value.issues)
+
+
+# --------------------------------------------------------------------------------- vocabulary
+# The manifest and route records speak routing.validation's words (tests/routing/test_validation.py).
+
+
+def _record_error(data: Any) -> tuple[str, str]:
+    with pytest.raises(RecordError) as info:
+        decode_record(data)
+    return info.value.path, info.value.reason
+
+
+def test_manifests_and_records_word_the_same_problem_alike() -> None:
+    # A list where a mapping belongs, at the root and below it.
+    assert issues_of([]) == [Issue("$", "must be a mapping, not list")]
+    assert _record_error(b"[]") == ("$", "must be a mapping, not list")
+    assert Issue("spec", "must be a mapping, not list") in issues_of(with_change("spec", []))
+    # An integer where an upstream URL belongs (the same check: routing.models.parse_upstream).
+    assert issues_of(with_change(f"{SVC}.upstreams", [80])) == [
+        Issue(f"{SVC}.upstreams[0]", "must be a string, not integer")
+    ]
+    record = {
+        "host": "a.example.com",
+        "version": 1,
+        "space_id": "s",
+        "service_id": "v",
+        "endpoints": [
+            {
+                "path_prefix": "/",
+                "targets": [
+                    {"deployment_id": "d", "weight": 10000, "status": "active", "upstreams": [80]}
+                ],
+            }
+        ],
+    }
+    assert _record_error(record) == (
+        "endpoints[0].targets[0].upstreams[0]",
+        "must be a string, not integer",
+    )
+    # An unknown key: the same words, with the allowed keys.
+    record["endpoints"][0]["colour"] = "blue"  # type: ignore[index]
+    assert _record_error(record) == (
+        "endpoints[0].colour",
+        "unknown field (allowed: path_prefix, targets, methods)",
+    )
+
+
+def test_manifest_error_is_the_vocabularys_collect_all_error() -> None:
+    with pytest.raises(InvalidFields) as info:
+        manifest_from_obj(with_change("kind", "Job"))
+    assert isinstance(info.value, ManifestError)
+
+
+def test_manifest_body_answers_422_with_every_issue() -> None:
+    doc = with_change("kind", "Job")
+    doc["spec"]["services"]["web"]["upstreams"] = [80]
+    with pytest.raises(Unprocessable) as info:
+        manifest_body(json.dumps(doc).encode())
+    err = info.value
+    assert (err.status, err.code) == (422, "invalid_manifest")
+    assert err.details == {
+        "fields": [
+            {"path": "kind", "message": "must be one of App, not 'Job'"},
+            {"path": f"{SVC}.upstreams[0]", "message": "must be a string, not integer"},
+        ]
+    }
+    assert str(err).startswith("invalid manifest: kind: must be one of App")

@@ -501,7 +501,7 @@ BAD: list[Any] = [
     pytest.param(("space_id",), "a b", "space_id", "may only hold", id="space-space"),
     pytest.param(("space_id",), None, "space_id", "must be a string, not null", id="space-null"),
     pytest.param(
-        ("service_id",), ["x"], "service_id", "must be a string, not array", id="service-list"
+        ("service_id",), ["x"], "service_id", "must be a string, not list", id="service-list"
     ),
     pytest.param(("service_id",), "s" * 129, "service_id", "at most 128", id="service-too-long"),
     pytest.param(("updated_at",), -1, "updated_at", "between 0 and", id="updated-negative"),
@@ -533,31 +533,31 @@ BAD: list[Any] = [
         ("endpoints",),
         {"path_prefix": "/"},
         "endpoints",
-        "must be an array, not object",
+        "must be a list, not mapping",
         id="endpoints-object",
     ),
     pytest.param(
-        ("endpoints",), None, "endpoints", "must be an array, not null", id="endpoints-null"
+        ("endpoints",), None, "endpoints", "must be a list, not null", id="endpoints-null"
     ),
-    pytest.param(E0, [], "endpoints[0]", "must be an object, not array", id="endpoint-list"),
-    pytest.param(E0, None, "endpoints[0]", "must be an object, not null", id="endpoint-null"),
+    pytest.param(E0, [], "endpoints[0]", "must be a mapping, not list", id="endpoint-list"),
+    pytest.param(E0, None, "endpoints[0]", "must be a mapping, not null", id="endpoint-null"),
     pytest.param(
-        T0, "dep-1", "endpoints[0].targets[0]", "must be an object, not string", id="target-string"
+        T0, "dep-1", "endpoints[0].targets[0]", "must be a mapping, not string", id="target-string"
     ),
-    pytest.param(("policy",), [], "policy", "must be an object, not array", id="policy-list"),
-    pytest.param(("policy",), None, "policy", "must be an object, not null", id="policy-null"),
+    pytest.param(("policy",), [], "policy", "must be a mapping, not list", id="policy-list"),
+    pytest.param(("policy",), None, "policy", "must be a mapping, not null", id="policy-null"),
     pytest.param(
         (*E0, "methods"),
         "GET",
         "endpoints[0].methods",
-        "must be an array, not string",
+        "must be a list, not string",
         id="methods-string",
     ),
     pytest.param(
         (*T0, "upstreams"),
         UP,
         "endpoints[0].targets[0].upstreams",
-        "must be an array, not string",
+        "must be a list, not string",
         id="upstreams-string",
     ),
     # ---- policy values
@@ -611,7 +611,7 @@ BAD: list[Any] = [
         ("policy",),
         {"upgrades": "websocket"},
         "policy.upgrades",
-        "must be an array, not string",
+        "must be a list, not string",
         id="upgrades-string",
     ),
     pytest.param(
@@ -1155,7 +1155,7 @@ def test_unknown_key_in_second_target_names_its_index() -> None:
     with pytest.raises(RecordError) as info:
         decode_record(obj)
     assert info.value.path == "endpoints[0].targets[1].colour"
-    assert info.value.reason == "unknown field"
+    assert info.value.reason == "unknown field (allowed: deployment_id, weight, status, upstreams)"
 
 
 @pytest.mark.parametrize(
@@ -1180,17 +1180,17 @@ def test_invalid_json_rejected_at_root(raw: bytes | str) -> None:
 @pytest.mark.parametrize(
     ("raw", "kind"),
     [
-        pytest.param(b"[]", "array", id="array"),
+        pytest.param(b"[]", "list", id="array"),
         pytest.param(b"null", "null", id="null"),
         pytest.param(b'"host"', "string", id="string"),
         pytest.param(b"42", "integer", id="number"),
     ],
 )
-def test_json_root_must_be_an_object(raw: bytes, kind: str) -> None:
+def test_json_root_must_be_a_mapping(raw: bytes, kind: str) -> None:
     with pytest.raises(RecordError) as info:
         decode_record(raw)
     assert info.value.path == "$"
-    assert info.value.reason == f"must be an object, not {kind}"
+    assert info.value.reason == f"must be a mapping, not {kind}"
 
 
 def test_record_error_is_a_value_error_and_routing_error() -> None:
@@ -1231,3 +1231,29 @@ def test_policy_upgrades_are_stored_lower_case_and_encoded() -> None:
     rec["policy"] = {"upgrades": ["h2c"]}
     assert decode_record(rec).policy is decode_record(rec).policy
     assert decode_record(rec).policy.upgrades == ("h2c",)
+
+
+def test_an_unknown_key_is_named_printable_and_bounded() -> None:
+    obj = minimal()
+    obj["x\n" + "y" * 100] = 1
+    with pytest.raises(RecordError) as info:
+        decode_record(obj)
+    assert info.value.path == "x\\u000a" + "y" * 54 + "..."  # 64 characters in all
+    assert info.value.reason.startswith("unknown field (allowed: host, version, ")
+
+
+def test_a_huge_integer_is_shown_by_its_digit_count() -> None:
+    obj = minimal()
+    obj["version"] = 10**30
+    with pytest.raises(RecordError) as info:
+        decode_record(obj)
+    assert info.value.reason == f"must be between 1 and {2**63 - 1}, got a number of 31 digits"
+
+
+def test_an_unknown_status_is_quoted() -> None:
+    obj = minimal()
+    obj["endpoints"][0]["targets"][0]["status"] = "live"
+    with pytest.raises(RecordError) as info:
+        decode_record(obj)
+    assert info.value.path == "endpoints[0].targets[0].status"
+    assert info.value.reason == "must be one of active, canary, rollback, not 'live'"
