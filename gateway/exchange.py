@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Final
 from gateway.dispatch import Plan
 from gateway.errors import Answer, UpstreamError
 from gateway.forwarding import Retry, after_abort, after_failure
-from gateway.phase import CHECKED, DONE, HEAD, SENDING, TUNNEL, WAITING, check, phase_name
+from gateway.phase import DONE, HEAD, SENDING, TUNNEL, WAITING, phase_name, transition
 from gateway.upstream import Sink
 
 if TYPE_CHECKING:
@@ -83,9 +83,7 @@ class Exchange(Sink):
     def advance(self, to: int) -> None:
         """Move the response to phase ``to`` (checked against gateway.phase.TRANSITIONS when
         TURNOUT_CHECK_PHASES=1)."""
-        if CHECKED:
-            check(self.phase, to)
-        self.phase = to
+        self.phase = transition(self.phase, to)
 
     # ------------------------------------------------------------ request body (from client)
 

@@ -25,9 +25,9 @@ response side, and that is this machine::
 * ``DONE`` / ``ABORTED``: finished and counted; cut mid-way (or, ASGI, abandoned by the client).
 
 Phases are int constants (compiled: ``Final`` ints, no enum objects on the hot path). Each
-exchange moves through :func:`advance`-style methods that check the move against
-:data:`TRANSITIONS` when ``TURNOUT_CHECK_PHASES=1`` (the test suite sets it); in production the
-check is one test of a ``Final`` bool.
+exchange moves only through its ``advance(to)``, which goes through :func:`transition`: the
+move is checked against :data:`TRANSITIONS` when ``TURNOUT_CHECK_PHASES=1`` (the test suite sets
+it); in production the check is one test of a ``Final`` bool.
 """
 
 from __future__ import annotations
@@ -60,6 +60,15 @@ CHECKED: Final = os.environ.get("TURNOUT_CHECK_PHASES", "") == "1"
 
 class IllegalPhase(Exception):
     """A move :data:`TRANSITIONS` does not allow: a bug in the exchange."""
+
+
+def transition(current: int, to: int) -> int:
+    """``to``, once the move from ``current`` is checked (when :data:`CHECKED`). Every
+    exchange's ``advance`` goes through here: ``CHECKED`` is read in this module, where compiled
+    code has it as a C static (read from another module it would cost a dict lookup)."""
+    if CHECKED:
+        check(current, to)
+    return to
 
 
 def check(current: int, to: int) -> None:

@@ -51,7 +51,7 @@ from gateway.errors import (
     UpstreamErrorKind,
 )
 from gateway.forwarding import Retry, after_abort, after_failure, answer_bytes
-from gateway.phase import ABORTED, CHECKED, DONE, HEAD, SENDING, WAITING, check, phase_name
+from gateway.phase import ABORTED, DONE, HEAD, SENDING, WAITING, phase_name, transition
 from gateway.upstream import Sink
 
 if TYPE_CHECKING:
@@ -135,9 +135,7 @@ class HttpExchange(Waiting, Sink):
     def advance(self, to: int) -> None:
         """Move the response to phase ``to`` (checked against gateway.phase.TRANSITIONS when
         TURNOUT_CHECK_PHASES=1)."""
-        if CHECKED:
-            check(self.phase, to)
-        self.phase = to
+        self.phase = transition(self.phase, to)
 
     # ------------------------------------------------------------------ driving coroutines
 

@@ -12,7 +12,17 @@ import pytest
 from gateway import phase
 from gateway.config import GatewayConfig
 from gateway.exchange import Exchange
-from gateway.phase import ABORTED, DONE, HEAD, SENDING, TUNNEL, WAITING, IllegalPhase, check
+from gateway.phase import (
+    ABORTED,
+    DONE,
+    HEAD,
+    SENDING,
+    TUNNEL,
+    WAITING,
+    IllegalPhase,
+    check,
+    transition,
+)
 from tests.gateway.test_native import Harness, head_of, request
 
 ALL = (WAITING, HEAD, SENDING, TUNNEL, DONE, ABORTED)
@@ -52,6 +62,12 @@ ILLEGAL = sorted(set(itertools.product(ALL, ALL)) - LEGAL)
 def test_every_illegal_move_is_refused(current: int, to: int) -> None:
     with pytest.raises(IllegalPhase, match=f"{phase.NAMES[current]} -> {phase.NAMES[to]}"):
         check(current, to)
+
+
+def test_transition_returns_the_new_phase_and_refuses_an_illegal_move() -> None:
+    assert transition(WAITING, HEAD) == HEAD and transition(SENDING, ABORTED) == ABORTED
+    with pytest.raises(IllegalPhase, match="done -> sending"):
+        transition(DONE, SENDING)
 
 
 def test_an_unknown_phase_is_refused() -> None:
