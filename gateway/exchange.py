@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Final
 from gateway.dispatch import Plan
 from gateway.errors import Answer, UpstreamError
 from gateway.forwarding import Retry, after_abort, after_failure
+from gateway.phase import DONE, HEAD, SENDING, TUNNEL, WAITING, phase_name, transition
 from gateway.upstream import Sink
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ _DISCARD_LIMIT: Final = 64 * 1024  # body bytes we read and drop to keep a conne
 
 
 class Exchange(Sink):
-    """One request/response cycle; the upstream pool's sink for that request."""
+    """One request/response cycle; the upstream pool's sink for that request. Its response
+    side moves through the phases of :mod:`gateway.phase` (``phase``, via :meth:`advance`)."""
 
     __slots__ = (
         "body_buf",
@@ -38,10 +40,10 @@ class Exchange(Sink):
         "out_bytes",
         "out_chunked",
         "pending",
+        "phase",
         "plan",
         "request_done",
         "stale_retry",
-        "started",
         "status",
         "t0",
         "timed_out",
@@ -66,7 +68,7 @@ class Exchange(Sink):
         self.buffered = 0
         self.body_bytes = 0
         self.request_done = False
-        self.started = False  # response head written to the client
+        self.phase = WAITING  # gateway.phase: WAITING, HEAD, SENDING, TUNNEL, DONE, ABORTED
         self.out_chunked = False
         self.out_bytes = 0
         self.pending: bytes | None = None  # response head not yet written (joined with body)
@@ -77,6 +79,11 @@ class Exchange(Sink):
         self.deferred: tuple[Answer, bytes] | None = None  # answer waiting for the body's end
         self.verdict: Answer | None = None  # a malformed request: answered so in its turn
         self.t0 = 0.0
+
+    def advance(self, to: int) -> None:
+        """Move the response to phase ``to`` (checked against gateway.phase.TRANSITIONS when
+        TURNOUT_CHECK_PHASES=1)."""
+        self.phase = transition(self.phase, to)
 
     # ------------------------------------------------------------ request body (from client)
 
@@ -178,7 +185,7 @@ class Exchange(Sink):
             error,
             now=server.loop.time(),
             counters=server.counters,
-            started=self.started,
+            started=self.phase >= SENDING,
             replayable=self._can_replay(),
             stale_retried=self.stale_retry,
         )
@@ -209,7 +216,6 @@ class Exchange(Sink):
         plan = self.plan
         assert plan is not None
         self.status = status
-        self.started = True
         parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
         for name, value in headers:
             parts.append(b"%b: %b\r\n" % (name, value))  # compiled: one allocation
@@ -238,12 +244,14 @@ class Exchange(Sink):
                 parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
         if status == 101:
+            self.advance(TUNNEL)
             client.write(b"".join(parts))
             client.enter_tunnel(self)
         else:
             # Held back until the first body bytes or the end of this read from the upstream,
             # so a small response leaves in one write (one syscall) instead of two.
             self.pending = b"".join(parts)
+            self.advance(HEAD)
 
     def response_body(self, data: bytes) -> None:
         self.out_bytes += len(data)
@@ -253,6 +261,7 @@ class Exchange(Sink):
         pending = self.pending
         if pending is not None:
             self.pending = None
+            self.advance(SENDING)
             if self.out_chunked:
                 transport.writelines((pending, b"%x\r\n" % len(data), data, CRLF))
             else:
@@ -266,17 +275,20 @@ class Exchange(Sink):
         pending = self.pending
         if pending is not None:
             self.pending = None
+            self.advance(SENDING)
             self.client.write(pending)
 
     def response_end(self) -> None:
         self.conn = None
         client = self.client
         if client.tunnel is self and self.status == 101:
+            self.advance(DONE)
             client.close()
             return
         pending = self.pending
         if pending is not None:
             self.pending = None
+            self.advance(SENDING)
             client.write(pending + LAST_CHUNK if self.out_chunked else pending)
         elif self.out_chunked:
             client.write(LAST_CHUNK)
@@ -285,11 +297,11 @@ class Exchange(Sink):
     def response_aborted(self, error: UpstreamError) -> None:
         self.conn = None
         self.timed_out = self.timed_out or error.timed_out
-        if self.pending is not None:  # the head never left: a clean answer is still possible
+        if self.phase == HEAD:  # the head never left: a clean answer is still possible
             self.pending = None
-            self.started = False
             self.out_chunked = False
-        verdict = after_abort(error, started=self.started)
+            self.advance(WAITING)
+        verdict = after_abort(error, started=self.phase >= SENDING)
         if isinstance(verdict, Answer):
             plan = self.plan
             assert plan is not None
@@ -310,4 +322,4 @@ class Exchange(Sink):
             client.transport.write(data)
 
     def __repr__(self) -> str:
-        return f"Exchange({self.method!r} {self.url!r}, status={self.status})"
+        return f"Exchange({self.method!r} {self.url!r}, status={self.status}, {phase_name(self.phase)})"

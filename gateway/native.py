@@ -54,6 +54,7 @@ from gateway.errors import (
 from gateway.exchange import Exchange
 from gateway.forwarding import answer_bytes
 from gateway.headers import H_CONNECTION, request_header_class
+from gateway.phase import ABORTED, DONE, SENDING
 
 if TYPE_CHECKING:
     from gateway.core import GatewayCore
@@ -372,6 +373,7 @@ class ClientConnection(asyncio.Protocol):
 
     def finish(self, ex: Exchange) -> None:
         """The response to ``ex`` is complete: count it, then keep-alive, next, or close."""
+        ex.advance(DONE)
         server = self.server
         server.outcomes.answered(
             ex.plan, self.peer, ex.method, ex.url, ex.t0, ex.status, ex.out_bytes, ex.timed_out, b""
@@ -413,7 +415,7 @@ class ClientConnection(asyncio.Protocol):
             return
         body = answer.body(request_id)
         ex.status = answer.status
-        ex.started = True
+        ex.advance(SENDING)
         if answer.close or not ex.request_done:
             ex.keep_alive = False  # an unread request body must not be parsed as a request
         close = not ex.keep_alive or self.draining
@@ -435,7 +437,7 @@ class ClientConnection(asyncio.Protocol):
             conn, ex.conn = ex.conn, None
             conn.abort()
         self.parsing = None  # stop feeding it; the answer closes lingering (the body goes on)
-        if ex.started:
+        if ex.phase >= SENDING:
             self.close()
             return
         assert ex.plan is not None
@@ -448,6 +450,7 @@ class ClientConnection(asyncio.Protocol):
         """The upstream failed after the response head went out: the client can only learn
         it from the connection closing before the body is complete. For the deployment's
         health this is a gateway failure (502, or 504 after a read timeout), not a success."""
+        ex.advance(ABORTED)
         self.server.outcomes.cut(ex.plan, ex.t0, ex.status, ex.out_bytes, ex.timed_out)
         self.close()
 
@@ -464,7 +467,7 @@ class ClientConnection(asyncio.Protocol):
             conn, ex.conn = ex.conn, None
             if conn is not None:
                 conn.abort()  # the request is unfinished: a reset
-            if ex.started:
+            if ex.phase >= SENDING:
                 self.close()
                 return
             ex.deferred = None

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import gc
 import logging
 import os
@@ -67,22 +66,13 @@ from routing.flat import (
 from routing.models import RouteRecord, decode_record
 from routing.snapshot import read_snapshot, write_snapshot
 from routing.store import ZERO_ID, LogEntry, RouteStore, SyncPoint, parse_id
+from routing.tablestate import TableEvent, TableLifecycle
+from routing.tablestate import TableState as TableState  # re-exported: routing.table.TableState
 from routing.upstreams import UpstreamRegistry
 
 log = logging.getLogger("turnout.routing.table")
 
 _CONN_ERRORS = (OSError, RedisError, StoreError, TimeoutError, asyncio.TimeoutError)
-
-
-class TableState(enum.StrEnum):
-    """Where a route table stands (:attr:`RouteTable.state`; ``/readyz`` ``table.state`` and the
-    ``turnout_route_table_state`` metric). Derived in one place from the table's flags."""
-
-    COLD = "cold"  # nothing to serve yet: no snapshot loaded, no sync from the store
-    SNAPSHOT = "snapshot"  # serving a snapshot file; not synced from the store yet
-    CURRENT = "current"  # synced, and following the store's change log without a gap
-    STALE = "stale"  # synced once, not known-current now (store unreachable, a log gap)
-    LOST = "lost"  # the store lost its data: serving what was held until a full publish
 
 
 class RouteTable:
@@ -139,10 +129,8 @@ class RouteTable:
         self.epoch: str | None = None
         self.last_id: str | None = None  # None until we have a position in the log
         self.connected = False
-        self.synced = False  # a sync from the store completed at least once
-        self.from_snapshot = False
-        self.stale = False
-        self._stale_since: float | None = None
+        # cold, snapshot, current, stale, lost: set only through the lifecycle's events
+        self.lifecycle = TableLifecycle(clock, self._state_changed)
         # counters
         self.resyncs = 0
         self.applied = 0
@@ -160,7 +148,6 @@ class RouteTable:
         self._dirty = False
         self._snap_cost = 0.0
         self._closing = False
-        self._lost = False  # the store lost its data; stale until a full publish
 
     # ------------------------------------------------------------------ hot path
 
@@ -171,28 +158,41 @@ class RouteTable:
     # ------------------------------------------------------------------ lifecycle
 
     @property
-    def ready(self) -> bool:
-        """Synced from the store at least once, or serving a loaded snapshot."""
-        return self.synced or self.from_snapshot
+    def state(self) -> TableState:
+        """The table's :class:`TableState` (:mod:`routing.tablestate`)."""
+        return self.lifecycle.state
 
     @property
-    def state(self) -> TableState:
-        """The table's :class:`TableState` (lost, then snapshot, cold, stale, current)."""
-        if self._lost:
-            return TableState.LOST
-        if self.from_snapshot:
-            return TableState.SNAPSHOT
-        if not self.synced:
-            return TableState.COLD
-        if self.stale:
-            return TableState.STALE
-        return TableState.CURRENT
+    def ready(self) -> bool:
+        """Synced from the store at least once, or serving a loaded snapshot."""
+        return self.lifecycle.ready
+
+    @property
+    def synced(self) -> bool:
+        """A sync from the store completed at least once."""
+        return self.lifecycle.synced
+
+    @property
+    def from_snapshot(self) -> bool:
+        """Serving what a snapshot file held: no full sync has replaced it yet."""
+        return self.lifecycle.from_snapshot
+
+    @property
+    def stale(self) -> bool:
+        """Served but not known to be current (snapshot, stale or lost)."""
+        return self.lifecycle.stale
 
     def staleness(self) -> float:
         """Seconds since the table stopped being known-current (0 when current)."""
-        if self._stale_since is None:
+        since = self.lifecycle.stale_since
+        if since is None:
             return 0.0
-        return max(0.0, self.clock() - self._stale_since)
+        return max(0.0, self.clock() - since)
+
+    def _state_changed(self, old: TableState, new: TableState, event: TableEvent) -> None:
+        log.info("route table %s -> %s (%s)", old.value, new.value, event.value)
+        if new is not TableState.COLD:
+            self._ready.set()
 
     async def start(self, wait: float = 5.0) -> bool:
         """Load the snapshot (if any), start syncing; wait up to ``wait`` s for readiness."""
@@ -303,15 +303,14 @@ class RouteTable:
                 backoff = min(backoff * 2, self.backoff_max)
 
     def _disconnected(self, exc: BaseException) -> None:
-        if self.connected or self._stale_since is None:
+        if self.connected or self.lifecycle.stale_since is None:
             log.warning(
                 "route store unreachable (%s: %s); serving last-known-good table",
                 type(exc).__name__,
                 exc,
             )
         self.connected = False
-        if self._stale_since is None:
-            self._stale_since = self.clock()
+        self.lifecycle.connection_lost()
 
     def _continuous(self, point: SyncPoint, since: str | None = None) -> bool:
         """Is every log entry after our last id still in the store's log?
@@ -332,44 +331,31 @@ class RouteTable:
 
     async def _catch_up(self, point: SyncPoint, since: str | None = None) -> bool:
         """Bring the table up to ``point``; returns True when it did a full resync."""
+        lost = self.state is TableState.LOST
         if point.epoch is not None:
-            if point.epoch == self.epoch and not self._lost and self._continuous(point, since):
-                self._mark_current()
+            if point.epoch == self.epoch and not lost and self._continuous(point, since):
+                self.lifecycle.caught_up()
                 return False
             await self._full_sync(point)
             return True
-        if (
-            self._lost
-            or self.epoch is not None
-            or (self.routes and not self._continuous(point, since))
-        ):
+        if lost or self.epoch is not None or (self.routes and not self._continuous(point, since)):
             # The store lost its data. Never blank the table: keep it, flag it stale, follow
             # whatever gets published from now on, wait for a full publish (a new epoch).
-            if not self._lost:
+            if not lost:
                 log.warning(
                     "route store has no epoch (lost its data?); keeping %d routes, stale",
                     len(self.routes),
                 )
-                self._lost = True
                 self.epoch = None
-            self.stale = True
-            if self._stale_since is None:
-                self._stale_since = self.clock()
+            self.lifecycle.store_lost()
             if not self._continuous(point, since):
                 self.last_id = ZERO_ID  # read the new log from its start; versions gate it
-            self._ready.set()
             return False
         if self._continuous(point, since):
-            self._mark_current()  # a store that never had an epoch, unbroken log
+            self.lifecycle.caught_up()  # a store that never had an epoch, unbroken log
             return False
         await self._full_sync(point)  # nothing held and no epoch: load whatever is there
         return True
-
-    def _mark_current(self) -> None:
-        self.stale = False
-        self._stale_since = None
-        self.synced = True
-        self._ready.set()
 
     async def _full_sync(self, point: SyncPoint) -> None:
         started = time.perf_counter()
@@ -409,8 +395,6 @@ class RouteTable:
             self.resyncs += 1
         self.epoch = point.epoch
         self.last_id = last_id
-        self.from_snapshot = False
-        self._lost = False
         self._dirty = dirty
         self.last_sync_seconds = time.perf_counter() - started
         log.info(
@@ -420,7 +404,7 @@ class RouteTable:
             point.epoch,
             ", flat file" if self.cold is not None else "",
         )
-        self._mark_current()
+        self.lifecycle.full_sync()
 
     async def _flat_sync(self, point: SyncPoint) -> str | None:
         """Flat mode's full sync; returns the log position to tail from, or None: fall back to
@@ -528,7 +512,7 @@ class RouteTable:
             entries = await self.store.read_log(self.last_id, self.batch, self.block_ms)
             for entry in entries:
                 if entry.epoch is not None:
-                    if entry.epoch != self.epoch or self._lost:
+                    if entry.epoch != self.epoch or self.state is TableState.LOST:
                         log.info("new epoch %s in the log; resyncing", entry.epoch)
                         await self._full_sync(await self.store.sync_point())
                         return
@@ -624,13 +608,11 @@ class RouteTable:
         self.interner = interner
         self.epoch = snap.epoch
         self.last_id = snap.last_id
-        self.from_snapshot = True
         if self.freeze_gc:
             gc.collect()
             gc.freeze()
-        self.stale = True
         age = max(0.0, time.time() - snap.written_at)
-        self._stale_since = self.clock() - age
+        self.lifecycle.snapshot_loaded(age)
         log.warning(
             "serving %d routes from snapshot %s (%.0fs old, %d bad lines)",
             len(self.routes),
@@ -638,7 +620,6 @@ class RouteTable:
             age,
             snap.bad_lines,
         )
-        self._ready.set()
 
     def _load_flat(self) -> None:
         assert self.snapshot_path is not None
@@ -654,10 +635,8 @@ class RouteTable:
         self._adopt(flat, reset=True)
         self.epoch = flat.epoch
         self.last_id = flat.last_id
-        self.from_snapshot = True
-        self.stale = True
         age = max(0.0, time.time() - flat.written_at)
-        self._stale_since = self.clock() - age
+        self.lifecycle.snapshot_loaded(age)
         log.warning(
             "serving %d routes from flat table %s (%.0fs old, %d bytes mapped)",
             flat.count,
@@ -665,7 +644,6 @@ class RouteTable:
             age,
             flat.size,
         )
-        self._ready.set()
 
     async def _watch_loop(self) -> None:
         """A flat-mode reader: swap to the writer's newer file of our epoch when one appears."""

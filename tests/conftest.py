@@ -6,6 +6,7 @@ between tests is safe.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,10 @@ import pytest
 
 from tests.support.net import free_port as _free_port
 from tests.support.redis_server import RedisServer
+
+# Every proxied exchange checks its response-phase moves against gateway.phase.TRANSITIONS (read
+# once at import, so set before any gateway module loads; child gateway processes inherit it).
+os.environ.setdefault("TURNOUT_CHECK_PHASES", "1")
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,7 @@ from gateway.errors import (
     UpstreamErrorKind,
 )
 from gateway.forwarding import Retry, after_abort, after_failure, answer_bytes
+from gateway.phase import ABORTED, DONE, HEAD, SENDING, WAITING, phase_name, transition
 from gateway.upstream import Sink
 
 if TYPE_CHECKING:
@@ -63,7 +64,9 @@ _LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 class HttpExchange(Waiting, Sink):
-    """One proxied HTTP request: the pool's sink, plus the two coroutines that drive it."""
+    """One proxied HTTP request: the pool's sink, plus the two coroutines that drive it. Its
+    response side moves through the phases of :mod:`gateway.phase` (``phase``, via
+    :meth:`advance`), as the native exchange's does."""
 
     __slots__ = (
         "answer",
@@ -75,18 +78,17 @@ class HttpExchange(Waiting, Sink):
         "conn",
         "ended",
         "error",
-        "finished",
         "gone",
         "headers",
         "method",
         "peer",
         "pending",
         "pending_bytes",
+        "phase",
         "plan",
         "pump_waiter",
         "read_paused",
         "stale_retry",
-        "started",
         "status",
         "t0",
         "timed_out",
@@ -121,13 +123,19 @@ class HttpExchange(Waiting, Sink):
         self.ended = False
         self.error: UpstreamError | None = None  # failed after the response start went out
         self.answer: Answer | None = None  # the gateway answers itself
-        self.started = False  # http.response.start sent (or being sent)
+        # gateway.phase: HEAD = the head in hand, SENDING = http.response.start sent (or being
+        # sent), DONE = finished and counted, ABORTED = cut, or the client went away
+        self.phase = WAITING
         self.timed_out = False
         self.stale_retry = False
         self.gone = False  # the client disconnected
-        self.finished = False
         self.waiter = None
         self.pump_waiter: asyncio.Future[None] | None = None
+
+    def advance(self, to: int) -> None:
+        """Move the response to phase ``to`` (checked against gateway.phase.TRANSITIONS when
+        TURNOUT_CHECK_PHASES=1)."""
+        self.phase = transition(self.phase, to)
 
     # ------------------------------------------------------------------ driving coroutines
 
@@ -144,7 +152,8 @@ class HttpExchange(Waiting, Sink):
         except OSError:
             self._client_gone()  # ASGI 2.4: send() on a closed connection raises OSError
         finally:
-            self.finished = True
+            if self.phase < DONE:
+                self.advance(ABORTED)  # cut mid-response, or the client went away
             if not pump.done():
                 pump.cancel()
             conn, self.conn = self.conn, None
@@ -162,7 +171,7 @@ class HttpExchange(Waiting, Sink):
             return
         headers = self.headers
         assert headers is not None
-        self.started = True
+        self.advance(SENDING)
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         out = 0
         chunks = self.chunks
@@ -192,7 +201,7 @@ class HttpExchange(Waiting, Sink):
                     self.app.outcomes.cut(self.plan, self.t0, self.status, out, self.timed_out)
                 return
             await self._wait()
-        self.finished = True
+        self.advance(DONE)
         self.app.finish(
             self.plan,
             self.method,
@@ -205,12 +214,12 @@ class HttpExchange(Waiting, Sink):
         )
 
     async def _send_answer(self, send: Send, answer: Answer) -> None:
-        self.started = True
+        self.advance(SENDING)
         close = self.plan.reframed or not self.body_done
         n = await send_answer(
             send, answer, self.plan.request_id, head_only=self.method == b"HEAD", close=close
         )
-        self.finished = True
+        self.advance(DONE)
         self.app.finish(
             self.plan,
             self.method,
@@ -259,7 +268,7 @@ class HttpExchange(Waiting, Sink):
 
     def _hold_body(self) -> bool:
         """Should reading the request body wait (backpressure)?"""
-        if self.body_done or self.finished or self.gone or self.answer is not None:
+        if self.body_done or self.phase >= DONE or self.gone or self.answer is not None:
             return False
         if self.ended or self.error is not None:
             return False
@@ -273,7 +282,7 @@ class HttpExchange(Waiting, Sink):
         if self.body_bytes > plan.route.policy.max_body_bytes:
             self._too_large()
             return False
-        if self.answer is not None or self.ended or self.error is not None or self.finished:
+        if self.answer is not None or self.ended or self.error is not None or self.phase >= DONE:
             return True  # nobody wants it any more: read and dropped
         conn = self.conn
         if conn is not None:
@@ -297,16 +306,18 @@ class HttpExchange(Waiting, Sink):
         if conn is not None:
             conn.abort()
         self.body_done = True
-        if not self.started:
+        if self.phase < SENDING:
             self.answer = PAYLOAD_TOO_LARGE
             self.headers = None
             self.chunks.clear()
+            if self.phase == HEAD:
+                self.advance(WAITING)
         else:
             self.error = UpstreamError(UpstreamErrorKind.CLOSED, "request body too large")
         self._wake()
 
     def _client_gone(self) -> None:
-        if self.finished:
+        if self.phase >= DONE:
             return
         self.gone = True
         conn, self.conn = self.conn, None
@@ -321,7 +332,7 @@ class HttpExchange(Waiting, Sink):
     # ------------------------------------------------------------------ Sink: pool callbacks
 
     def upstream_ready(self, conn: UpstreamConnection) -> None:
-        if self.finished or self.gone or self.answer is not None:
+        if self.phase >= DONE or self.gone or self.answer is not None:
             conn.abort()
             return
         plan = self.plan
@@ -352,7 +363,7 @@ class HttpExchange(Waiting, Sink):
 
     def upstream_failed(self, error: UpstreamError) -> None:
         self.conn = None
-        if self.finished or self.gone or self.answer is not None:
+        if self.phase >= DONE or self.gone or self.answer is not None:
             return
         app = self.app
         plan = self.plan
@@ -361,7 +372,7 @@ class HttpExchange(Waiting, Sink):
             error,
             now=app.loop.time(),
             counters=app.counters,
-            started=self.started,
+            started=self.phase >= SENDING,
             replayable=self._can_replay(),
             stale_retried=self.stale_retry,
         )
@@ -396,6 +407,7 @@ class HttpExchange(Waiting, Sink):
             out.append(CONNECTION_CLOSE)
         self.status = status
         self.headers = out
+        self.advance(HEAD)
         self._wake()
 
     def response_body(self, data: bytes) -> None:
@@ -422,11 +434,13 @@ class HttpExchange(Waiting, Sink):
     def response_aborted(self, error: UpstreamError) -> None:
         self.conn = None
         self.timed_out = self.timed_out or error.timed_out
-        verdict = after_abort(error, started=self.started)
+        verdict = after_abort(error, started=self.phase >= SENDING)
         if isinstance(verdict, Answer):
             self.answer = verdict
             self.headers = None
             self.chunks.clear()
+            if self.phase == HEAD:
+                self.advance(WAITING)
         else:
             self.error = error
         self._wake()
@@ -445,4 +459,4 @@ class HttpExchange(Waiting, Sink):
             conn.abort()
 
     def __repr__(self) -> str:
-        return f"HttpExchange({self.method!r} {self.url!r}, status={self.status})"
+        return f"HttpExchange({self.method!r} {self.url!r}, status={self.status}, {phase_name(self.phase)})"

@@ -718,6 +718,7 @@ def test_redis_outage_gateway_restart_and_resync(
         restart = time.monotonic() - t0
         status, ready = readyz(gw)
         assert status == 200 and ready["table"]["from_snapshot"] is True, ready
+        assert ready["table"]["state"] == "snapshot", ready
         for host, name in ((k1, "a"), (k2, "b"), (gone, "a")):
             resp = request(gw.port, "GET", "/echo?from-snapshot", host)
             assert resp.status == 200 and echo_of(resp.body)["name"] == name, resp
@@ -734,7 +735,7 @@ def test_redis_outage_gateway_restart_and_resync(
             # keeps serving its table, flagged stale, until the admin republishes.
             def reconnected() -> bool:
                 table = readyz(gw)[1]["table"]
-                return bool(table["connected"] and table["stale"])
+                return bool(table["connected"] and table["stale"] and table["state"] == "lost")
 
             reconnect = wait_for(reconnected, 15, "the gateway to reconnect to the empty Redis")
             time.sleep(0.3)
@@ -763,6 +764,7 @@ def test_redis_outage_gateway_restart_and_resync(
         table = ready["table"]
         assert status == 200, ready
         assert (table["epoch"], table["stale"], table["synced"]) == ("epoch-after", False, True)
+        assert table["state"] == "current", table
         wait_for(
             lambda: read_snapshot(str(gw.snapshot)).epoch == "epoch-after",
             5,

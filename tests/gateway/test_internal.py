@@ -6,6 +6,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import pytest
@@ -13,10 +14,13 @@ import pytest
 from gateway.counters import Counters
 from gateway.flusher import CounterFlusher, MemoryCounterSink
 from gateway.internal import InternalServer, render_metrics
-from routing.store import MemoryRouteStore
+from routing.errors import StoreError
+from routing.store import LogEntry, MemoryRouteStore, SyncPoint
 from routing.table import RouteTable
+from routing.tablestate import TableState
 from tests.routing.store_support import make_record
 
+STATES = [s.value for s in TableState]
 POOL = {"idle": 3, "active": 2, "waiting": 1, "connects": 9, "connect_errors": 4, "reuses": 20}
 
 # name{label="value",...} value   (labels are mandatory here: every sample has `worker`)
@@ -264,3 +268,77 @@ def test_render_metrics_is_pure_and_complete() -> None:
         render_metrics(counters=counters, table_stats={}, pool_stats={}, flusher=None).decode()
     )
     assert m['turnout_counter_flush_errors_total{worker="0"}'] == 0
+
+
+class UnreachableStore(MemoryRouteStore):
+    """A memory store that can be made unreachable, as a Redis that stopped answering."""
+
+    down = False
+
+    async def sync_point(self) -> SyncPoint:
+        if self.down:
+            raise StoreError("store unreachable (test)")
+        return await super().sync_point()
+
+    async def read_log(self, after: str, count: int, block_ms: int) -> list[LogEntry]:
+        if self.down:
+            raise StoreError("store unreachable (test)")
+        return await super().read_log(after, count, min(block_ms, 20))
+
+
+async def test_readyz_and_metrics_follow_the_table_through_an_outage_and_a_loss() -> None:
+    store = UnreachableStore()
+    await store.replace_all([make_record("app.example.com")], epoch="e1")
+    table = RouteTable(
+        store, block_ms=20, check_interval=0.02, backoff_initial=0.01, backoff_max=0.02
+    )
+    srv = InternalServer(
+        table, Counters(), pool_stats=dict, flusher=None, host="127.0.0.1", port=0, worker=1
+    )
+    await srv.start()
+    w = 'worker="1"'
+
+    async def seen() -> tuple[int, dict[str, Any], dict[str, float]]:
+        reply = await get(srv.port, "/readyz")
+        metrics = parse_metrics((await get(srv.port, "/metrics")).body.decode())
+        return reply.status, orjson.loads(reply.body)["table"], metrics
+
+    async def until_state(state: str) -> tuple[int, dict[str, Any], dict[str, float]]:
+        for _ in range(300):
+            status, doc, m = await seen()
+            if doc["state"] == state:
+                gauges = {s: m[f'turnout_route_table_state{{{w},state="{s}"}}'] for s in STATES}
+                assert gauges == {s: int(s == state) for s in STATES}, gauges
+                return status, doc, m
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"the table never reached {state}: {doc}")
+
+    try:
+        assert await table.start(wait=5.0)
+        status, doc, m = await until_state("current")
+        assert status == 200 and doc["stale"] is False
+        assert m[f"turnout_route_table_stale{{{w}}}"] == 0
+
+        store.down = True  # the store stops answering: served, no longer known-current
+        status, doc, m = await until_state("stale")
+        assert status == 200 and doc["stale"] is True and doc["connected"] is False
+        assert m[f"turnout_route_table_stale{{{w}}}"] == 1
+        assert m[f"turnout_route_table_connected{{{w}}}"] == 0
+        assert m[f"turnout_route_table_ready{{{w}}}"] == 1  # still serving: still ready
+
+        store.down = False  # back, same epoch, unbroken log: current again, no resync
+        status, doc, m = await until_state("current")
+        assert status == 200 and doc["stale"] is False and doc["resyncs"] == 0
+        assert doc["reconnects"] == 1 and doc["staleness_seconds"] == 0
+
+        store.forget_everything()  # "Redis restarted empty": the table keeps what it had
+        status, doc, m = await until_state("lost")
+        assert status == 200 and doc["stale"] is True and doc["records"] == 1
+        assert m[f"turnout_route_table_stale{{{w}}}"] == 1
+
+        await store.replace_all([make_record("new.example.com")], epoch="e2")  # a full publish
+        status, doc, m = await until_state("current")
+        assert status == 200 and doc["epoch"] == "e2" and doc["resyncs"] == 1
+    finally:
+        await srv.stop()
+        await table.stop()

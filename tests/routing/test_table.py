@@ -24,7 +24,8 @@ from routing.models import RouteRecord, encode_record
 from routing.redis_store import RedisRouteStore
 from routing.snapshot import read_snapshot, write_snapshot
 from routing.store import LogEntry, MemoryRouteStore, RouteStore, parse_id
-from routing.table import RouteTable
+from routing.table import RouteTable, TableState
+from routing.tablestate import IllegalTransition
 from tests.routing.store_support import hosts, make_record, wait_until
 from tests.support.redis_server import RedisServer
 
@@ -324,8 +325,10 @@ async def test_redis_shutdown_keeps_serving_then_resyncs_on_a_new_epoch(
     await admin.replace_all([make_record(h) for h in hosts(3)], epoch="e1")
     table = await started(make_table(gateway))
 
+    assert table.state is TableState.CURRENT
     own_redis.shutdown_nosave()
     await wait_until(lambda: not table.stats()["connected"], 3.0)
+    assert table.state is TableState.STALE and table.stats()["stale"] is True
 
     # Redis is gone: the table keeps serving every host it had.
     for h in hosts(3):
@@ -348,6 +351,7 @@ async def test_redis_shutdown_keeps_serving_then_resyncs_on_a_new_epoch(
     assert stats["connected"] is True and stats["stale"] is False
     assert stats["staleness_seconds"] == 0
     assert stats["resyncs"] == 1 and stats["reconnects"] >= 1
+    assert stats["state"] == "current"
 
 
 async def test_redis_restarted_empty_keeps_the_old_table_flagged_stale(
@@ -363,7 +367,7 @@ async def test_redis_restarted_empty_keeps_the_old_table_flagged_stale(
     own_redis.start()  # empty: no records, no log, no epoch
     admin = make_store(own_redis.url)  # fresh client (see the previous test)
 
-    await wait_until(lambda: table.connected and table.stale, 3.0)
+    await wait_until(lambda: table.connected and table.state is TableState.LOST, 3.0)
     stats = table.stats()
     assert stats["stale"] is True and stats["staleness_seconds"] > 0
     assert stats["epoch"] is None
@@ -378,7 +382,7 @@ async def test_redis_restarted_empty_keeps_the_old_table_flagged_stale(
     await wait_until(lambda: table.stats()["ignored"] >= 1, 1.0)
     assert version_of(table, "b.example.com") == 5  # ...the table keeps its newer copy
     await asyncio.sleep(3 * FAST["check_interval"])  # periodic checks must not end staleness
-    assert table.stale and table.epoch is None
+    assert table.state is TableState.LOST and table.epoch is None
     assert table_hosts(table) == {"a.example.com", "b.example.com", "c.example.com"}
 
     # Only a full publish (a new epoch) swaps the table.
@@ -387,7 +391,7 @@ async def test_redis_restarted_empty_keeps_the_old_table_flagged_stale(
     assert table_hosts(table) == {"a.example.com"}
     stats = table.stats()
     assert stats["stale"] is False and stats["staleness_seconds"] == 0
-    assert stats["resyncs"] == 1
+    assert stats["resyncs"] == 1 and stats["state"] == "current"
 
 
 async def test_table_on_the_memory_store_follows_the_same_rules(
@@ -460,6 +464,7 @@ async def test_cold_start_from_the_snapshot_with_redis_down(
     stats = table.stats()
     assert stats["from_snapshot"] is True and stats["stale"] is True
     assert stats["connected"] is False and stats["synced"] is False
+    assert stats["state"] == "snapshot"  # the store down does not change that
     assert stats["epoch"] == "e1" and stats["records"] == 26
     assert stats["staleness_seconds"] > 0
 
@@ -470,6 +475,29 @@ async def test_cold_start_from_the_snapshot_with_redis_down(
     await wait_until(lambda: table.epoch == "e2" and not table.stale, 3.0)
     stats = table.stats()
     assert stats["from_snapshot"] is False and stats["records"] == 1
+    assert stats["state"] == "current"
+
+
+async def test_a_snapshot_of_the_stores_epoch_is_caught_up_not_resynced(
+    make_store: StoreMaker, make_table: TableMaker, tmp_path: Path
+) -> None:
+    snap = str(tmp_path / "routes.snap")
+    admin = make_store()
+    await admin.replace_all([make_record("a.example.com", 1)], epoch="e1")
+    first = await started(make_table(make_store(), snapshot_path=snap))
+    await wait_until(lambda: first.snapshots_written >= 1, 2.0)
+    await first.stop()
+    await admin.publish(make_record("b.example.com", 1))  # after the file: in the log only
+
+    table = make_table(make_store(), snapshot_path=snap)
+    assert await table.start(wait=1.0) is True
+    # Same epoch, unbroken log: the table catches up from the file's position and is current
+    # (it used to stay "snapshot" until the next full sync).
+    await wait_until(lambda: table.state is TableState.CURRENT, 2.0)
+    await wait_until(lambda: table.lookup(b"b.example.com") is not None, 2.0)
+    stats = table.stats()
+    assert stats["resyncs"] == 0 and stats["synced"] is True and stats["stale"] is False
+    assert stats["from_snapshot"] is True  # what is served still came from the file
 
 
 async def test_snapshot_written_at_most_once_per_interval_and_atomically(
@@ -683,17 +711,20 @@ async def test_stats_and_repr(make_store: StoreMaker, make_table: TableMaker) ->
     assert "records=1" in repr(table) and "'e1'" in repr(table)
 
 
-def test_state_is_derived_from_the_flags_in_one_place() -> None:
-    from routing.table import TableState
-
+def test_state_and_its_flags_are_read_from_the_lifecycle_only() -> None:
     table = RouteTable(MemoryRouteStore())
-    assert table.state is TableState.COLD
-    table.from_snapshot = True
-    assert table.state is TableState.SNAPSHOT
-    table.from_snapshot, table.synced = False, True
-    assert table.state is TableState.CURRENT
-    table.stale = True
-    assert table.state is TableState.STALE
-    table._lost = True
-    assert table.state is TableState.LOST
-    assert table.stats()["state"] == "lost"
+    assert table.state is TableState.COLD and not table.ready
+    table.lifecycle.snapshot_loaded(age=0.0)
+    assert table.state is TableState.SNAPSHOT and table.ready and table.stale
+    assert table.from_snapshot and not table.synced
+    table.lifecycle.full_sync()
+    assert table.state is TableState.CURRENT and not table.stale and table.synced
+    table.lifecycle.connection_lost()
+    assert table.state is TableState.STALE and table.stale and table.staleness() >= 0
+    table.lifecycle.store_lost()
+    assert table.state is TableState.LOST and table.stats()["state"] == "lost"
+    assert table.stats()["stale"] is True
+    with pytest.raises(AttributeError):
+        table.stale = False  # type: ignore[misc]  # no flag to set behind the machine's back
+    with pytest.raises(IllegalTransition):
+        table.lifecycle.caught_up()  # only a full publish ends a loss
