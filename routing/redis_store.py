@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
@@ -58,42 +57,6 @@ local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
                       'host', ARGV[1], 'version', ARGV[2], 'record', ARGV[3])
 return {1, id}
 """
-
-# KEYS: routes.  ARGV: cursor, count.  One HSCAN step answered as {next cursor, packed}: packed
-# is every (field, value) as u32 field length, u32 value length (little-endian), field, value.
-# A reply of two bulk strings instead of 2 x count: redis-py's pure-Python reply parser costs
-# ~5 us per element, two thirds of a full sync of a million records when it parsed HSCAN.
-_SCAN_LUA = """
-local res = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local items = res[2]
-local out = {}
-for i = 1, #items, 2 do
-  local h, v = items[i], items[i + 1]
-  out[#out + 1] = struct.pack('<I4I4', #h, #v)
-  out[#out + 1] = h
-  out[#out + 1] = v
-end
-return {res[1], table.concat(out)}
-"""
-_PACKED: Final = struct.Struct("<II")
-
-
-def unpack_scan(packed: bytes) -> list[tuple[bytes, bytes]]:
-    """The (field, value) pairs of one packed scan reply (see ``_SCAN_LUA``)."""
-    out: list[tuple[bytes, bytes]] = []
-    pos, end = 0, len(packed)
-    head = _PACKED.unpack_from
-    while pos < end:
-        if pos + 8 > end:
-            raise StoreError("redis scan reply truncated")
-        host_len, value_len = head(packed, pos)
-        start = pos + 8
-        pos = start + host_len + value_len
-        if pos > end:
-            raise StoreError("redis scan reply truncated")
-        out.append((packed[start : start + host_len], packed[start + host_len : pos]))
-    return out
-
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -145,8 +108,6 @@ class RedisRouteStore(RouteStore):
             self.redis = url_or_client
             self.url = "<client>"
         self._publish = self.redis.register_script(_PUBLISH_LUA)
-        self._scan_script = self.redis.register_script(_SCAN_LUA)
-        self._scan_refused = False  # no scripts for this user (ACL) or server: plain HSCAN
         self._info_refused = False  # the ACL user may not run INFO: no origin checks then
 
     @_store_errors("publish")
@@ -232,29 +193,20 @@ class RedisRouteStore(RouteStore):
                 return
 
     async def scan_raw(self, batch: int = SCAN_BATCH) -> AsyncIterator[list[tuple[bytes, bytes]]]:
-        """Every (host, record) as stored, without decoding either: one server-side HSCAN step
-        per batch answered in one packed string (``_SCAN_LUA``). A server or ACL user that
-        refuses the script gets plain HSCAN, slower but the same answer."""
+        """Every (host, record) as stored, neither decoded: HSCAN steps of ``batch``. With
+        ``hiredis`` installed (a dependency) redis-py parses a step's reply in C, ~0.1 us per
+        element; its pure-Python parser costs ~5 us per element, two thirds of a million-record
+        sync (benchmarks/RESULTS.md)."""
         routes = self.keys.routes
-        cursor: Any = 0
+        cursor = 0
         while True:
             try:
-                if self._scan_refused:
-                    found: Any = await self.redis.hscan(routes, int(cursor), count=batch)
-                    cursor, items = found[0], list(found[1].items())
-                else:
-                    res: Any = await self._scan_script(keys=[routes], args=[cursor, batch])
-                    cursor, items = int(res[0]), unpack_scan(res[1])
-            except ResponseError as exc:
-                if self._scan_refused or cursor != 0:
-                    raise StoreError(f"redis scan failed: {exc}") from exc
-                self._scan_refused = True
-                log.warning("the packed route scan was refused (%s); using HSCAN", exc)
-                continue
+                res: Any = await self.redis.hscan(routes, cursor, count=batch)
             except _ERRORS as exc:
                 raise StoreError(f"redis scan failed: {exc}") from exc
-            if items:
-                yield items
+            cursor, found = res
+            if found:
+                yield list(found.items())
             if cursor == 0:
                 return
 

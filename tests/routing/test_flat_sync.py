@@ -1,7 +1,6 @@
 """The flat table's full sync from the store: the raw scan and the streamed, checked file.
 
-The sync reads records as the store holds them (``scan_raw``: one packed string per batch from
-Redis, plain HSCAN when the script is refused) and checks each one for its host and version
+The sync reads records as the store holds them (``scan_raw``: bytes, not decoded) and checks each one for its host and version
 without decoding it into a route: exactly the verdicts of the check it replaced (property
 test against that code, kept here as the reference), every refused record skipped and
 counted, and never a route served from one.
@@ -21,12 +20,11 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redis.exceptions import NoPermissionError
 
 from routing.errors import RecordError, StoreError
 from routing.flat import MAX_VERSION, FlatBuilder, FlatError, FlatFile, check_record
 from routing.models import encode_record
-from routing.redis_store import RedisRouteStore, unpack_scan
+from routing.redis_store import RedisRouteStore
 from routing.store import MemoryRouteStore, RouteStore
 from routing.table import RouteTable
 from tests.routing.store_support import hosts, make_record
@@ -116,18 +114,6 @@ def test_a_host_that_is_not_utf8_is_refused_not_raised() -> None:
     assert err.value.path == "host"
 
 
-def test_unpack_scan_splits_and_refuses_a_truncated_reply() -> None:
-    packed = b"".join(
-        len(h).to_bytes(4, "little") + len(v).to_bytes(4, "little") + h + v
-        for h, v in [(b"a", b"xyz"), (b"", b""), (b"b\xff", b"\x00" * 600)]
-    )
-    assert unpack_scan(packed) == [(b"a", b"xyz"), (b"", b""), (b"b\xff", b"\x00" * 600)]
-    assert unpack_scan(b"") == []
-    for cut in (3, 9, len(packed) - 1):
-        with pytest.raises(StoreError, match="truncated"):
-            unpack_scan(packed[:cut])
-
-
 # ---------------------------------------------------------------------------- the raw scan
 
 
@@ -158,24 +144,6 @@ async def test_redis_raw_scan_returns_every_record_as_stored(
     want = await fill(redis_store, 300)
     got = await raw(redis_store, 64)
     assert dict(got) == want and len(got) == len(want)  # no batch lost, none decoded
-    assert not redis_store._scan_refused
-
-
-async def test_redis_raw_scan_falls_back_to_hscan_when_the_script_is_refused(
-    redis_store: RedisRouteStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    want = await fill(redis_store, 120)
-
-    async def refused(**_: Any) -> Any:
-        raise NoPermissionError("this user has no permissions to run the 'evalsha' command")
-
-    redis_store._scan_script = refused  # type: ignore[assignment]
-    with caplog.at_level(logging.WARNING, "turnout.routing.redis_store"):
-        got = await raw(redis_store, 50)
-    assert dict(got) == want and len(got) == len(want)
-    assert redis_store._scan_refused
-    assert "packed route scan was refused" in caplog.text
-    assert dict(await raw(redis_store, 50)) == want  # and stays on HSCAN
 
 
 async def test_redis_raw_scan_of_an_empty_store(redis_store: RedisRouteStore) -> None:
@@ -206,17 +174,12 @@ BAD: dict[bytes, bytes] = {
 }
 
 
-@pytest.mark.parametrize("refuse_script", [False, True])
 async def test_a_flat_sync_from_redis_skips_and_counts_every_bad_record(
-    redis_store: RedisRouteStore,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-    refuse_script: bool,
+    redis_store: RedisRouteStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     good = hosts(40)
     await redis_store.replace_all([make_record(h, 3) for h in good], epoch="e1")
     await redis_store.redis.hset(redis_store.keys.routes, mapping=BAD)  # type: ignore[arg-type]
-    redis_store._scan_refused = refuse_script
     path = str(tmp_path / "r.flat")
     table = RouteTable(redis_store, snapshot_path=path, flat=True, **FAST)
     table.scan_batch = 7  # many batches, each checked in the thread while the next is read
@@ -228,8 +191,8 @@ async def test_a_flat_sync_from_redis_skips_and_counts_every_bad_record(
         for host in good:
             route = table.lookup(host.encode())
             assert route is not None and route.host == host and route.version == 3
-        for host in BAD:
-            assert table.lookup(host) is None
+        for bad in BAD:
+            assert table.lookup(bad) is None
         assert caplog.text.count("ignoring invalid route record for") == len(BAD)
         assert "b\ufffd.example.com" in caplog.text  # the name as far as it can be shown
         assert [p for p in os.listdir(tmp_path) if p.startswith(".flat-")] == []
