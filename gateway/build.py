@@ -14,6 +14,7 @@ from functools import cache
 
 HOT_MODULES = (
     "gateway.native",
+    "gateway.upstream",
     "gateway.pool",
     "gateway.dispatch",
     "gateway.headers",

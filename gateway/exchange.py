@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Final
 from gateway.dispatch import Plan
 from gateway.errors import Answer, UpstreamError
 from gateway.forwarding import Retry, after_abort, after_failure
-from gateway.pool import Sink
+from gateway.upstream import Sink
 
 if TYPE_CHECKING:
     from gateway.native import ClientConnection
-    from gateway.pool import UpstreamConnection
+    from gateway.upstream import UpstreamConnection
 
 LAST_CHUNK: Final = b"0\r\n\r\n"
 CRLF: Final = b"\r\n"

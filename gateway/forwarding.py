@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from gateway.accesslog import AccessLog
     from gateway.counters import Counters
     from gateway.dispatch import Plan
-    from gateway.pool import Sink, UpstreamPool
+    from gateway.pool import UpstreamPool
+    from gateway.upstream import Sink
     from routing.upstreams import Replica
 
 # kind -> (the answer while the upstream had sent nothing, the answer once it had responded)

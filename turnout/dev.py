@@ -32,6 +32,7 @@ from admin.crypto import KeyRing
 from admin.dev_runtime import DemoRuntime, managed_tokens
 from admin.rollouts.cli import FINAL, event_line, summary
 from admin.settings import Settings
+from gateway import build
 from gateway.config import GatewayConfig
 from gateway.flusher import MemoryCounterSink
 from gateway.worker import GatewayWorker, bind_socket
@@ -187,7 +188,7 @@ def _banner(
 Turnout dev is running (Ctrl-C to stop)
   admin API   http://{a}      (OpenAPI: http://{a}/openapi.json)
   console     http://{a}/console/   (sign in with the token below)
-  gateway     http://{g}
+  gateway     http://{g}   ({_build_line()})
   runtimes    v1 http://{runtimes[0][0]}:{runtimes[0][1]}   v2 http://{runtimes[1][0]}:{runtimes[1][1]}
 
 Your token (shown once; system admin):
@@ -201,6 +202,13 @@ Try:
 """,
         flush=True,
     )
+
+
+def _build_line() -> str:
+    """Which build of the gateway's hot path this process runs, and how to get the other."""
+    if build.compiled():
+        return f"hot path: {build.describe()}"
+    return f"hot path: {build.describe()}; 'pip install .' (not -e) installs the compiled one"
 
 
 # The demo's staged rollout: no pauses, a small evidence bar, one-minute windows.

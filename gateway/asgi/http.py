@@ -51,11 +51,11 @@ from gateway.errors import (
     UpstreamErrorKind,
 )
 from gateway.forwarding import Retry, after_abort, after_failure, answer_bytes
-from gateway.pool import Sink
+from gateway.upstream import Sink
 
 if TYPE_CHECKING:
     from gateway.asgi.app import GatewayApp
-    from gateway.pool import UpstreamConnection
+    from gateway.upstream import UpstreamConnection
 
 log = logging.getLogger("turnout.gateway.asgi")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -45,6 +46,13 @@ def test_demo_walks_a_staged_rollout_to_completion(tmp_path: Path) -> None:
     took = time.monotonic() - started
     out = done.stdout
     assert done.returncode == 0, f"{out[-3000:]}\n{done.stderr[-3000:]}"
+    # The banner says which build of the hot path runs (the suite's e2e pass: the sources).
+    expected = (
+        "(hot path: compiled (mypyc))"
+        if os.environ.get("TURNOUT_EXPECT_COMPILED") == "1"
+        else "(hot path: pure Python; 'pip install .' (not -e) installs the compiled one)"
+    )
+    assert re.search(r"gateway +http://127\.0\.0\.1:\d+ +" + re.escape(expected), out), out[:2000]
     assert "deploy v2 as a staged rollout (10% → 25% → 50% → 100%): HTTP 201" in out
     steps = re.findall(
         r"\] +\S+ (advance|promote) (\d+) % → (\d+) % by reconciler: gate passed", out

@@ -17,7 +17,7 @@ import pytest
 from gateway.config import GatewayConfig
 from gateway.core import GatewayCore
 from gateway.native import ClientConnection, NativeServer
-from gateway.pool import ConnState, UpstreamConnection
+from gateway.upstream import ConnState, UpstreamConnection
 from routing.compiled import CompiledRoute
 from routing.models import decode_record
 from routing.store import MemoryRouteStore

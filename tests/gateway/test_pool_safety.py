@@ -298,7 +298,7 @@ async def test_dropped_connections_leave_no_cycles_holding_their_buffers() -> No
     waited for the cyclic GC — which the gateway runs rarely (gateway.worker)."""
     import gc
 
-    from gateway.pool import UpstreamConnection
+    from gateway.upstream import UpstreamConnection
 
     upstream, uport = await _limits_upstream()
     server, pool, port = await _server(GatewayConfig(max_response_header_bytes=LIMIT), uport)
