@@ -775,7 +775,7 @@ class RouteTable:
             builder.finish(epoch, last_id)
         finally:
             builder.abort()
-        flat = FlatFile(self.snapshot_path)
+        flat = FlatFile(self.snapshot_path, builder.crc_written)  # trusted: just written
         self._snap_cost = time.perf_counter() - started
         self.snapshots_written += 1
         return flat
