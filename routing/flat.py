@@ -126,11 +126,6 @@ class FlatFile:
             if st.st_size < HEADER.size:
                 raise FlatError(f"{path}: truncated flat table ({st.st_size} bytes)")
             self.mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-            # Lookups touch the file at random: without this a fault maps the pages around
-            # the one touched too (read-around, large folios), and 1 000 hot hosts of a
-            # million put ~260 MiB of the file in each worker's RSS and PSS instead of ~8.
-            with contextlib.suppress(AttributeError, OSError):
-                self.mm.madvise(mmap.MADV_RANDOM)
             # The checksum is read through the descriptor, not the mapping: the pages stay in
             # the page cache (shared by every worker) without entering this process's RSS.
             body_crc = _crc_of(fd, HEADER.size, st.st_size) if crc is None else -1
