@@ -42,6 +42,7 @@ wrong-version file is refused with :class:`FlatError` (the table logs it and res
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import mmap
 import os
 import struct
@@ -70,9 +71,11 @@ RECORD: Final = struct.Struct("<HHIQ")  # 16 bytes
 SLOT: Final = struct.Struct("<II")
 EMPTY: Final = 0xFFFFFFFF
 MAX_DATA: Final = EMPTY * 8  # record offsets are stored in 8-byte units
+MAX_VERSION: Final = MAX_INT64  # as routing.models allows
 HOT_CACHE: Final = 65_536  # default bound of a worker's hot cache of compiled routes
 ABSENT_CACHE: Final = 4_096  # names the file does not hold, remembered apart (bounded)
 _CHUNK: Final = 1 << 20
+_ZEROS: Final = b"\0" * 8
 _CRC_AT: Final = 56  # the CRC covers the header before it, then everything after the header
 
 
@@ -108,7 +111,9 @@ class FlatFile:
     explicitly (a compaction thread may still be reading an older one: it closes when the last
     reference goes)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, crc: int | None = None) -> None:
+        """Map and verify ``path``; ``crc``: its checksum as its writer computed it while
+        writing it (then the file is not read again to compute it)."""
         self.path = path
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -122,7 +127,7 @@ class FlatFile:
             self.mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
             # The checksum is read through the descriptor, not the mapping: the pages stay in
             # the page cache (shared by every worker) without entering this process's RSS.
-            body_crc = _crc_of(fd, HEADER.size, st.st_size)
+            body_crc = _crc_of(fd, HEADER.size, st.st_size) if crc is None else -1
         finally:
             os.close(fd)
         mm = self.mm
@@ -136,7 +141,7 @@ class FlatFile:
             data_off,
             data_len,
             index_off,
-            crc,
+            stored_crc,
             _reserved,
         ) = HEADER.unpack_from(mm, 0)
         if magic != MAGIC:
@@ -153,7 +158,7 @@ class FlatFile:
             or index_off + slots * SLOT.size + meta_len != size
         ):
             raise FlatError(f"{path}: truncated or inconsistent flat table")
-        if zlib.crc32(mm[:_CRC_AT], body_crc) != crc:
+        if (crc if body_crc < 0 else zlib.crc32(mm[:_CRC_AT], body_crc)) != stored_crc:
             raise FlatError(f"{path}: flat table checksum mismatch (corrupt file)")
         try:
             meta = orjson.loads(mm[size - meta_len : size])
@@ -245,34 +250,48 @@ class FlatBuilder:
         self.hashes = array("I")
         self.units = array("I")
         self.data_len = 0
-        self._buf: list[bytes] = []
-        self._buffered = 0
+        self._buf = bytearray()
         self.crc = 0  # of everything after the header, as written
+        self.crc_written: int | None = None  # the file's checksum, once finished
         self.closed = False
 
     def add(self, host: bytes, version: int, record: bytes) -> None:
-        if self.data_len + 16 + len(host) + len(record) + 8 > MAX_DATA:
+        size = 16 + len(host) + len(record)
+        if self.data_len + size + 8 > MAX_DATA:
             raise FlatError(f"{self.path}: flat table data over {MAX_DATA} bytes")
-        unit = self.data_len // 8
-        body = RECORD.pack(len(host), 0, len(record), version) + host + record
-        pad = _pad(len(body))
-        self._buf.append(body)
-        if pad:
-            self._buf.append(b"\0" * pad)
-        self._buffered += len(body) + pad
-        self.data_len += len(body) + pad
         self.hashes.append(zlib.crc32(host))
-        self.units.append(unit)
-        if self._buffered >= _CHUNK:
+        self.units.append(self.data_len // 8)
+        buf = self._buf
+        buf += RECORD.pack(len(host), 0, len(record), version)
+        buf += host
+        buf += record
+        pad = _pad(size)
+        if pad:
+            buf += _ZEROS[:pad]
+        self.data_len += size + pad
+        if len(buf) >= _CHUNK:
             self._flush()
+
+    def add_checked(self, items: list[tuple[bytes, bytes]]) -> list[tuple[bytes, RecordError]]:
+        """Add every ``(host, record)`` that :func:`check_record` accepts, as a full sync
+        streams them from the store; returns the refused ones with the reason (the caller
+        counts and logs them). Runs in a thread: it touches nothing but this builder."""
+        refused: list[tuple[bytes, RecordError]] = []
+        for host, data in items:
+            try:
+                version = check_record(host, data)
+            except RecordError as exc:
+                refused.append((host, exc))
+                continue
+            self.add(host, version, data)
+        return refused
 
     def _flush(self) -> None:
         if self._buf:
-            chunk = b"".join(self._buf)
-            self.crc = zlib.crc32(chunk, self.crc)
-            self.fh.write(chunk)
-            self._buf.clear()
-            self._buffered = 0
+            buf = self._buf
+            self.crc = zlib.crc32(buf, self.crc)
+            self.fh.write(buf)
+            buf.clear()
 
     def finish(self, epoch: str | None, last_id: str | None) -> int:
         """Append the index and the meta, write the header, fsync, rename over ``path``;
@@ -283,15 +302,15 @@ class FlatBuilder:
             count, table = self._index()
             if sys.byteorder != "little":
                 table.byteswap()
-            index = table.tobytes()
             slots = len(table) // 2
             meta = orjson.dumps(
                 {"format": FORMAT, "epoch": epoch, "last_id": last_id, "written_at": time.time()}
             )
             fh = self.fh
-            fh.write(index)
+            fh.write(table)  # no bytes copy of the index (16 MiB at a million records)
             fh.write(meta)
-            crc = zlib.crc32(meta, zlib.crc32(index, self.crc))
+            crc = zlib.crc32(meta, zlib.crc32(table, self.crc))
+            self.hashes = self.units = array("I")
             head = HEADER.pack(
                 MAGIC,
                 VERSION,
@@ -305,6 +324,7 @@ class FlatBuilder:
                 0,
             )
             crc = zlib.crc32(head[:_CRC_AT], crc)
+            self.crc_written = crc
             fh.seek(0)
             fh.write(head[:_CRC_AT] + struct.pack("<II", crc, 0))
             fh.flush()
@@ -366,6 +386,23 @@ def _host_at(data: mmap.mmap, unit: int) -> bytes:
     return data[off + 16 : off + 16 + host_len]
 
 
+def release_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``): a full sync
+    streams ~2.5 MB batches through the heap, and their freed pages would otherwise stay in
+    the writer's RSS as its high-water mark. A no-op elsewhere."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            _TRIM = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM is not False:
+        _TRIM(0)
+
+
+_TRIM: Any = None
+
+
 def _fsync_dir(directory: str) -> None:
     try:
         dfd = os.open(directory, os.O_RDONLY)
@@ -377,10 +414,9 @@ def _fsync_dir(directory: str) -> None:
         os.close(dfd)
 
 
-def record_head(host: str, data: bytes) -> int:
-    """The version of a record as stored, checked cheaply (the full strict decode happens when a
-    worker first serves the host); raises :class:`RecordError` for bytes that are not a record
-    of ``host``."""
+def check_record(host: bytes, data: bytes) -> int:
+    """:func:`record_head` for a host name as the store holds it (bytes): the same checks,
+    in the same order, the same verdicts."""
     try:
         obj: Any = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -388,15 +424,23 @@ def record_head(host: str, data: bytes) -> int:
     if not isinstance(obj, dict):
         raise type_error(ROOT, "a mapping", obj)
     if not host.isascii():  # a store under attack: the file keys hosts as ASCII bytes
-        raise RecordError("host", f"not an ASCII hostname: {host!r}")
-    if obj.get("host") != host:
-        raise RecordError("host", f"record filed under {host} names {obj.get('host')!r}")
+        raise RecordError("host", f"not an ASCII hostname: {host.decode('utf-8', 'replace')!r}")
+    name = host.decode("ascii")
+    if obj.get("host") != name:
+        raise RecordError("host", f"record filed under {name} names {obj.get('host')!r}")
     version = obj.get("version")
     if isinstance(version, bool) or not isinstance(version, int):
         raise type_error("version", "an integer", version)
-    if version < 0:
-        raise range_error("version", 0, MAX_INT64, version)
+    if version < 0 or version > MAX_VERSION:  # the file stores 64 bits; models allow no more
+        raise range_error("version", 0, MAX_VERSION, version)
     return version
+
+
+def record_head(host: str, data: bytes) -> int:
+    """The version of a record as stored, checked cheaply (the full strict decode happens when a
+    worker first serves the host); raises :class:`RecordError` for bytes that are not a record
+    of ``host``."""
+    return check_record(host.encode("utf-8", "surrogatepass"), data)
 
 
 class ColdRoutes:

@@ -61,11 +61,11 @@ from routing.flat import (
     FlatError,
     FlatFile,
     find_route,
-    record_head,
+    release_memory,
 )
 from routing.models import RouteRecord, decode_record
 from routing.snapshot import read_snapshot, write_snapshot
-from routing.store import ZERO_ID, LogEntry, RouteStore, SyncPoint, parse_id
+from routing.store import SCAN_BATCH, ZERO_ID, LogEntry, RouteStore, SyncPoint, parse_id
 from routing.tablestate import TableEvent, TableLifecycle
 from routing.tablestate import TableState as TableState  # re-exported: routing.table.TableState
 from routing.upstreams import UpstreamRegistry
@@ -114,6 +114,7 @@ class RouteTable:
         self.flat_writer = flat_writer
         self.hot_cache = hot_cache
         self.flat_wait = flat_wait
+        self.scan_batch = SCAN_BATCH  # records per batch of a flat full sync's raw scan
         self.cold: ColdRoutes | None = None
         self.compactions = 0
         self.flat_refused = 0
@@ -424,29 +425,57 @@ class RouteTable:
             return flat.last_id if flat.last_id is not None else ZERO_ID
         async with self._file_lock:
             builder = FlatBuilder(self.snapshot_path)
+            batches = aiter(self.store.scan_raw(self.scan_batch))
+            # The next batch is on its way from the store while a thread checks and writes
+            # this one (records are never decoded here: checked for their host and version,
+            # decoded strictly when a worker first serves the host).
+            ahead: asyncio.Future[list[tuple[bytes, bytes]]] | None = None
             try:
-                async for items in self.store.scan(self.batch):
-                    for host, data in items:
-                        try:
-                            version = record_head(host, data)
-                        except RecordError as exc:
-                            self.invalid += 1
-                            log.error("ignoring invalid route record for %s: %s", host, exc)
-                            continue
-                        builder.add(host.encode("ascii"), version, data)
+                ahead = asyncio.ensure_future(anext(batches))
+                while True:
+                    try:
+                        items = await ahead
+                    except StopAsyncIteration:
+                        ahead = None
+                        break
+                    ahead = asyncio.ensure_future(anext(batches))
+                    for host, exc in await asyncio.to_thread(builder.add_checked, items):
+                        self.invalid += 1
+                        name = host.decode("utf-8", "replace")
+                        log.error("ignoring invalid route record for %s: %s", name, exc)
                 await asyncio.to_thread(builder.finish, point.epoch, point.last_id)
             finally:
+                if ahead is not None:
+                    ahead.cancel()
+                    with contextlib.suppress(BaseException):
+                        await ahead  # (also retrieves its error, if it had one)
+                with contextlib.suppress(Exception):
+                    await batches.aclose()  # type: ignore[attr-defined]
                 builder.abort()
-            flat = await asyncio.to_thread(FlatFile, self.snapshot_path)
+            # The file just written is trusted with the checksum computed while writing it
+            # (re-reading it would cost a second or so at a million records).
+            flat = await asyncio.to_thread(FlatFile, self.snapshot_path, builder.crc_written)
+        release_memory()
         self._adopt(flat, reset=True)
         return point.last_id
 
     async def _wait_for_file(self, epoch: str | None) -> FlatFile | None:
+        assert self.snapshot_path is not None
         deadline = self.clock() + self.flat_wait
+        looked: tuple[int, int, int] | None = None
         while True:
-            flat = await self._open_file(quiet=True)
-            if flat is not None and flat.epoch == epoch:
-                return flat
+            # Open (and checksum) a file only when it is not the one looked at last time: the
+            # writer's sync runs meanwhile, on the same cores.
+            try:
+                st = os.stat(self.snapshot_path)
+                seen: tuple[int, int, int] | None = (st.st_dev, st.st_ino, st.st_mtime_ns)
+            except OSError:
+                seen = None
+            if seen is not None and seen != looked:
+                looked = seen
+                flat = await self._open_file(quiet=True)
+                if flat is not None and flat.epoch == epoch:
+                    return flat
             if self.clock() >= deadline:
                 return None
             await asyncio.sleep(0.1)
@@ -724,7 +753,7 @@ class RouteTable:
             builder.finish(epoch, last_id)
         finally:
             builder.abort()
-        flat = FlatFile(self.snapshot_path)
+        flat = FlatFile(self.snapshot_path, builder.crc_written)  # trusted: just written
         self._snap_cost = time.perf_counter() - started
         self.snapshots_written += 1
         return flat
