@@ -50,7 +50,6 @@ from gateway.headers import (
     H_EXPECT,
     H_FORWARD,
     H_HOST,
-    H_OVERRIDE,
     H_TRANSFER_ENCODING,
     H_UPGRADE,
     H_X_FORWARDED_FOR,
@@ -505,9 +504,8 @@ def parse_request(buf: bytes, max_bytes: int, max_headers: int) -> RequestHead |
             te_chunked = state == 1
         elif special == 3:
             conn_flags |= _connection_flags(value)
-        elif special == 4:
-            if value:
-                upgrade_header = True
+        elif special == 4 and value:
+            upgrade_header = True
         pos = vend + 2
         if pos < n and (buf[pos] == 0x20 or buf[pos] == 0x09):
             return _bad("obs-fold")
@@ -531,10 +529,8 @@ def parse_request(buf: bytes, max_bytes: int, max_headers: int) -> RequestHead |
     head.version = version
     head.end = pos
     head.headers = headers
-    if version == 11:
-        keep_alive = not (conn_flags & _F_CLOSE)
-    else:
-        keep_alive = bool(conn_flags & _F_KEEP_ALIVE)
+    # llhttp: HTTP/1.1 unless "close"; any other version only with "keep-alive"
+    keep_alive = not (conn_flags & _F_CLOSE) if version == 11 else bool(conn_flags & _F_KEEP_ALIVE)
     head.keep_alive = keep_alive
     has_connection = False
     for hname, _ in headers:
@@ -582,7 +578,7 @@ def _classify(head: RequestHead, buf: bytes, spans: list[int]) -> None:
     header_host: bytes | None = None
     for i, (name, value) in enumerate(headers):
         code = request_header_class(name)
-        if code == H_FORWARD or code == H_COOKIE:
+        if code in (H_FORWARD, H_COOKIE):
             kept.append((name.lower(), _line(buf, spans, i, name, value)))
             if code == H_COOKIE:
                 cookie = value if cookie is None else cookie + b"; " + value
@@ -720,6 +716,13 @@ def _incomplete(buf: bytes, pos: int, counted: int, max_bytes: int) -> Rejected 
     return None
 
 
-_reference_parse_request: Final = parse_request
+reference_parse_request: Final = parse_request  # always this module's, for the tests
 
 IMPLEMENTATION = "python"
+try:  # the compiled twin (pip install ., scripts/build_compiled.py); see the module docstring
+    from gateway import _headc  # type: ignore[attr-defined]
+except ImportError:
+    pass
+else:
+    parse_request = _headc.parse_request
+    IMPLEMENTATION = _headc.IMPLEMENTATION

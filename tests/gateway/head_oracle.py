@@ -48,14 +48,25 @@ class _Callbacks:
         self.version = ""
         self.keep_alive = False
         self.parser: httptools.HttpRequestParser | None = None
+        self.begun = 0  # >1: past this head's message, an error there is another request's
+
+    def on_message_begin(self) -> None:
+        self.begun += 1
+
+    def on_message_complete(self) -> None:
+        self.begun += 1  # whatever comes next is another request's
 
     def on_url(self, url: bytes) -> None:
+        if self.begun > 1:
+            return
         self.url += url
         self.bytes += len(url)
         if self.bytes > self.max_bytes:
             raise _Limit
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.begun > 1:
+            return
         self.headers.append((name, value))
         self.bytes += len(name) + len(value) + 4
         if self.bytes > self.max_bytes or len(self.headers) > self.max_headers:
@@ -63,6 +74,8 @@ class _Callbacks:
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
+        if self.begun > 1:
+            return
         self.done = True
         self.method = self.parser.get_method()
         self.version = self.parser.get_http_version()
@@ -81,7 +94,9 @@ class Verdict:
     target: bytes = b""
     keep_alive: bool = False
     upgrade: bool = False
-    block_prefix: bytes | None = b""  # the forwarded lines (the plan's block before X-Forwarded-For)
+    block_prefix: bytes | None = (
+        b""  # the forwarded lines (the plan's block before X-Forwarded-For)
+    )
 
 
 _TABLE = RouteTable(MemoryRouteStore())
@@ -124,11 +139,15 @@ def today(buf: bytes, max_bytes: int, max_headers: int) -> Verdict:
     except httptools.HttpParserUpgrade:
         upgraded = True
     except httptools.HttpParserCallbackError as exc:
-        if isinstance(exc.__context__, _Limit) or isinstance(exc.__cause__, _Limit):
+        if cb.begun > 1:
+            pass  # in the next request's bytes
+        elif isinstance(exc.__context__, _Limit) or isinstance(exc.__cause__, _Limit):
             return Verdict("reject", 431, HEADERS_TOO_LARGE)
-        raise
+        else:
+            raise
     except httptools.HttpParserError:
-        return Verdict("reject", 400, BAD_REQUEST)
+        if cb.begun < 2:
+            return Verdict("reject", 400, BAD_REQUEST)
     if not cb.done:
         return Verdict("incomplete")
     v = Verdict("plan", method=cb.method, target=cb.url, keep_alive=cb.keep_alive)
@@ -196,7 +215,10 @@ def decided(result: RequestHead | Rejected | None) -> Verdict:
         v.kind, v.answer = "answer", result.verdict
         return v
     v.block_prefix = result.kept
-    if result.kept_h2 is not None and result.upgrade_value is not None:
-        if _ROUTE.allowed_upgrade(result.upgrade_value) is not None:
-            v.block_prefix = result.kept_h2
+    if (
+        result.kept_h2 is not None
+        and result.upgrade_value is not None
+        and _ROUTE.allowed_upgrade(result.upgrade_value) is not None
+    ):
+        v.block_prefix = result.kept_h2
     return v
