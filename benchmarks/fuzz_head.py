@@ -7,7 +7,10 @@ Runs the generated heads of tests/gateway/head_strategies.py for the given time 
 twin gateway._headc when it is importable (build it with scripts/build_compiled.py and run
 with ``PYTHONSAFEPATH=1 PYTHONPATH=build/compiled/src:$PWD``; ``--require-compiled`` makes its
 absence an error). Prints the number of heads, the verdict mix and every divergence found
-(hypothesis shrinks the first one of each test)."""
+(hypothesis shrinks the first one of each test).
+
+``--repeat N`` only parses one typical head N times: run it under callgrind with N and with 0,
+the difference over N is the instructions per head (benchmarks/RESULTS.md, "Head processing")."""
 
 from __future__ import annotations
 
@@ -31,7 +34,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--require-compiled", action="store_true")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=0,
+        help="no fuzzing: parse benchmarks/hotpath.py's request head N times (for callgrind)",
+    )
     args = ap.parse_args()
+    if args.repeat or "--repeat" in sys.argv:
+        head = b"GET /small HTTP/1.1\r\nHost: bench.example.com\r\nUser-Agent: wrk\r\n\r\n"
+        parse = headmod.parse_request
+        for _ in range(args.repeat):
+            parse(head, 8192, 100)
+        print(f"{headmod.IMPLEMENTATION}: parsed {args.repeat} heads")
+        return 0
     try:
         from gateway import _headc  # type: ignore[attr-defined]
     except ImportError:

@@ -213,7 +213,7 @@ def parse_request(bytes buf, Py_ssize_t max_bytes, Py_ssize_t max_headers):
     cdef const uchar* p = buf
     cdef Py_ssize_t pos, mend, tstart, tend, tally, line, nend, vstart, vend, pending
     cdef int c, version, special, conn_flags, major, dot, minor, state
-    cdef bint have_pending, cl_seen, te_seen, te_chunked, upgrade_header
+    cdef bint have_pending, cl_seen, te_seen, te_chunked, upgrade_header, upgrade
     pos = _span(_T_EOL, buf, 0)  # llhttp skips empty lines
     # ---- method
     mend = buf.find(b" ", pos, pos + 16)
@@ -390,7 +390,8 @@ def parse_request(bytes buf, Py_ssize_t max_bytes, Py_ssize_t max_headers):
         tally += pending
         if tally > max_bytes or len(headers) > max_headers:
             return _too_large("header fields")
-    if te_seen and not te_chunked:
+    upgrade = (upgrade_header and bool(conn_flags & _F_UPGRADE)) or method == b"CONNECT"
+    if te_seen and not te_chunked and not upgrade:  # llhttp upgrades first, body or not
         return _bad("Transfer-Encoding not ending in chunked")
     if method == b"PRI":
         return _bad("HTTP/2 preface")  # unreachable: PRI is no method here
@@ -412,7 +413,7 @@ def parse_request(bytes buf, Py_ssize_t max_bytes, Py_ssize_t max_headers):
             has_connection = True
             break
     head.version_10 = (not keep_alive or has_connection) and version == 10
-    head.upgrade = (upgrade_header and bool(conn_flags & _F_UPGRADE)) or method == b"CONNECT"
+    head.upgrade = upgrade
     head.chunked = te_chunked
     head.content_length = content_length
     _classify(head, buf, spans)

@@ -119,7 +119,10 @@ class RequestHead:
     headers: list[tuple[bytes, bytes]]  # (name, value) as received, value without leading OWS
     keep_alive: bool  # llhttp's should_keep_alive() (the version and Connection decide)
     version_10: bool  # an HTTP/1.0 client: close-delimited responses
-    upgrade: bool  # nothing after this request is HTTP (llhttp: Connection upgrade or CONNECT)
+    # Nothing after this request is HTTP (llhttp: Connection upgrade or CONNECT). llhttp reads a
+    # Content-Length or chunked body first, except for CONNECT (and a Transfer-Encoding that does
+    # not end in chunked, which is no body then).
+    upgrade: bool
     content_length: int | None  # the framing llhttp applies to the body
     chunked: bool
     # What Dispatcher.prepare reads:
@@ -518,7 +521,8 @@ def parse_request(buf: bytes, max_bytes: int, max_headers: int) -> RequestHead |
         tally += pending
         if tally > max_bytes or len(headers) > max_headers:
             return _too_large("header fields")
-    if te_seen and not te_chunked:
+    upgrade = (upgrade_header and bool(conn_flags & _F_UPGRADE)) or method == b"CONNECT"
+    if te_seen and not te_chunked and not upgrade:  # llhttp upgrades first, body or not
         return _bad("Transfer-Encoding not ending in chunked")
     if method == b"PRI":
         return _bad("HTTP/2 preface")  # unreachable: PRI is no method here
@@ -538,7 +542,7 @@ def parse_request(buf: bytes, max_bytes: int, max_headers: int) -> RequestHead |
             has_connection = True
             break
     head.version_10 = (not keep_alive or has_connection) and version == 10
-    head.upgrade = (upgrade_header and bool(conn_flags & _F_UPGRADE)) or method == b"CONNECT"
+    head.upgrade = upgrade
     head.chunked = te_chunked
     head.content_length = content_length
     _classify(head, buf, spans)

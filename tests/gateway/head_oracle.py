@@ -24,7 +24,7 @@ from gateway.errors import (
     HEADERS_TOO_LARGE,
     Answer,
 )
-from gateway.head import Rejected, RequestHead
+from gateway.head import Rejected, RequestHead, reference_parse_request
 from gateway.native import _absolute_form
 from routing.compiled import CompiledRoute
 from routing.models import decode_record
@@ -130,6 +130,11 @@ _HEAD_ANSWERS = (BAD_HOST, BAD_LENGTH, BAD_REQUEST, BAD_TE, CL_AND_TE)
 
 
 def today(buf: bytes, max_bytes: int, max_headers: int) -> Verdict:
+    """Today's decision for the head at the start of ``buf``. When the reference finds a whole
+    head, only its bytes are fed: what follows (a body, the next request) is not this head's."""
+    ref = reference_parse_request(buf, max_bytes, max_headers)
+    if isinstance(ref, RequestHead):
+        buf = buf[: ref.end]
     cb = _Callbacks(max_bytes, max_headers)
     parser = httptools.HttpRequestParser(cb)
     cb.parser = parser
