@@ -95,7 +95,7 @@ cdef inline Py_ssize_t _span(const uchar* table, bytes buf, Py_ssize_t pos):
     return pos
 
 
-def _connection_flags(value: bytes) -> int:
+cdef int _connection_flags(bytes value):
     flags = 0
     for token in value.split(b","):
         t = token.strip(b" \t").lower()
@@ -109,7 +109,7 @@ def _connection_flags(value: bytes) -> int:
 
 
 # Transfer-Encoding per header value, as llhttp reads it: -1 invalid, 1 ends in chunked, 0 not
-def _te_state(value: bytes) -> int:
+cdef int _te_state(bytes value):
     tokens = value.split(b",")
     last = len(tokens) - 1
     for i, token in enumerate(tokens):
@@ -307,6 +307,8 @@ def parse_request(bytes buf, Py_ssize_t max_bytes, Py_ssize_t max_headers):
         line = pos
         nend = _span(_T_TOKEN, buf, pos)
         if nend >= n:
+            if have_pending and len(headers) > max_headers:
+                return _too_large("header fields")  # httptools reports it at the read's end
             return _incomplete(buf, pos, tally + pending + nend - pos, max_bytes)
         if nend == pos or p[nend] != 0x3A:
             # obs-fold, whitespace before the colon, a bare LF, a non-token character. llhttp
@@ -420,8 +422,10 @@ def parse_request(bytes buf, Py_ssize_t max_bytes, Py_ssize_t max_headers):
     return head
 
 
-def _classify(head: RequestHead, buf: bytes, spans: list[int]) -> None:
+cdef _classify(head: RequestHead, bytes buf, list spans):
     """What ``Dispatcher.prepare`` reads from the headers, and the block that goes upstream."""
+    cdef Py_ssize_t i
+    cdef int code
     headers = head.headers
     verdict: Answer | None = None
     verdict_rid: bytes | None = None
@@ -538,18 +542,16 @@ def _classify(head: RequestHead, buf: bytes, spans: list[int]) -> None:
     head.kept = _join(buf, kept)
 
 
-def _line(
-    buf: bytes, spans: list[int], i: int, name: bytes, value: bytes
-) -> bytes | tuple[int, int]:
+cdef object _line(bytes buf, list spans, Py_ssize_t i, bytes name, bytes value):
     """Header ``i`` as it goes upstream: a slice of the input when already canonical."""
-    start = spans[2 * i]
-    vstart = spans[2 * i + 1]
+    cdef Py_ssize_t start = spans[2 * i]
+    cdef Py_ssize_t vstart = spans[2 * i + 1]
     if vstart == start + len(name) + 2 and buf[vstart - 1] == 0x20:
         return (start, vstart + len(value) + 2)
     return name + b": " + value + b"\r\n"
 
 
-def _join(buf: bytes, kept: list[tuple[bytes, bytes | tuple[int, int]]]) -> bytes:
+cdef bytes _join(bytes buf, list kept):
     """Adjacent slices become one slice: most heads go upstream as one or two copies."""
     parts: list[bytes] = []
     run_start = run_end = -1

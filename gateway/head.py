@@ -438,6 +438,8 @@ def parse_request(buf: bytes, max_bytes: int, max_headers: int) -> RequestHead |
         line = pos
         nend = _TOKEN_RUN.match(buf, pos).end()  # type: ignore[union-attr]
         if nend >= n:
+            if have_pending and len(headers) > max_headers:
+                return _too_large("header fields")  # httptools reports it at the read's end
             return _incomplete(buf, pos, tally + pending + nend - pos, max_bytes)
         if nend == pos or buf[nend] != 0x3A:
             # obs-fold, whitespace before the colon, a bare LF, a non-token character. llhttp
