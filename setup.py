@@ -89,4 +89,9 @@ def _ext_modules() -> list[Any]:
         return []
 
 
-setup(ext_modules=_ext_modules(), cmdclass={"build_ext": OptionalBuildExt})
+# The C that cythonize writes next to a .pyx is a build product, never package data.
+setup(
+    ext_modules=_ext_modules(),
+    cmdclass={"build_ext": OptionalBuildExt},
+    exclude_package_data={"gateway": ["*.c", "*.pyx"]},
+)
