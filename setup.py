@@ -2,7 +2,9 @@
 
 ``pip install .`` (or building a wheel) compiles the modules listed under ``[tool.turnout]
 compiled-modules`` in ``pyproject.toml`` into C extensions — the same code, about half the
-Python time per request (benchmarks/RESULTS.md). An editable install (``pip install -e .``,
+Python time per request (benchmarks/RESULTS.md) — and builds the Cython extensions listed under
+``cython-modules`` (``gateway/_headc.pyx``: the compiled twin of ``gateway/head.py``, which
+stays the reference and the fallback). An editable install (``pip install -e .``,
 development) stays pure Python: extensions next to the sources would shadow every later edit.
 
 ``TURNOUT_COMPILE`` unset: compile, and fall back to pure Python with a warning when that is not
@@ -30,7 +32,7 @@ DISABLED = FLAG in ("0", "false", "no")
 
 def _warn(exc: BaseException) -> None:
     sys.stderr.write(
-        f"WARNING: turnout: compiling the hot path with mypyc failed ({exc}); installing the "
+        f"WARNING: turnout: compiling the hot path (mypyc, Cython) failed ({exc}); installing the "
         "pure-Python modules instead (about 2x more CPU per request). Install a C compiler and "
         "the Python headers (Debian: build-essential python3-dev) or set TURNOUT_COMPILE=1 to "
         "make this an error.\n"
@@ -67,11 +69,19 @@ def _ext_modules() -> list[Any]:
     if DISABLED or not BUILDS.intersection(sys.argv) or "editable_wheel" in sys.argv:
         return []
     with (HERE / "pyproject.toml").open("rb") as fh:
-        modules = tomllib.load(fh)["tool"]["turnout"]["compiled-modules"]
+        conf = tomllib.load(fh)["tool"]["turnout"]
     try:
+        from Cython.Build import cythonize
         from mypyc.build import mypycify
+        from setuptools import Extension
 
-        return list(mypycify(modules, opt_level="3"))
+        cython = [
+            Extension(m[: -len(".pyx")].replace("/", "."), [m]) for m in conf["cython-modules"]
+        ]
+        return [
+            *mypycify(conf["compiled-modules"], opt_level="3"),
+            *cythonize(cython, compiler_directives={"language_level": 3}, quiet=True),
+        ]
     except (Exception, SystemExit) as exc:  # mypy reports type errors with sys.exit()
         if REQUIRED:
             raise
@@ -79,4 +89,9 @@ def _ext_modules() -> list[Any]:
         return []
 
 
-setup(ext_modules=_ext_modules(), cmdclass={"build_ext": OptionalBuildExt})
+# The C that cythonize writes next to a .pyx is a build product, never package data.
+setup(
+    ext_modules=_ext_modules(),
+    cmdclass={"build_ext": OptionalBuildExt},
+    exclude_package_data={"gateway": ["*.c", "*.pyx"]},
+)

@@ -35,17 +35,32 @@ def compiled_modules(root: Path = ROOT) -> list[str]:
     return modules
 
 
+def cython_modules(root: Path = ROOT) -> list[str]:
+    """The Cython extensions (``[tool.turnout] cython-modules``): compiled twins of pure-Python
+    modules that stay the reference."""
+    if not (root / "pyproject.toml").is_file():
+        return []
+    with (root / "pyproject.toml").open("rb") as fh:
+        conf = tomllib.load(fh)
+    modules: list[str] = conf["tool"]["turnout"].get("cython-modules", [])
+    return modules
+
+
 def _sources(root: Path) -> list[Path]:
-    return sorted(p for pkg in PACKAGES for p in (root / pkg).rglob("*.py"))
+    return sorted(
+        p for pkg in PACKAGES for pattern in ("*.py", "*.pyx") for p in (root / pkg).rglob(pattern)
+    )
 
 
 def _stamp(root: Path, modules: list[str]) -> str:
+    import Cython
     import mypy.version
 
     h = hashlib.sha256()
     h.update(sys.version.encode())
     h.update(mypy.version.__version__.encode())
-    h.update("\n".join(modules).encode())
+    h.update(Cython.__version__.encode())
+    h.update("\n".join(modules + cython_modules(root)).encode())
     for path in _sources(root):
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
@@ -76,11 +91,34 @@ def build(root: Path = ROOT, out: Path | None = None, *, quiet: bool = True) -> 
     if not quiet:
         sys.stderr.write(result.stdout)
     shutil.rmtree(src / "build", ignore_errors=True)
-    missing = [m for m in modules if not list((src / Path(m).parent).glob(Path(m).stem + ".*.so"))]
+    cython = cython_modules(root)
+    _cythonize(src, cython, quiet=quiet)
+    built = [*modules, *cython]
+    missing = [m for m in built if not list((src / Path(m).parent).glob(Path(m).stem + ".*.so"))]
     if missing:
         raise SystemExit(f"mypyc produced no extension for: {', '.join(missing)}")
     stamp_file.write_text(stamp)
     return src
+
+
+def _cythonize(src: Path, modules: list[str], *, quiet: bool) -> None:
+    """Build the Cython extensions in place in ``src`` (the same directives as setup.py)."""
+    code = (
+        "import sys; from setuptools import setup, Extension; "
+        "from Cython.Build import cythonize; "
+        "mods = sys.argv[1:]; sys.argv[1:] = ['build_ext', '--inplace']; "
+        "setup(script_args=sys.argv[1:], ext_modules=cythonize("
+        "[Extension(m[:-4].replace('/', '.'), [m]) for m in mods], "
+        "compiler_directives={'language_level': 3}, quiet=True))"
+    )
+    cmd = [sys.executable, "-c", code, *modules]
+    result = subprocess.run(cmd, cwd=src, capture_output=True, text=True, env=os.environ.copy())
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout[-20000:] + result.stderr[-20000:])
+        raise SystemExit(f"cython failed (exit {result.returncode}): {' '.join(modules)}")
+    if not quiet:
+        sys.stderr.write(result.stdout)
+    shutil.rmtree(src / "build", ignore_errors=True)
 
 
 def main() -> int:

@@ -1,0 +1,734 @@
+"""Request heads in one call: parse, decide, rewrite (the reference, and the pure-Python path).
+
+:func:`parse_request` takes the bytes buffered from a client connection and returns
+
+* ``None`` — the head is not complete yet and is within the limits (read more);
+* a :class:`Rejected` — the bytes can never be a valid head: 400 (malformed) or 431 (over the
+  header limits), and nothing after them may be parsed (the native server closes after the
+  answer);
+* a :class:`RequestHead` — method, target, version, the routing key (``host``: the Host
+  header, or the authority of an absolute-form target, and ``path`` in origin form), the
+  framing (``content_length`` / ``chunked``, ``keep_alive``, ``upgrade``, ``expect_continue``),
+  the offset where the head ends, a ``verdict`` when the head is well-formed but the request is
+  answered by the gateway without routing (a duplicate or malformed Host, an invalid
+  Content-Length, a CONNECT, ...), and ``kept``: the header lines that go upstream unchanged.
+  Lines already in canonical form (``Name: value`` CRLF) are slices of the input.
+
+The rules are the native front-end's before this module existed: llhttp in its strict mode
+(httptools ``HttpRequestParser``), the 431 limits counted as ``gateway/native.py`` counted them
+(URL bytes plus ``len(name) + len(value) + 4`` per header, and the header count), then the
+header classification of ``Dispatcher.prepare`` (``gateway/headers.py``). In short: RFC 9112
+request lines and field lines; no obs-fold, no bare CR or LF inside the head, no whitespace
+before the colon, token characters in names, visible characters (and HT, obs-text) in values;
+Content-Length digits only, once; Transfer-Encoding ending in ``chunked`` and never with a
+Content-Length; exactly one Host. The one deliberate difference: an incomplete head whose bytes
+already exceed the limits is refused at once (llhttp counted a header only once it was whole).
+
+``gateway/_headc.pyx`` is the same function compiled with Cython; this module picks it when it
+is importable (:data:`IMPLEMENTATION` says which runs). ``tests/gateway/test_head_diff.py``
+demands identical results from both, and from this reference and httptools.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from gateway.errors import (
+    BAD_HOST,
+    BAD_LENGTH,
+    BAD_REQUEST,
+    BAD_TE,
+    HEADERS_TOO_LARGE,
+    Answer,
+)
+from gateway.headers import (
+    H_CONNECTION,
+    H_CONTENT_LENGTH,
+    H_COOKIE,
+    H_DROP,
+    H_EXPECT,
+    H_FORWARD,
+    H_HOST,
+    H_TRANSFER_ENCODING,
+    H_UPGRADE,
+    H_X_FORWARDED_FOR,
+    H_X_FORWARDED_PROTO,
+    H_X_REQUEST_ID,
+    PLAIN_CONNECTION,
+    request_header_class,
+)
+from routing.hostnames import normalize_request_host
+
+
+class Rejected:
+    """A head that can never be valid: answer ``answer`` (400 or 431) and parse nothing more."""
+
+    __slots__ = ("answer", "reason")
+
+    def __init__(self, answer: Answer, reason: str) -> None:
+        self.answer = answer
+        self.reason = reason
+
+    @property
+    def status(self) -> int:
+        return self.answer.status
+
+    def __repr__(self) -> str:
+        return f"Rejected({self.answer.status}, {self.reason!r})"
+
+
+class RequestHead:
+    """One parsed request head (see the module docstring)."""
+
+    __slots__ = (
+        "chunked",
+        "conn_upgrade",
+        "content_length",
+        "cookie",
+        "end",
+        "expect_continue",
+        "header_host",
+        "headers",
+        "host",
+        "hostkey",
+        "keep_alive",
+        "kept",
+        "kept_h2",
+        "method",
+        "override",
+        "path",
+        "reframed",
+        "request_id",
+        "target",
+        "te",
+        "upgrade",
+        "upgrade_value",
+        "verdict",
+        "verdict_rid",
+        "version",
+        "version_10",
+        "xff",
+        "xfproto",
+    )
+
+    method: bytes
+    target: bytes  # the request target as received
+    version: int  # 9, 10, 11 or 20 (major * 10 + minor)
+    end: int  # offset just past the head's final CRLF
+    headers: list[tuple[bytes, bytes]]  # (name, value) as received, value without leading OWS
+    keep_alive: bool  # llhttp's should_keep_alive() (the version and Connection decide)
+    version_10: bool  # an HTTP/1.0 client: close-delimited responses
+    # Nothing after this request is HTTP (llhttp: Connection upgrade or CONNECT). llhttp reads a
+    # Content-Length or chunked body first, except for CONNECT (and a Transfer-Encoding that does
+    # not end in chunked, which is no body then).
+    upgrade: bool
+    content_length: int | None  # the framing llhttp applies to the body
+    chunked: bool
+    # What Dispatcher.prepare reads:
+    host: bytes | None  # the routing host: the absolute-form authority, else the Host header
+    hostkey: bytes | None  # ``host`` normalised for the route lookup
+    header_host: bytes | None
+    path: bytes  # origin-form target
+    te: bytes | None  # Transfer-Encoding values joined with ", "
+    expect_continue: bool  # the last Expect header says 100-continue
+    conn_upgrade: bool  # a Connection header nominates "upgrade"
+    upgrade_value: bytes | None  # the last Upgrade header's value when conn_upgrade
+    xff: bytes | None
+    xfproto: bytes | None
+    request_id: bytes | None  # the client's X-Request-Id (the last one)
+    override: bytes | None
+    cookie: bytes | None
+    kept: bytes  # the header lines forwarded upstream (Host included), nominated ones dropped
+    kept_h2: bytes | None  # ``kept`` with HTTP2-Settings kept, when Connection nominates it
+    reframed: bool
+    verdict: Answer | None  # answered without routing (the head itself is well-formed)
+    verdict_rid: bytes | None  # the client request id to answer ``verdict`` with
+
+    def fields(self) -> tuple[object, ...]:
+        """Every field, in slot order (the differential tests compare these)."""
+        return tuple(getattr(self, name) for name in RequestHead.__slots__)
+
+    def __repr__(self) -> str:
+        return f"RequestHead({self.method!r} {self.target!r} v{self.version}, end={self.end})"
+
+
+# ------------------------------------------------------------------------------ tables
+
+_ALPHA: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_DIGITS: Final = b"0123456789"
+# RFC 9110 tchar (llhttp STRICT_TOKEN)
+_TOKEN: Final = _ALPHA + _DIGITS + b"!#$%&'*+-.^_`|~"
+# llhttp STRICT_URL_CHAR: visible ASCII except '#' and '?' (they start query and fragment)
+_URL: Final = _ALPHA + _DIGITS + b"!\"$%&'()*+,-./:;<=>@[\\]^_`{|}~"
+# llhttp USERINFO_CHARS plus the IPv6 brackets: the authority of an absolute-form target
+_SERVER: Final = _ALPHA + _DIGITS + b"-_.!~*'()%;:&=+$,[]"
+# Field value characters: HT, SP .. 0xFF except DEL
+_VALUE: Final = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+
+
+def _run(chars: bytes) -> re.Pattern[bytes]:
+    return re.compile(b"[" + re.escape(chars) + b"]*")
+
+
+_TOKEN_RUN: Final = _run(_TOKEN)
+_URL_RUN: Final = _run(_URL)
+_QUERY_RUN: Final = _run(_URL + b"?")
+_FRAGMENT_RUN: Final = _run(_URL + b"?#")
+_SERVER_RUN: Final = _run(_SERVER)
+_ALPHA_RUN: Final = _run(_ALPHA)
+_VALUE_RUN: Final = _run(_VALUE)
+_OWS_RUN: Final = re.compile(rb"[ \t]*")
+_SP_RUN: Final = re.compile(rb" *")
+_EOL_RUN: Final = re.compile(rb"[\r\n]*")
+
+# llhttp's methods: HTTP/x.y, RTSP/x.y (RTSP and the AirPlay ones) and ICE/x.y (SOURCE)
+HTTP_METHODS: Final = frozenset(
+    b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    b"SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    b"SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
+)
+RTSP_METHODS: Final = frozenset(
+    b"GET POST OPTIONS DESCRIBE ANNOUNCE SETUP PLAY PAUSE TEARDOWN GET_PARAMETER SET_PARAMETER "
+    b"REDIRECT RECORD FLUSH".split()
+)
+ICE_METHODS: Final = frozenset({b"SOURCE"})
+_VERSIONS: Final = frozenset({9, 10, 11, 20})
+_MAX_CL: Final = (1 << 64) - 1
+# An incomplete head may hold whitespace llhttp does not count; cap the raw bytes all the same.
+RAW_SLACK: Final = 16384
+
+# Connection tokens that are options, not header names, or that name headers we must keep.
+_NOT_NOMINABLE: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"host"})
+
+# Decisions a Connection / Proxy-Connection value makes for llhttp (flags, OR-ed).
+_F_CLOSE: Final = 1
+_F_KEEP_ALIVE: Final = 2
+_F_UPGRADE: Final = 4
+
+
+def _connection_flags(value: bytes) -> int:
+    flags = 0
+    for token in value.split(b","):
+        t = token.strip(b" \t").lower()
+        if t == b"close":
+            flags |= _F_CLOSE
+        elif t == b"keep-alive":
+            flags |= _F_KEEP_ALIVE
+        elif t == b"upgrade":
+            flags |= _F_UPGRADE
+    return flags
+
+
+# Transfer-Encoding per header value, as llhttp reads it: -1 invalid, 1 ends in chunked, 0 not
+def _te_state(value: bytes) -> int:
+    tokens = value.split(b",")
+    last = len(tokens) - 1
+    for i, token in enumerate(tokens):
+        if token.lstrip(b" \t").rstrip(b" ").lower() == b"chunked":
+            return 1 if i == last else -1
+    return 0
+
+
+def _absolute_form(url: bytes) -> tuple[bytes, bytes] | None:
+    """``(authority, origin-form target)`` of an ``http://`` or ``https://`` absolute-form
+    target (RFC 9112 §3.2.2: the authority replaces the Host header), or None if it is not one.
+    Userinfo is refused (RFC 9110 §4.2.4)."""
+    sep = url.find(b"://")
+    if sep < 0 or url[:sep].lower() not in (b"http", b"https"):
+        return None
+    rest = url[sep + 3 :]
+    end = len(rest)
+    for stop in (b"/", b"?"):
+        i = rest.find(stop)
+        if 0 <= i < end:
+            end = i
+    authority = rest[:end]
+    if not authority or b"@" in authority:
+        return None
+    target = rest[end:]
+    if target[:1] != b"/":
+        target = b"/" + target  # "http://host" or "http://host?q": the path is "/"
+    return authority, target
+
+
+_MALFORMED: Final = "malformed"
+
+
+def _bad(reason: str) -> Rejected:
+    return Rejected(BAD_REQUEST, reason)
+
+
+def _too_large(reason: str) -> Rejected:
+    return Rejected(HEADERS_TOO_LARGE, reason)
+
+
+# ------------------------------------------------------------------------------ the parser
+
+
+def _scan_url(buf: bytes, pos: int, connect: bool) -> int:
+    """End of the request target starting at ``pos``: -1 incomplete, -2 invalid."""
+    n = len(buf)
+    if connect:
+        state = 1  # server
+    else:
+        if pos >= n:
+            return -1
+        c = buf[pos]
+        if c == 0x2F or c == 0x2A:  # "/" "*"
+            state = 3
+        elif (0x41 <= c <= 0x5A) or (0x61 <= c <= 0x7A):
+            pos = _ALPHA_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+            if pos >= n:
+                return -1
+            if buf[pos] != 0x3A:  # ":"
+                return -2
+            if n - pos < 3:
+                return -1 if b"://".startswith(buf[pos:]) else -2
+            if buf[pos : pos + 3] != b"://":
+                return -2
+            pos += 3
+            state = 1
+        else:
+            return -2
+    while True:
+        if state == 1:  # authority
+            pos = _SERVER_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+            if pos >= n:
+                return -1
+            c = buf[pos]
+            if c == 0x40:  # "@" (userinfo: taken here, refused by _absolute_form)
+                pos += 1
+                continue
+            if c == 0x2F:
+                state = 3
+                continue
+            if c == 0x3F:  # "?"
+                pos += 1
+                state = 4
+                continue
+            break
+        if state == 3:  # path
+            pos = _URL_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+            if pos >= n:
+                return -1
+            c = buf[pos]
+            if c == 0x3F:
+                pos += 1
+                state = 4
+                continue
+            if c == 0x23:  # "#"
+                pos += 1
+                state = 5
+                continue
+            break
+        if state == 4:  # query
+            pos = _QUERY_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+            if pos >= n:
+                return -1
+            if buf[pos] == 0x23:
+                pos += 1
+                state = 5
+                continue
+            break
+        # fragment
+        pos = _FRAGMENT_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+        if pos >= n:
+            return -1
+        break
+    c = buf[pos]
+    if c == 0x20 or c == 0x0D or c == 0x0A:
+        return pos
+    return -2
+
+
+def parse_request(buf: bytes, max_bytes: int, max_headers: int) -> RequestHead | Rejected | None:
+    """Parse the request head at the start of ``buf`` (see the module docstring)."""
+    n = len(buf)
+    pos = _EOL_RUN.match(buf).end()  # type: ignore[union-attr]  # llhttp skips empty lines
+    # ---- method
+    mend = buf.find(b" ", pos, pos + 16)
+    if mend < 0:
+        if n - pos < 16 and (buf[pos:] == b"" or any(m.startswith(buf[pos:]) for m in _ALL_M)):
+            return _incomplete(buf, pos, 0, max_bytes)
+        return _bad("invalid method")
+    method = buf[pos:mend]
+    if method not in _ALL_M:
+        return _bad("invalid method")
+    pos = _SP_RUN.match(buf, mend).end()  # type: ignore[union-attr]
+    # ---- target
+    tstart = pos
+    tend = _scan_url(buf, pos, method == b"CONNECT")
+    if tend == -2:
+        return _bad("invalid request target")
+    if tend == -1:
+        return _incomplete(buf, pos, n - tstart, max_bytes)
+    target = buf[tstart:tend]
+    tally = len(target)
+    if tally > max_bytes:
+        return _too_large("request target")
+    pos = tend
+    c = buf[pos]
+    if c == 0x20:
+        pos = _SP_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+        if buf.startswith(b"HTTP/", pos):
+            methods = HTTP_METHODS
+            pos += 5
+        elif buf.startswith(b"RTSP/", pos):
+            methods = RTSP_METHODS
+            pos += 5
+        elif buf.startswith(b"ICE/", pos):
+            methods = ICE_METHODS
+            pos += 4
+        else:
+            rest = buf[pos:]
+            if len(rest) < 5 and (
+                b"HTTP/".startswith(rest) or b"RTSP/".startswith(rest) or b"ICE/".startswith(rest)
+            ):
+                return _incomplete(buf, pos, tally, max_bytes)
+            return _bad("invalid protocol")
+        if n - pos < 5:
+            if not _version_tail_ok(buf[pos:]):
+                return _bad("invalid version")
+            return _incomplete(buf, pos, tally, max_bytes)
+        major, dot, minor = buf[pos], buf[pos + 1], buf[pos + 2]
+        if not (0x30 <= major <= 0x39) or dot != 0x2E or not (0x30 <= minor <= 0x39):
+            return _bad("invalid version")
+        version = (major - 0x30) * 10 + (minor - 0x30)
+        if version not in _VERSIONS:
+            return _bad("invalid version")
+        if method not in methods:
+            return _bad("method not valid for the protocol")
+        if buf[pos + 3] != 0x0D or buf[pos + 4] != 0x0A:
+            return _bad("no CRLF after the version")
+        pos += 5
+    elif c == 0x0D:  # HTTP/0.9: "GET /\r\n"
+        if pos + 1 >= n:
+            return _incomplete(buf, pos, tally, max_bytes)
+        if buf[pos + 1] != 0x0A:
+            return _bad("CR without LF")
+        pos += 2
+        version = 9
+    else:  # HTTP/0.9 with a bare LF (llhttp takes it)
+        pos += 1
+        version = 9
+
+    # ---- field lines
+    headers: list[tuple[bytes, bytes]] = []
+    spans: list[int] = []  # per header: line start, value start (canonical iff == name end + 2)
+    pending = 0  # bytes of the last header, counted when the next name (or the end) is read
+    have_pending = False
+    cl_seen = False
+    te_seen = False
+    te_chunked = False
+    content_length: int | None = None
+    conn_flags = 0
+    upgrade_header = False
+    while True:
+        if pos >= n:
+            return _incomplete(buf, pos, tally + pending, max_bytes)
+        c = buf[pos]
+        if c == 0x0D:
+            if pos + 1 >= n:
+                return _incomplete(buf, pos, tally + pending, max_bytes)
+            if buf[pos + 1] != 0x0A:
+                return _bad("CR without LF")
+            pos += 2
+            break
+        line = pos
+        nend = _TOKEN_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+        if nend >= n:
+            if have_pending and len(headers) > max_headers:
+                return _too_large("header fields")  # httptools reports it at the read's end
+            return _incomplete(buf, pos, tally + pending + nend - pos, max_bytes)
+        if nend == pos or buf[nend] != 0x3A:
+            # obs-fold, whitespace before the colon, a bare LF, a non-token character. llhttp
+            # ends the name of one of its own headers at a space, which reports the previous
+            # header first: that one's limit wins then.
+            if (
+                have_pending
+                and buf[nend] == 0x20
+                and buf[pos:nend].lower() in _LLHTTP_NAMES
+                and (tally + pending > max_bytes or len(headers) > max_headers)
+            ):
+                return _too_large("header fields")
+            return _bad("invalid field name")
+        if have_pending:  # httptools reports the previous header once this name is read
+            tally += pending
+            if tally > max_bytes or len(headers) > max_headers:
+                return _too_large("header fields")
+            have_pending = False
+        name = buf[pos:nend]
+        lname = name.lower()
+        special = 0
+        if lname == b"content-length":
+            if cl_seen:
+                return _bad("duplicate Content-Length")
+            if te_seen:
+                return _bad("Content-Length with Transfer-Encoding")
+            cl_seen = True
+            special = 1
+        elif lname == b"transfer-encoding":
+            if cl_seen:
+                return _bad("Transfer-Encoding with Content-Length")
+            if te_chunked:
+                return _bad("Transfer-Encoding after chunked")
+            te_seen = True
+            special = 2
+        elif lname == b"connection" or lname == b"proxy-connection":
+            special = 3
+        elif lname == b"upgrade":
+            special = 4
+        vstart = _OWS_RUN.match(buf, nend + 1).end()  # type: ignore[union-attr]
+        vend = _VALUE_RUN.match(buf, vstart).end()  # type: ignore[union-attr]
+        if vend >= n:
+            return _incomplete(buf, pos, tally + nend - pos + vend - vstart, max_bytes)
+        if buf[vend] != 0x0D:
+            return _bad("invalid field value")
+        if vend + 1 >= n:
+            return _incomplete(buf, pos, tally + nend - pos + vend - vstart, max_bytes)
+        if buf[vend + 1] != 0x0A:
+            return _bad("CR without LF")
+        value = buf[vstart:vend]
+        if (special == 1 or special == 2) and not value.rstrip(b" \t"):
+            # llhttp refuses an empty one at the byte after its line
+            if vend + 2 >= n:
+                return _incomplete(buf, pos, tally + nend - pos + vend - vstart, max_bytes)
+            return _bad("empty Content-Length or Transfer-Encoding")
+        if special == 1:
+            digits = value.rstrip(b" \t")
+            if digits.translate(None, _DIGITS):
+                return _bad("invalid Content-Length")
+            content_length = int(digits)
+            if content_length > _MAX_CL:
+                return _bad("Content-Length overflow")
+        elif special == 2:
+            state = _te_state(value)
+            if state < 0:
+                return _bad("Transfer-Encoding after chunked")
+            te_chunked = state == 1
+        elif special == 3:
+            conn_flags |= _connection_flags(value)
+        elif special == 4 and value:
+            upgrade_header = True
+        pos = vend + 2
+        if pos < n and (buf[pos] == 0x20 or buf[pos] == 0x09):
+            return _bad("obs-fold")
+        headers.append((name, value))
+        spans.append(line)
+        spans.append(vstart)
+        pending = len(name) + len(value) + 4
+        have_pending = True
+    if have_pending:
+        tally += pending
+        if tally > max_bytes or len(headers) > max_headers:
+            return _too_large("header fields")
+    upgrade = (upgrade_header and bool(conn_flags & _F_UPGRADE)) or method == b"CONNECT"
+    if te_seen and not te_chunked and not upgrade:  # llhttp upgrades first, body or not
+        return _bad("Transfer-Encoding not ending in chunked")
+    if method == b"PRI":
+        return _bad("HTTP/2 preface")  # unreachable: PRI is no method here
+
+    head = RequestHead()
+    head.method = method
+    head.target = target
+    head.version = version
+    head.end = pos
+    head.headers = headers
+    # llhttp: HTTP/1.1 unless "close"; any other version only with "keep-alive"
+    keep_alive = not (conn_flags & _F_CLOSE) if version == 11 else bool(conn_flags & _F_KEEP_ALIVE)
+    head.keep_alive = keep_alive
+    has_connection = False
+    for hname, _ in headers:
+        if len(hname) == 10 and request_header_class(hname) == H_CONNECTION:
+            has_connection = True
+            break
+    head.version_10 = (not keep_alive or has_connection) and version == 10
+    head.upgrade = upgrade
+    head.chunked = te_chunked
+    head.content_length = content_length
+    _classify(head, buf, spans)
+    return head
+
+
+def _classify(head: RequestHead, buf: bytes, spans: list[int]) -> None:
+    """What ``Dispatcher.prepare`` reads from the headers, and the block that goes upstream."""
+    headers = head.headers
+    verdict: Answer | None = None
+    verdict_rid: bytes | None = None
+    url = head.target
+    host: bytes | None = None
+    path = url
+    if url[:1] != b"/" and not (url == b"*" and head.method == b"OPTIONS"):
+        target = _absolute_form(url)
+        if target is None:
+            verdict = BAD_REQUEST
+        else:
+            host, path = target
+    if verdict is None and head.method == b"CONNECT":
+        verdict = BAD_REQUEST
+    head.path = path
+
+    # Runs of forwarded lines: (start, end) slices when canonical, else rebuilt bytes.
+    kept: list[tuple[bytes, bytes | tuple[int, int]]] = []  # (lower name, line)
+    conn_tokens: list[bytes] | None = None
+    content_length: bytes | None = None
+    te: bytes | None = None
+    xff: bytes | None = None
+    xfproto: bytes | None = None
+    req_id: bytes | None = None
+    override: bytes | None = None
+    expect = False
+    upgrade: bytes | None = None
+    cookie: bytes | None = None
+    header_host: bytes | None = None
+    for i, (name, value) in enumerate(headers):
+        code = request_header_class(name)
+        if code in (H_FORWARD, H_COOKIE):
+            kept.append((name.lower(), _line(buf, spans, i, name, value)))
+            if code == H_COOKIE:
+                cookie = value if cookie is None else cookie + b"; " + value
+        elif code == H_DROP:
+            pass
+        elif code == H_CONTENT_LENGTH:
+            if content_length is not None and content_length != value and verdict is None:
+                verdict, verdict_rid = BAD_LENGTH, req_id
+            content_length = value
+        elif code == H_TRANSFER_ENCODING:
+            te = value if te is None else te + b", " + value
+        elif code == H_CONNECTION:
+            if value not in PLAIN_CONNECTION:  # keep-alive/close nominate nothing
+                conn_tokens = (conn_tokens or []) + [t.strip().lower() for t in value.split(b",")]
+        elif code == H_X_FORWARDED_FOR:
+            xff = value if xff is None else xff + b", " + value
+        elif code == H_X_REQUEST_ID:
+            req_id = value
+        elif code == H_EXPECT:
+            expect = value.lower() == b"100-continue"
+        elif code == H_UPGRADE:
+            upgrade = value
+        elif code == H_HOST:
+            if header_host is not None:
+                if verdict is None:
+                    verdict, verdict_rid = BAD_HOST, req_id  # RFC 9112 §3.2
+                continue
+            header_host = value
+            if name == b"Host":
+                kept.append((b"host", _line(buf, spans, i, name, value)))
+            else:
+                kept.append((b"host", b"Host: " + value + b"\r\n"))
+        elif code == H_X_FORWARDED_PROTO:
+            xfproto = value
+        else:  # H_OVERRIDE
+            override = value.strip()
+    if host is None:
+        host = header_host
+    elif host != header_host:
+        # RFC 9112 §3.2.2: an absolute-form target's authority replaces the Host header.
+        kept = [k for k in kept if k[0] != b"host"]
+        kept.append((b"host", b"Host: " + host + b"\r\n"))
+    hostkey = normalize_request_host(host) if host is not None else None
+    if verdict is None:
+        if hostkey is None:
+            verdict, verdict_rid = BAD_HOST, req_id
+        elif te is not None:
+            if content_length is not None:
+                verdict, verdict_rid = BAD_REQUEST, req_id  # unreachable: refused when parsed
+            elif [c.strip().lower() for c in te.split(b",")][-1] != b"chunked":
+                verdict, verdict_rid = BAD_TE, req_id
+        elif content_length is not None and (
+            not content_length.isdigit() or len(content_length) > 18
+        ):
+            verdict, verdict_rid = BAD_LENGTH, req_id
+    head.verdict = verdict
+    head.verdict_rid = verdict_rid
+    head.host = host
+    head.hostkey = hostkey
+    head.header_host = header_host
+    head.te = te
+    head.expect_continue = expect
+    head.xff = xff
+    head.xfproto = xfproto
+    head.request_id = req_id
+    head.override = override
+    head.cookie = cookie
+    head.reframed = te is not None and content_length is not None
+    conn_upgrade = conn_tokens is not None and b"upgrade" in conn_tokens
+    head.conn_upgrade = conn_upgrade
+    head.upgrade_value = upgrade if conn_upgrade else None
+    head.kept_h2 = None
+    if conn_tokens:
+        nominated = {t for t in conn_tokens if t not in _NOT_NOMINABLE}
+        if nominated:
+            if b"http2-settings" in nominated and upgrade is not None and conn_upgrade:
+                # kept if the route allows the upgrade (h2c: RFC 9113 §3.2), else dropped
+                nominated.discard(b"http2-settings")
+                head.kept_h2 = _join(buf, [k for k in kept if k[0] not in nominated])
+                nominated.add(b"http2-settings")
+            kept = [k for k in kept if k[0] not in nominated]
+    head.kept = _join(buf, kept)
+
+
+def _line(
+    buf: bytes, spans: list[int], i: int, name: bytes, value: bytes
+) -> bytes | tuple[int, int]:
+    """Header ``i`` as it goes upstream: a slice of the input when already canonical."""
+    start = spans[2 * i]
+    vstart = spans[2 * i + 1]
+    if vstart == start + len(name) + 2 and buf[vstart - 1] == 0x20:
+        return (start, vstart + len(value) + 2)
+    return name + b": " + value + b"\r\n"
+
+
+def _join(buf: bytes, kept: list[tuple[bytes, bytes | tuple[int, int]]]) -> bytes:
+    """Adjacent slices become one slice: most heads go upstream as one or two copies."""
+    parts: list[bytes] = []
+    run_start = run_end = -1
+    for _, line in kept:
+        if isinstance(line, tuple):
+            if line[0] == run_end:
+                run_end = line[1]
+                continue
+            if run_start >= 0:
+                parts.append(buf[run_start:run_end])
+            run_start, run_end = line
+        else:
+            if run_start >= 0:
+                parts.append(buf[run_start:run_end])
+                run_start = run_end = -1
+            parts.append(line)
+    if run_start >= 0:
+        parts.append(buf[run_start:run_end])
+    return b"".join(parts)
+
+
+_LLHTTP_NAMES: Final = frozenset(
+    {b"connection", b"content-length", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+_ALL_M: Final = HTTP_METHODS | RTSP_METHODS | ICE_METHODS
+
+
+def _version_tail_ok(rest: bytes) -> bool:
+    """Could ``rest`` (what follows "HTTP/", under 5 bytes) still become "d.d\\r\\n"?"""
+    pattern = (_DIGITS, b".", _DIGITS, b"\r", b"\n")
+    return all(rest[i] in pattern[i] for i in range(len(rest)))
+
+
+def _incomplete(buf: bytes, pos: int, counted: int, max_bytes: int) -> Rejected | None:
+    """Not complete yet: ``None``, unless the bytes counted so far (or the raw bytes, which may
+    hold uncounted whitespace) are already over the limit."""
+    if counted > max_bytes or len(buf) > 2 * max_bytes + RAW_SLACK:
+        return _too_large("incomplete head over the limit")
+    return None
+
+
+reference_parse_request: Final = parse_request  # always this module's, for the tests
+
+IMPLEMENTATION = "python"
+try:  # the compiled twin (pip install ., scripts/build_compiled.py); see the module docstring
+    from gateway import _headc  # type: ignore[attr-defined]
+except ImportError:
+    pass
+else:
+    parse_request = _headc.parse_request
+    IMPLEMENTATION = _headc.IMPLEMENTATION
