@@ -58,6 +58,7 @@ from gateway.headers import (
     PLAIN_CONNECTION,
     request_header_class,
 )
+from gateway.headers import absolute_form as _absolute_form
 from routing.hostnames import normalize_request_host
 
 
@@ -228,28 +229,6 @@ def _te_state(value: bytes) -> int:
         if token.lstrip(b" \t").rstrip(b" ").lower() == b"chunked":
             return 1 if i == last else -1
     return 0
-
-
-def _absolute_form(url: bytes) -> tuple[bytes, bytes] | None:
-    """``(authority, origin-form target)`` of an ``http://`` or ``https://`` absolute-form
-    target (RFC 9112 §3.2.2: the authority replaces the Host header), or None if it is not one.
-    Userinfo is refused (RFC 9110 §4.2.4)."""
-    sep = url.find(b"://")
-    if sep < 0 or url[:sep].lower() not in (b"http", b"https"):
-        return None
-    rest = url[sep + 3 :]
-    end = len(rest)
-    for stop in (b"/", b"?"):
-        i = rest.find(stop)
-        if 0 <= i < end:
-            end = i
-    authority = rest[:end]
-    if not authority or b"@" in authority:
-        return None
-    target = rest[end:]
-    if target[:1] != b"/":
-        target = b"/" + target  # "http://host" or "http://host?q": the path is "/"
-    return authority, target
 
 
 _MALFORMED: Final = "malformed"

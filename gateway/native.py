@@ -54,6 +54,7 @@ from gateway.errors import (
 from gateway.exchange import Exchange
 from gateway.forwarding import answer_bytes
 from gateway.headers import H_CONNECTION, request_header_class
+from gateway.headers import absolute_form as _absolute_form
 from gateway.phase import ABORTED, DONE, SENDING
 
 if TYPE_CHECKING:
@@ -638,29 +639,6 @@ class NativeServer:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
-
-
-def _absolute_form(url: bytes) -> tuple[bytes, bytes] | None:
-    """``(authority, origin-form target)`` of an ``http://`` or ``https://`` absolute-form
-    target (RFC 9112 §3.2.2: the authority replaces the Host header), or None if it is not one.
-    The scheme does not change ``X-Forwarded-Proto``: that is the connection's, not a claim of
-    the client's. Userinfo is refused (RFC 9110 §4.2.4)."""
-    sep = url.find(b"://")
-    if sep < 0 or url[:sep].lower() not in (b"http", b"https"):
-        return None
-    rest = url[sep + 3 :]
-    end = len(rest)
-    for stop in (b"/", b"?"):
-        i = rest.find(stop)
-        if 0 <= i < end:
-            end = i
-    authority = rest[:end]
-    if not authority or b"@" in authority:
-        return None
-    target = rest[end:]
-    if target[:1] != b"/":
-        target = b"/" + target  # "http://host" or "http://host?q": the path is "/"
-    return authority, target
 
 
 def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
