@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
-from typing import Final
+from typing import Final, Protocol
 
 from gateway.config import GatewayConfig, Network
 from gateway.errors import (
@@ -69,6 +69,60 @@ from routing.upstreams import Replica
 _REQUEST_ID_OK: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
 # Connection tokens that are options, not header names, or that name headers we must keep.
 _NOT_NOMINABLE: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"host"})
+
+
+class ParsedHead(Protocol):
+    """What :meth:`Dispatcher.prepare_head` reads of a parsed request head
+    (:class:`gateway.head.RequestHead`, or its compiled twin: a protocol, so either passes)."""
+
+    @property
+    def method(self) -> bytes: ...
+    @property
+    def target(self) -> bytes: ...
+    @property
+    def end(self) -> int: ...
+    @property
+    def keep_alive(self) -> bool: ...
+    @property
+    def version_10(self) -> bool: ...
+    @property
+    def upgrade(self) -> bool: ...
+    @property
+    def path(self) -> bytes: ...
+    @property
+    def host(self) -> bytes | None: ...
+    @property
+    def hostkey(self) -> bytes | None: ...
+    @property
+    def kept(self) -> bytes: ...
+    @property
+    def kept_h2(self) -> bytes | None: ...
+    @property
+    def chunked(self) -> bool: ...
+    @property
+    def content_length(self) -> int | None: ...
+    @property
+    def reframed(self) -> bool: ...
+    @property
+    def expect_continue(self) -> bool: ...
+    @property
+    def upgrade_value(self) -> bytes | None: ...
+    @property
+    def xff(self) -> bytes | None: ...
+    @property
+    def xfproto(self) -> bytes | None: ...
+    @property
+    def cookie(self) -> bytes | None: ...
+    @property
+    def override(self) -> bytes | None: ...
+    @property
+    def request_id(self) -> bytes | None: ...
+    @property
+    def verdict(self) -> Answer | None: ...
+    @property
+    def verdict_rid(self) -> bytes | None: ...
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]: ...
 
 
 class Plan:
@@ -285,6 +339,106 @@ class Dispatcher:
                 return BAD_LENGTH, rid
             length = int(content_length)
 
+        # Connection-nominated headers go; HTTP2-Settings only unless the upgrade is allowed.
+        conn_upgrade = conn_tokens is not None and b"upgrade" in conn_tokens
+        kept_h2: bytes | None = None
+        if conn_tokens:
+            nominated = {t for t in conn_tokens if t not in _NOT_NOMINABLE}
+            if nominated:
+                if b"http2-settings" in nominated and upgrade is not None and conn_upgrade:
+                    nominated.discard(b"http2-settings")
+                    kept_h2 = b"".join(_drop_nominated(kept, nominated))
+                    nominated.add(b"http2-settings")
+                kept = _drop_nominated(kept, nominated)
+        return self._plan(
+            method,
+            path,
+            host,
+            hostkey,
+            rid,
+            b"".join(kept),
+            kept_h2,
+            chunked,
+            length if content_length is not None else None,
+            te is not None and content_length is not None,
+            expect,
+            upgrade if conn_upgrade else None,
+            xff,
+            xfproto,
+            cookie,
+            override,
+            headers,
+            None,
+            peer,
+            peer_b,
+            now,
+        )
+
+    def prepare_head(
+        self, head: ParsedHead, peer: str, peer_b: bytes, now: float
+    ) -> Plan | tuple[Answer, bytes]:
+        """:meth:`prepare` for a head parsed in one call (:func:`gateway.head.parse_request`):
+        the header pass, Host checks, framing and the forwarded lines are already done."""
+        verdict = head.verdict
+        if verdict is not None:
+            return verdict, self.request_id(head.verdict_rid)
+        hostkey = head.hostkey
+        host = head.host
+        rid = self.request_id(head.request_id)
+        if hostkey is None or host is None:
+            return BAD_HOST, rid  # unreachable: the head has a verdict then
+        return self._plan(
+            head.method,
+            head.path,
+            host,
+            hostkey,
+            rid,
+            head.kept,
+            head.kept_h2,
+            head.chunked,
+            head.content_length,
+            head.reframed,
+            head.expect_continue,
+            head.upgrade_value,
+            head.xff,
+            head.xfproto,
+            head.cookie,
+            head.override,
+            None,
+            head,
+            peer,
+            peer_b,
+            now,
+        )
+
+    def _plan(
+        self,
+        method: bytes,
+        path: bytes,
+        host: bytes,
+        hostkey: bytes,
+        rid: bytes,
+        kept: bytes,
+        kept_h2: bytes | None,
+        chunked: bool,
+        content_length: int | None,
+        reframed: bool,
+        expect: bool,
+        upgrade: bytes | None,
+        xff: bytes | None,
+        xfproto: bytes | None,
+        cookie: bytes | None,
+        override: bytes | None,
+        headers: list[tuple[bytes, bytes]] | None,
+        head: ParsedHead | None,
+        peer: str,
+        peer_b: bytes | None,
+        now: float,
+    ) -> Plan | tuple[Answer, bytes]:
+        """Route, select and assemble: what both entry points share once the head is read.
+        ``upgrade`` is the Upgrade value when Connection nominates "upgrade"; ``kept`` the
+        forwarded lines (Host included, nominated ones dropped) and ``kept_h2`` the same with
+        HTTP2-Settings kept, used when the route allows the (h2c) upgrade."""
         route = find_route(self.table.routes, hostkey, self.table.cold)
         if route is None:
             return NOT_FOUND, rid
@@ -295,48 +449,43 @@ class Dispatcher:
         endpoint = route.match(method, path if qpos < 0 else path[:qpos])
         if endpoint is None:
             return NO_ROUTE, rid
+        length = content_length if content_length is not None else 0
         if length > route.policy.max_body_bytes:
             return PAYLOAD_TOO_LARGE, rid
 
         if peer_b is None:
             peer_b = peer.encode()  # once: the sticky key and X-Forwarded-For both use it
         client_ip = self.client_ip(peer, peer_b, xff)
-        target = self._select(route, endpoint, client_ip, kept, headers, cookie, override)
+        target = self._select(route, endpoint, client_ip, headers, head, cookie, override)
         replica = target.next_replica(now)
         if replica is None:
             return NO_UPSTREAM, rid
 
-        if upgrade is not None:
-            if conn_tokens is None or b"upgrade" not in conn_tokens:
-                upgrade = None  # "Upgrade" without "Connection: upgrade" is not an upgrade
-            else:  # only to protocols the route allows (policy.upgrades): h2c is opt-in
-                upgrade = route.allowed_upgrade(upgrade)
         upgrade_line = b"Connection: upgrade\r\n"
-        if conn_tokens:
-            nominated = {t for t in conn_tokens if t not in _NOT_NOMINABLE}
-            if upgrade is not None and b"http2-settings" in nominated:
+        if upgrade is not None:
+            # only to protocols the route allows (policy.upgrades): h2c is opt-in
+            upgrade = route.allowed_upgrade(upgrade)
+            if upgrade is not None and kept_h2 is not None:
                 # RFC 9113 §3.2 (h2c): the settings go with the upgrade, hop-by-hop again.
-                nominated.discard(b"http2-settings")
+                kept = kept_h2
                 upgrade_line = b"Connection: upgrade, HTTP2-Settings\r\n"
-            if nominated:
-                kept = _drop_nominated(kept, nominated)
 
         xff_out = peer_b if xff is None else xff + b", " + peer_b
         proto = xfproto if (xfproto is not None and self._trusted(peer)) else self.proto
-        block = kept
-        block.append(
+        tail = (
             b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
             b"X-Request-Id: %b\r\nX-Turnout-Space: %b\r\nX-Turnout-Service: %b\r\n"
             b"X-Turnout-Deployment: %b\r\n"
             % (xff_out, proto, host, rid, route.space_b, route.service_b, target.deployment_b)
         )
         if upgrade is not None:
-            block.append(upgrade_line + b"Upgrade: " + upgrade + b"\r\n")
+            framing = upgrade_line + b"Upgrade: " + upgrade + b"\r\n\r\n"
         elif chunked:
-            block.append(b"Transfer-Encoding: chunked\r\n")
+            framing = b"Transfer-Encoding: chunked\r\n\r\n"
         elif content_length is not None:
-            block.append(b"Content-Length: %d\r\n" % length)
-        block.append(b"\r\n")
+            framing = b"Content-Length: %d\r\n\r\n" % length
+        else:
+            framing = b"\r\n"
 
         plan = Plan()
         plan.method = method
@@ -347,12 +496,12 @@ class Dispatcher:
         plan.target = target
         plan.replica = replica
         plan.request_id = rid
-        plan.header_block = b"".join(block)
+        plan.header_block = kept + tail + framing
         plan.chunked = chunked
-        plan.content_length = length if content_length is not None else None
+        plan.content_length = content_length
         plan.expect_continue = expect
         plan.upgrade = upgrade
-        plan.reframed = te is not None and content_length is not None
+        plan.reframed = reframed
         return plan
 
     def _select(
@@ -360,8 +509,8 @@ class Dispatcher:
         route: CompiledRoute,
         endpoint: CompiledEndpoint,
         client_ip: bytes,
-        kept: list[bytes],
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]] | None,
+        head: ParsedHead | None,
         cookie: bytes | None,
         override: bytes | None,
     ) -> CompiledTarget:
@@ -370,8 +519,10 @@ class Dispatcher:
         if kind == STICKY_NONE:
             key = None
         elif kind == STICKY_HEADER:
-            key = client_ip
             wanted = route.sticky_name
+            key = client_ip
+            if headers is None:
+                headers = head.headers if head is not None else []
             for name, value in headers:
                 if name.lower() == wanted:
                     key = value

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from gateway.dispatch import Plan
+from gateway.dispatch import ParsedHead, Plan
 from gateway.errors import Answer, UpstreamError
 from gateway.forwarding import Retry, after_abort, after_failure
 from gateway.phase import DONE, HEAD, SENDING, TUNNEL, WAITING, phase_name, transition
@@ -31,10 +31,8 @@ class Exchange(Sink):
         "buffered",
         "client",
         "conn",
-        "connection_header",
         "deferred",
-        "head_bytes",
-        "headers",
+        "head",
         "keep_alive",
         "method",
         "out_bytes",
@@ -55,12 +53,10 @@ class Exchange(Sink):
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head_bytes = 0
+        self.url = b""  # the request target as received
+        self.head: ParsedHead | None = None  # the parsed request head (None: a malformed one)
         self.method = b""
         self.version_10 = False
-        self.connection_header = False  # the request has a Connection header
         self.keep_alive = True
         self.plan: Plan | None = None
         self.conn: UpstreamConnection | None = None

@@ -41,20 +41,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
-import httptools
-
-from gateway.dispatch import Dispatcher, Plan
+from gateway.chunked import ChunkedDecoder, ChunkError
+from gateway.dispatch import Dispatcher, ParsedHead, Plan
 from gateway.errors import (
     BAD_REQUEST,
-    HEADERS_TOO_LARGE,
     PAYLOAD_TOO_LARGE,
     REASONS,
     Answer,
 )
 from gateway.exchange import Exchange
 from gateway.forwarding import answer_bytes
-from gateway.headers import H_CONNECTION, request_header_class
-from gateway.headers import absolute_form as _absolute_form
+from gateway.head import parse_request
 from gateway.phase import ABORTED, DONE, SENDING
 
 if TYPE_CHECKING:
@@ -68,24 +65,13 @@ _STATUS_LINES: Final = {
 }
 
 
-class _Limit(Exception):
-    """Raised from a parser callback to stop parsing a request head that is too large."""
-
-
-class _Stop(Exception):
-    """Raised from a parser callback once the connection is closing: parse nothing more."""
-
-
 # A reason for reading to stay paused (see ClientConnection.pause_for): the parser stopped.
 _STOPPED: Final = object()
 
-
-class _Spent:
-    """The callbacks of :data:`_SPENT_PARSER`: a closed connection parses nothing."""
-
-
-# What a closed connection's ``parser`` becomes (data_received never feeds it: closed).
-_SPENT_PARSER: Final = httptools.HttpRequestParser(_Spent())
+# The class of parse_request's refusals, whichever implementation runs (gateway.head picks the
+# compiled twin when it is built; its classes are its own).
+_REJECTED: Final = type(parse_request(b"\x00", 64, 4))
+_CONNECT: Final = b"CONNECT"
 
 _MAX_PIPELINE: Final = 16  # queued requests per connection before reading pauses
 
@@ -96,12 +82,15 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_paused_by",
         "_writing_paused",
+        "body_left",
+        "buf",
+        "chunks",
         "closed",
         "current",
         "deadline",
         "draining",
         "head_deadline",
-        "parser",
+        "last",
         "parsing",
         "peer",
         "peer_b",
@@ -118,7 +107,10 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, server: NativeServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.buf = b""  # received bytes of a request head not complete yet
+        self.body_left = 0  # Content-Length bytes of the parsed request's body still to come
+        self.chunks: ChunkedDecoder | None = None  # its chunked body, while one is read
+        self.last = False  # the request parsed last ends the connection (no keep-alive)
         self.peer = ""
         self.peer_b = b""
         self.current: Exchange | None = None
@@ -165,21 +157,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.closed or self.stopped:
             return  # lingering, or past bad bytes: never parsed
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            offset = exc.args[0] if exc.args else len(data)
-            self._upgrade_received(data[offset:])
-        except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _Stop):
-                return
-            if isinstance(exc.__context__, _Limit) or isinstance(exc.__cause__, _Limit):
-                self._fail_head(HEADERS_TOO_LARGE)
-            elif not self.closed:
-                log.exception("error in request callback", exc_info=exc)
-                self._fail_head(BAD_REQUEST)
-        except httptools.HttpParserError:
-            self._fail_head(BAD_REQUEST)
+        self._parse(self.buf + data if self.buf else data)
         ex = self.starting
         if ex is not None:
             # Dispatched only now that the whole read is parsed: bad bytes later in it were
@@ -190,8 +168,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        # Break the parser <-> protocol cycle now (see UpstreamConnection.connection_lost).
-        self.parser = _SPENT_PARSER
+        self.buf = b""
+        self.chunks = None
         self.server.connections.discard(self)
         for ex in (self.current, *self.queue):
             if ex is not None and ex.conn is not None:
@@ -213,52 +191,78 @@ class ClientConnection(asyncio.Protocol):
         if ex is not None and ex.conn is not None:
             ex.conn.resume_reading()
 
-    # ------------------------------------------------------------ parser callbacks
+    # ------------------------------------------------------------ parsing
 
-    def on_message_begin(self) -> None:
-        if self.closed:
-            raise _Stop  # e.g. bytes after a request we refused: never parse them
+    def _parse(self, buf: bytes) -> None:
+        """Parse what ``buf`` holds: request heads in one call each (:mod:`gateway.head`), the
+        bodies by their framing (Content-Length, or :mod:`gateway.chunked`). What is left of an
+        incomplete head waits in ``self.buf`` for the next read."""
+        server = self.server
+        self.buf = b""
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            ex = self.parsing
+            if ex is not None:  # inside a request body
+                dec = self.chunks
+                if dec is None:
+                    left = self.body_left
+                    take = n - pos
+                    if take > left:
+                        take = left
+                    chunk = buf if take == n else buf[pos : pos + take]
+                    pos += take
+                    left -= take
+                    self.body_left = left
+                    if not ex.request_done:
+                        ex.body_chunk(chunk)
+                    if left > 0:
+                        return
+                else:
+                    try:
+                        pos = dec.feed(buf, pos, ex)
+                    except ChunkError as exc:
+                        self._fail_head(exc.answer)
+                        return
+                    if not dec.done:
+                        return
+                    self.chunks = None
+                if not self._message_end(buf, pos):
+                    return
+                continue
+            if self.closed or self.stopped:
+                return  # e.g. bytes after a request we refused: never parsed
+            if self.last:
+                # llhttp: data after a request that closes the connection is an error; it is
+                # never answered (the connection closes after the answer before it).
+                self._fail_head(BAD_REQUEST)
+                return
+            rest = buf if pos == 0 else buf[pos:]
+            head = parse_request(rest, server.max_header_bytes, server.max_headers)
+            if head is None:
+                self.buf = rest
+                if self.head_deadline == 0.0 and rest.strip(b"\r\n"):
+                    self.head_deadline = server.time() + server.header_timeout
+                return
+            if type(head) is _REJECTED:
+                self._fail_head(head.answer)  # type: ignore[union-attr]
+                return
+            pos += head.end  # type: ignore[union-attr]
+            self._head(head)  # type: ignore[arg-type]
+            if self.chunks is None and self.body_left == 0 and not self._message_end(buf, pos):
+                return
+
+    def _head(self, head: ParsedHead) -> None:
+        """A complete request head: its exchange joins the pipeline; its body is read next."""
         ex = Exchange(self)
-        self.parsing = ex
-        if self.head_deadline == 0.0:
-            self.head_deadline = self.server.time() + self.server.header_timeout
-
-    def on_url(self, url: bytes) -> None:
-        ex = self.parsing
-        assert ex is not None
-        ex.url += url
-        ex.head_bytes += len(url)
-        if ex.head_bytes > self.server.max_header_bytes:
-            raise _Limit
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        ex = self.parsing
-        assert ex is not None
-        ex.headers.append((name, value))
-        ex.head_bytes += len(name) + len(value) + 4
-        # len(): a free guard before the (cached, shared) classification prepare() also uses
-        if len(name) == 10 and request_header_class(name) == H_CONNECTION:
-            ex.connection_header = True
-        if ex.head_bytes > self.server.max_header_bytes or (
-            len(ex.headers) > self.server.max_headers
-        ):
-            raise _Limit
-
-    def on_headers_complete(self) -> None:
-        ex = self.parsing
-        assert ex is not None
-        if self.closed:
-            raise _Stop
-        parser = self.parser
-        ex.method = parser.get_method()
-        keep_alive = parser.should_keep_alive()
-        # llhttp keeps an HTTP/1.0 connection alive only for "Connection: keep-alive": without
-        # a Connection header, keep-alive means HTTP/1.1 — no need to ask (get_http_version()
-        # formats a str each call; measured 3 % of the per-request instructions).
-        ex.version_10 = (
-            not keep_alive or ex.connection_header
-        ) and parser.get_http_version() == "1.0"
+        ex.head = head
+        ex.method = head.method
+        ex.url = head.target
+        keep_alive = head.keep_alive
+        ex.version_10 = head.version_10
         ex.keep_alive = keep_alive and not self.draining
+        self.last = not keep_alive or head.upgrade
+        self.parsing = ex
         self.head_deadline = 0.0
         self.deadline = 0.0
         if self.current is None:
@@ -268,17 +272,31 @@ class ClientConnection(asyncio.Protocol):
             self.queue.append(ex)
             if len(self.queue) >= _MAX_PIPELINE:
                 self.pause_for(self)  # bounded pipelining: stop reading until answers drain
+        if head.method == _CONNECT:
+            return  # llhttp reads no body for CONNECT: what follows is the tunnel
+        if head.chunked:
+            server = self.server
+            self.chunks = ChunkedDecoder(
+                server.max_header_bytes, server.max_header_bytes, server.max_headers
+            )
+        else:
+            length = head.content_length
+            if length:
+                self.body_left = length
 
-    def on_body(self, body: bytes) -> None:
-        ex = self.parsing
-        if ex is not None and not ex.request_done:
-            ex.body_chunk(body)
-
-    def on_message_complete(self) -> None:
+    def _message_end(self, buf: bytes, pos: int) -> bool:
+        """The request parsed last is complete (its body too). False: parse nothing more of
+        ``buf`` (an upgrade: what follows is the new protocol)."""
         ex = self.parsing
         self.parsing = None
-        if ex is not None:
-            ex.body_end()
+        if ex is None:
+            return False
+        ex.body_end()
+        head = ex.head
+        if head is not None and head.upgrade:
+            self._upgrade_received(buf[pos:])
+            return False
+        return not self.closed
 
     # ------------------------------------------------------------ request lifecycle
 
@@ -288,30 +306,9 @@ class ClientConnection(asyncio.Protocol):
         if ex.verdict is not None:  # the malformed request's turn: answer, then close
             self.answer(ex, ex.verdict, server.dispatcher.request_id(None))
             return
-        url = ex.url
-        host: bytes | None = None
-        if url[:1] != b"/":
-            if url == b"*" and ex.method == b"OPTIONS":
-                pass
-            else:
-                target = _absolute_form(url)
-                if target is None:
-                    self.answer(ex, BAD_REQUEST, server.dispatcher.request_id(None))
-                    return
-                host, url = target
-        if ex.method == b"CONNECT":
-            self.answer(ex, BAD_REQUEST, server.dispatcher.request_id(None))
-            return
-        result = server.dispatcher.prepare(
-            ex.method,
-            url,
-            host,
-            ex.headers,
-            self.peer,
-            ex.t0,
-            strict_framing=True,
-            peer_b=self.peer_b,
-        )
+        head = ex.head
+        assert head is not None
+        result = server.dispatcher.prepare_head(head, self.peer, self.peer_b, ex.t0)
         if not isinstance(result, Plan):
             answer, rid = result
             self.answer(ex, answer, rid)
@@ -409,7 +406,11 @@ class ClientConnection(asyncio.Protocol):
         With the request body still arriving, a cheap answer waits for its end (the body is
         read and dropped, up to 64 KiB) so the connection can be kept; a client waiting on
         ``Expect: 100-continue`` or an answer that closes anyway gets it at once."""
-        if not ex.request_done and not answer.close and not _expects_continue(ex.headers):
+        if (
+            not ex.request_done
+            and not answer.close
+            and not (ex.head is not None and ex.head.expect_continue)
+        ):
             ex.deferred = (answer, request_id)
             # The rest of the body must arrive in time, or the answer goes out with a close.
             self.deadline = self.server.time() + self.server.header_timeout
@@ -639,10 +640,3 @@ class NativeServer:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
-
-
-def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name.lower() == b"expect" and value.lower() == b"100-continue":
-            return True
-    return False
