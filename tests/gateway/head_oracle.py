@@ -25,7 +25,7 @@ from gateway.errors import (
     Answer,
 )
 from gateway.head import Rejected, RequestHead, reference_parse_request
-from gateway.native import _absolute_form
+from gateway.headers import absolute_form as _absolute_form
 from routing.compiled import CompiledRoute
 from routing.models import decode_record
 from routing.store import MemoryRouteStore
