@@ -32,6 +32,7 @@ demands identical results from both, and from this reference and httptools.
 from __future__ import annotations
 
 import re
+from abc import ABCMeta
 from typing import Final
 
 from gateway.errors import (
@@ -79,8 +80,14 @@ class Rejected:
         return f"Rejected({self.answer.status}, {self.reason!r})"
 
 
-class RequestHead:
-    """One parsed request head (see the module docstring)."""
+class RequestHead(metaclass=ABCMeta):
+    """One parsed request head (see the module docstring).
+
+    With the compiled twin picked, :func:`parse_request` returns instances of
+    ``gateway._headc.RequestHead`` (a ``cdef class``: the same attribute names and meanings,
+    ``headers`` built on first access) instead; it is registered as a virtual subclass, so
+    ``isinstance(x, RequestHead)`` holds for both. :data:`HEAD_TYPE` is the class
+    :func:`parse_request` returns (``type(x) is HEAD_TYPE`` is the cheapest test)."""
 
     __slots__ = (
         "chunked",
@@ -149,6 +156,13 @@ class RequestHead:
     def fields(self) -> tuple[object, ...]:
         """Every field, in slot order (the differential tests compare these)."""
         return tuple(getattr(self, name) for name in RequestHead.__slots__)
+
+    def header_value(self, lname: bytes) -> bytes | None:
+        """The value (as received) of the first header named ``lname`` (lower case), or None."""
+        for name, value in self.headers:
+            if name.lower() == lname:
+                return value
+        return None
 
     def __repr__(self) -> str:
         return f"RequestHead({self.method!r} {self.target!r} v{self.version}, end={self.end})"
@@ -704,6 +718,9 @@ def _incomplete(buf: bytes, pos: int, counted: int, max_bytes: int) -> Rejected 
 reference_parse_request: Final = parse_request  # always this module's, for the tests
 
 IMPLEMENTATION = "python"
+# The class parse_request returns, and both classes a parsed head can be (see RequestHead).
+HEAD_TYPE: type[RequestHead] = RequestHead
+HEAD_TYPES: tuple[type[RequestHead], ...] = (RequestHead,)
 try:  # the compiled twin (pip install ., scripts/build_compiled.py); see the module docstring
     from gateway import _headc  # type: ignore[attr-defined]
 except ImportError:
@@ -711,3 +728,6 @@ except ImportError:
 else:
     parse_request = _headc.parse_request
     IMPLEMENTATION = _headc.IMPLEMENTATION
+    RequestHead.register(_headc.RequestHead)
+    HEAD_TYPE = _headc.RequestHead
+    HEAD_TYPES = (_headc.RequestHead, RequestHead)

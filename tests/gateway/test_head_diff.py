@@ -21,9 +21,12 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway import head as headmod
 from gateway.head import Rejected, RequestHead, reference_parse_request
+from gateway.headers import request_header_class
+from routing.hostnames import _normalize_request_host
 from tests.gateway.head_oracle import decided, same, today
 from tests.gateway.head_strategies import LIMITS, heads
 
@@ -144,3 +147,139 @@ def test_generated_reference_decides_as_today(buf: bytes, limits: tuple[int, int
 def test_generated_extension_equals_reference(buf: bytes, limits: tuple[int, int]) -> None:
     ext = compiled()
     assert key(ext.parse_request(buf, *limits)) == key(reference_parse_request(buf, *limits))
+
+
+# ------------------------------------------------------------------ header_value, the C helpers
+
+
+def lookups(result: RequestHead) -> list[bytes]:
+    """Every name of the head in lower case, and some absent or miscased ones."""
+    names = [name.lower() for name, _ in result.headers]
+    return [*names, *(n.upper() for n in names), b"host", b"cookie", b"x-absent", b""]
+
+
+def same_lookups(ext_result: object, ref: RequestHead) -> None:
+    assert isinstance(ext_result, RequestHead)
+    for lname in lookups(ref):
+        assert ext_result.header_value(lname) == ref.header_value(lname), lname
+
+
+def test_header_value_is_the_first_header_with_the_lower_case_name() -> None:
+    buf = b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Sticky:  one \r\nx-sticky: two\r\n\r\n"
+    ref = reference_parse_request(buf, 8192, 100)
+    assert isinstance(ref, RequestHead)
+    assert ref.header_value(b"x-sticky") == b"one "  # as received: trailing OWS kept
+    assert ref.header_value(b"X-Sticky") is None  # the name asked for is lower case
+    assert ref.header_value(b"x-absent") is None
+    if _headc is not None:
+        same_lookups(_headc.parse_request(buf, 8192, 100), ref)
+
+
+def test_corpus_header_value_extension_equals_reference() -> None:
+    ext = compiled()
+    for case in CORPUS:
+        buf = case["head"].encode("latin-1")
+        ref = reference_parse_request(buf, case["max_bytes"], case["max_headers"])
+        if isinstance(ref, RequestHead):
+            same_lookups(ext.parse_request(buf, case["max_bytes"], case["max_headers"]), ref)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(heads(), LIMITS)
+def test_generated_header_value_extension_equals_reference(
+    buf: bytes, limits: tuple[int, int]
+) -> None:
+    ext = compiled()
+    ref = reference_parse_request(buf, *limits)
+    if isinstance(ref, RequestHead):
+        got = ext.parse_request(buf, *limits)
+        same_lookups(got, ref)
+        assert got.headers == ref.headers  # built lazily, after the lookups
+
+
+def test_many_headers_past_the_stack_array() -> None:
+    """More field lines than the extension keeps on the C stack (32): the heap copy."""
+    ext = compiled()
+    lines = b"".join(b"X-H%d: v%d\r\n" % (i, i) for i in range(150))
+    buf = b"GET / HTTP/1.1\r\nHost: a.test\r\n" + lines + b"Cookie: c=1\r\n\r\n"
+    for limits in ((8192, 200), (8192, 100), (1000, 200)):
+        assert key(ext.parse_request(buf, *limits)) == key(reference_parse_request(buf, *limits))
+    ref = reference_parse_request(buf, 8192, 200)
+    assert isinstance(ref, RequestHead) and ref.kept.count(b"\r\n") == 152
+    same_lookups(ext.parse_request(buf, 8192, 200), ref)
+
+
+def test_both_results_are_request_heads() -> None:
+    buf = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"
+    ext = compiled()
+    got = ext.parse_request(buf, 8192, 100)
+    assert isinstance(got, RequestHead) and type(got) is headmod.HEAD_TYPE
+    assert isinstance(reference_parse_request(buf, 8192, 100), headmod.HEAD_TYPES)
+    assert not isinstance(ext.parse_request(b"GET / HTTP/1.1\r\n\r\n"[:5], 8192, 100), RequestHead)
+    assert isinstance(ext.parse_request(b"GE T", 8192, 100), Rejected)
+
+
+HOSTISH = st.one_of(
+    st.text("abcXYZ019-.:[]", max_size=12).map(str.encode),
+    st.text("aB0-.:", max_size=300).map(str.encode),
+    st.builds(
+        lambda h, p: h + b":" + p,
+        st.text("aZ.-", min_size=1, max_size=6).map(str.encode),
+        st.text("0123456789:x", max_size=7).map(str.encode),
+    ),
+    st.builds(
+        lambda h, rest: b"[" + h + b"]" + rest,
+        st.text("0123456789abcdefABCDEF:.g[", max_size=10).map(str.encode),
+        st.sampled_from([b"", b":80", b":", b":65535", b":65536", b":00000", b"x", b":123456"]),
+    ),
+    st.binary(max_size=8),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(HOSTISH)
+def test_extension_host_normalisation_equals_routing_hostnames(raw: bytes) -> None:
+    assert compiled().normalize_host(raw) == _normalize_request_host(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"A.Test.",
+        b"a..b",
+        b".a",
+        b"a.",
+        b"a.:80",
+        b"a:0",
+        b"a:65536",
+        b"[::1]",
+        b"[::1]:8",
+        b"[::G]",
+        b"[::1",
+        b"[::1]x",
+        b"a" * 253,
+        b"a" * 254,
+        b"a" * 253 + b".",
+        b"",
+        b"a b",
+    ],
+)
+def test_extension_host_normalisation_edges(raw: bytes) -> None:
+    assert compiled().normalize_host(raw) == _normalize_request_host(raw)
+
+
+NAMES_KNOWN = [b"Host", b"TE", b"Cookie", b"Expect", b"Upgrade", b"Trailer", b"Connection"]
+NAMES_KNOWN += [b"Keep-Alive", b"X-Request-Id", b"Content-Length", b"X-Forwarded-For"]
+NAMES_KNOWN += [b"X-Forwarded-Host", b"Transfer-Encoding", b"X-Forwarded-Proto"]
+NAMES_KNOWN += [b"X-Turnout-Deployment", b"x-turnout-space", b"X-Turnout-", b"Proxy-", b"proxy"]
+NAMES_KNOWN += [b"Proxy-Connection", b"Hos", b"Hostx", b"Cookies", b"x-turnout", b""]
+NAMEISH = st.one_of(
+    st.sampled_from(NAMES_KNOWN),
+    st.text("hostcnkxpryHOSTCNKXPRY-", max_size=22).map(str.encode),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(NAMEISH)
+def test_extension_header_class_equals_request_header_class(name: bytes) -> None:
+    assert compiled().header_class(name) == request_header_class(name)
