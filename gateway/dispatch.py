@@ -50,6 +50,10 @@ from gateway.headers import (
     H_X_FORWARDED_FOR,
     H_X_FORWARDED_PROTO,
     H_X_REQUEST_ID,
+    HEAD_CHUNKED,
+    HEAD_EXPECT_CONTINUE,
+    HEAD_RARE,
+    HEAD_REFRAMED,
     PLAIN_CONNECTION,
     request_header_class,
 )
@@ -69,6 +73,10 @@ from routing.upstreams import Replica
 _REQUEST_ID_OK: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
 # Connection tokens that are options, not header names, or that name headers we must keep.
 _NOT_NOMINABLE: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"host"})
+
+
+# RequestHead.summary: (method, target, path, host, hostkey, kept, content_length, flags)
+HeadSummary = tuple[bytes, bytes, bytes, bytes | None, bytes | None, bytes, int | None, int]
 
 
 class ParsedHead(Protocol):
@@ -122,7 +130,8 @@ class ParsedHead(Protocol):
     @property
     def verdict_rid(self) -> bytes | None: ...
     @property
-    def headers(self) -> list[tuple[bytes, bytes]]: ...
+    def summary(self) -> HeadSummary: ...
+    def header_value(self, lname: bytes) -> bytes | None: ...
 
 
 class Plan:
@@ -375,35 +384,46 @@ class Dispatcher:
         )
 
     def prepare_head(
-        self, head: ParsedHead, peer: str, peer_b: bytes, now: float
+        self, head: ParsedHead, summary: HeadSummary, peer: str, peer_b: bytes, now: float
     ) -> Plan | tuple[Answer, bytes]:
         """:meth:`prepare` for a head parsed in one call (:func:`gateway.head.parse_request`):
-        the header pass, Host checks, framing and the forwarded lines are already done."""
-        verdict = head.verdict
-        if verdict is not None:
-            return verdict, self.request_id(head.verdict_rid)
-        hostkey = head.hostkey
-        host = head.host
-        rid = self.request_id(head.request_id)
+        the header pass, Host checks, framing and the forwarded lines are already done.
+        ``summary`` is ``head.summary``; the head's other fields are read only when its
+        ``HEAD_RARE`` flag says one of them is set."""
+        method, _, path, host, hostkey, kept, content_length, flags = summary
+        if flags & HEAD_RARE:
+            verdict = head.verdict
+            if verdict is not None:
+                return verdict, self.request_id(head.verdict_rid)
+            rid = self.request_id(head.request_id)
+            kept_h2 = head.kept_h2
+            upgrade = head.upgrade_value
+            xff = head.xff
+            xfproto = head.xfproto
+            cookie = head.cookie
+            override = head.override
+        else:
+            rid = self.ids.next()
+            kept_h2 = upgrade = xff = xfproto = cookie = override = None
         if hostkey is None or host is None:
             return BAD_HOST, rid  # unreachable: the head has a verdict then
         return self._plan(
-            head.method,
-            head.path,
+            method,
+            path,
             host,
             hostkey,
             rid,
-            head.kept,
-            head.kept_h2,
-            head.chunked,
-            head.content_length,
-            head.reframed,
-            head.expect_continue,
-            head.upgrade_value,
-            head.xff,
-            head.xfproto,
-            head.cookie,
-            head.override,
+            kept,
+            kept_h2,
+            bool(flags & HEAD_CHUNKED),
+            content_length,
+            bool(flags & HEAD_REFRAMED),
+            bool(flags & HEAD_EXPECT_CONTINUE),
+            upgrade,
+            xff,
+            xfproto,
+            cookie,
+            override,
             None,
             head,
             peer,
@@ -520,13 +540,13 @@ class Dispatcher:
             key = None
         elif kind == STICKY_HEADER:
             wanted = route.sticky_name
-            key = client_ip
-            if headers is None:
-                headers = head.headers if head is not None else []
-            for name, value in headers:
-                if name.lower() == wanted:
-                    key = value
-                    break
+            found = head.header_value(wanted) if head is not None else None
+            if headers is not None:
+                for name, value in headers:
+                    if name.lower() == wanted:
+                        found = value
+                        break
+            key = client_ip if found is None else found
         elif kind == STICKY_COOKIE:
             key = _cookie_value(cookie, route.sticky_name) or client_ip
         else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from gateway.dispatch import ParsedHead, Plan
+from gateway.dispatch import HeadSummary, ParsedHead, Plan
 from gateway.errors import Answer, UpstreamError
 from gateway.forwarding import Retry, after_abort, after_failure
 from gateway.phase import DONE, HEAD, SENDING, TUNNEL, WAITING, phase_name, transition
@@ -43,6 +43,7 @@ class Exchange(Sink):
         "request_done",
         "stale_retry",
         "status",
+        "summary",
         "t0",
         "timed_out",
         "tunnel_buf",
@@ -55,6 +56,7 @@ class Exchange(Sink):
         self.client = client
         self.url = b""  # the request target as received
         self.head: ParsedHead | None = None  # the parsed request head (None: a malformed one)
+        self.summary: HeadSummary | None = None  # head.summary, read once
         self.method = b""
         self.version_10 = False
         self.keep_alive = True

@@ -27,6 +27,18 @@ _DROP_REQUEST: Final = frozenset(
     }
 )
 
+# Bits of a parsed request head's ``summary`` flags (gateway.head.RequestHead.summary; the
+# Cython twin repeats them, tests/gateway/test_head_diff.py checks they agree).
+HEAD_KEEP_ALIVE: Final = 1
+HEAD_VERSION_10: Final = 2
+HEAD_UPGRADE: Final = 4
+HEAD_CHUNKED: Final = 8
+HEAD_EXPECT_CONTINUE: Final = 16
+HEAD_REFRAMED: Final = 32
+# One of verdict, kept_h2, upgrade_value, xff, xfproto, request_id, override, cookie is set:
+# without it the dispatcher reads none of them.
+HEAD_RARE: Final = 64
+
 # What a request header is to :meth:`Dispatcher.prepare`, decided once per distinct spelling of
 # its name (see :func:`request_header_class`): an int compare per header on the hot path
 # instead of lower() + a set probe + a chain of bytes compares.

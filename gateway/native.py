@@ -52,6 +52,13 @@ from gateway.errors import (
 from gateway.exchange import Exchange
 from gateway.forwarding import answer_bytes
 from gateway.head import parse_request
+from gateway.headers import (
+    HEAD_CHUNKED,
+    HEAD_EXPECT_CONTINUE,
+    HEAD_KEEP_ALIVE,
+    HEAD_UPGRADE,
+    HEAD_VERSION_10,
+)
 from gateway.phase import ABORTED, DONE, SENDING
 
 if TYPE_CHECKING:
@@ -254,14 +261,18 @@ class ClientConnection(asyncio.Protocol):
 
     def _head(self, head: ParsedHead) -> None:
         """A complete request head: its exchange joins the pipeline; its body is read next."""
+        summary = head.summary  # one read (see RequestHead.summary)
+        flags = summary[7]
         ex = Exchange(self)
         ex.head = head
-        ex.method = head.method
-        ex.url = head.target
-        keep_alive = head.keep_alive
-        ex.version_10 = head.version_10
+        ex.summary = summary
+        method = summary[0]
+        ex.method = method
+        ex.url = summary[1]
+        keep_alive = bool(flags & HEAD_KEEP_ALIVE)
+        ex.version_10 = bool(flags & HEAD_VERSION_10)
         ex.keep_alive = keep_alive and not self.draining
-        self.last = not keep_alive or head.upgrade
+        self.last = not keep_alive or bool(flags & HEAD_UPGRADE)
         self.parsing = ex
         self.head_deadline = 0.0
         self.deadline = 0.0
@@ -272,15 +283,15 @@ class ClientConnection(asyncio.Protocol):
             self.queue.append(ex)
             if len(self.queue) >= _MAX_PIPELINE:
                 self.pause_for(self)  # bounded pipelining: stop reading until answers drain
-        if head.method == _CONNECT:
+        if method == _CONNECT:
             return  # llhttp reads no body for CONNECT: what follows is the tunnel
-        if head.chunked:
+        if flags & HEAD_CHUNKED:
             server = self.server
             self.chunks = ChunkedDecoder(
                 server.max_header_bytes, server.max_header_bytes, server.max_headers
             )
         else:
-            length = head.content_length
+            length = summary[6]
             if length:
                 self.body_left = length
 
@@ -292,8 +303,8 @@ class ClientConnection(asyncio.Protocol):
         if ex is None:
             return False
         ex.body_end()
-        head = ex.head
-        if head is not None and head.upgrade:
+        summary = ex.summary
+        if summary is not None and summary[7] & HEAD_UPGRADE:
             self._upgrade_received(buf[pos:])
             return False
         return not self.closed
@@ -307,8 +318,9 @@ class ClientConnection(asyncio.Protocol):
             self.answer(ex, ex.verdict, server.dispatcher.request_id(None))
             return
         head = ex.head
-        assert head is not None
-        result = server.dispatcher.prepare_head(head, self.peer, self.peer_b, ex.t0)
+        summary = ex.summary
+        assert head is not None and summary is not None
+        result = server.dispatcher.prepare_head(head, summary, self.peer, self.peer_b, ex.t0)
         if not isinstance(result, Plan):
             answer, rid = result
             self.answer(ex, answer, rid)
@@ -409,7 +421,7 @@ class ClientConnection(asyncio.Protocol):
         if (
             not ex.request_done
             and not answer.close
-            and not (ex.head is not None and ex.head.expect_continue)
+            and not (ex.summary is not None and ex.summary[7] & HEAD_EXPECT_CONTINUE)
         ):
             ex.deferred = (answer, request_id)
             # The rest of the body must arrive in time, or the answer goes out with a close.

@@ -63,7 +63,7 @@ def summary(result: RequestHead | Rejected | None) -> str:
 
 def key(result: RequestHead | Rejected | None) -> object:
     if isinstance(result, RequestHead):
-        return ("head", result.fields())
+        return ("head", result.fields(), result.summary)
     if isinstance(result, Rejected):
         return ("rejected", result.answer, result.reason)
     return result
@@ -283,3 +283,42 @@ NAMEISH = st.one_of(
 @given(NAMEISH)
 def test_extension_header_class_equals_request_header_class(name: bytes) -> None:
     assert compiled().header_class(name) == request_header_class(name)
+
+
+def test_summary_is_the_fields_it_names() -> None:
+    """``summary`` (one read for the hot path) carries the same values as the fields, and the
+    flag bits are gateway.headers' (the Cython twin repeats them as C constants)."""
+    from gateway import headers
+
+    buf = (
+        b"POST http://a.test/x?y HTTP/1.0\r\nHost: b.test\r\nConnection: keep-alive\r\n"
+        b"Content-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    )
+    impls = [reference_parse_request] + ([_headc.parse_request] if _headc is not None else [])
+    for parse in impls:
+        head = parse(buf, 8192, 100)
+        assert isinstance(head, RequestHead)
+        method, target, path, host, hostkey, kept, length, flags = head.summary
+        assert (method, target, path, host, hostkey, kept, length) == (
+            head.method,
+            head.target,
+            head.path,
+            head.host,
+            head.hostkey,
+            head.kept,
+            head.content_length,
+        )
+        # HTTP/1.0 kept alive by "Connection: keep-alive": still a 1.0 client
+        assert flags == (
+            headers.HEAD_KEEP_ALIVE | headers.HEAD_VERSION_10 | headers.HEAD_EXPECT_CONTINUE
+        )
+        assert not flags & headers.HEAD_RARE
+        rare = parse(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: c=1\r\n\r\n", 8192, 100)
+        assert isinstance(rare, RequestHead) and rare.summary[7] & headers.HEAD_RARE
+        bits = parse(
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            8192,
+            100,
+        )
+        assert isinstance(bits, RequestHead)
+        assert bits.summary[7] == headers.HEAD_CHUNKED
