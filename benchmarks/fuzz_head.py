@@ -10,7 +10,9 @@ absence an error). Prints the number of heads, the verdict mix and every diverge
 (hypothesis shrinks the first one of each test).
 
 ``--repeat N`` only parses one typical head N times: run it under callgrind with N and with 0,
-the difference over N is the instructions per head (benchmarks/RESULTS.md, "Head processing")."""
+the difference over N is the instructions per head (benchmarks/RESULTS.md, "Head processing");
+``--repeat N --response`` the same for hotpath.py's upstream response head (parse_response).
+Response heads are fuzzed by tests/gateway/test_response_head_diff.py (not here)."""
 
 from __future__ import annotations
 
@@ -35,12 +37,27 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--require-compiled", action="store_true")
     ap.add_argument(
+        "--response",
+        action="store_true",
+        help="with --repeat: parse hotpath.py's upstream response head instead",
+    )
+    ap.add_argument(
         "--repeat",
         type=int,
         default=0,
         help="no fuzzing: parse benchmarks/hotpath.py's request head N times (for callgrind)",
     )
     args = ap.parse_args()
+    if args.response and (args.repeat or "--repeat" in sys.argv):
+        response = (
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: 13\r\nConnection: keep-alive\r\n\r\nHello, world\n"
+        )
+        parse_response = headmod.parse_response
+        for _ in range(args.repeat):
+            parse_response(response, 65536, 100, False)
+        print(f"{headmod.IMPLEMENTATION}: parsed {args.repeat} response heads")
+        return 0
     if args.repeat or "--repeat" in sys.argv:
         head = b"GET /small HTTP/1.1\r\nHost: bench.example.com\r\nUser-Agent: wrk\r\n\r\n"
         parse = headmod.parse_request

@@ -753,8 +753,12 @@ class Refused:
         return f"Refused({self.kind!r}, {self.message!r})"
 
 
-class ResponseHead:
-    """One final response head (interim 1xx heads before it are skipped, as today)."""
+class ResponseHead(metaclass=ABCMeta):
+    """One final response head (interim 1xx heads before it are skipped, as today).
+
+    With the compiled twin picked, :func:`parse_response` returns ``gateway._headc.ResponseHead``
+    (registered as a virtual subclass; ``kept`` and ``headers`` built on first access, the block
+    written in C): :data:`RESPONSE_HEAD_TYPE` is the class it returns."""
 
     __slots__ = (
         "body_expected",
@@ -1179,6 +1183,7 @@ IMPLEMENTATION = "python"
 # The class parse_request returns, and both classes a parsed head can be (see RequestHead).
 HEAD_TYPE: type[RequestHead] = RequestHead
 HEAD_TYPES: tuple[type[RequestHead], ...] = (RequestHead,)
+RESPONSE_HEAD_TYPE: type[ResponseHead] = ResponseHead
 try:  # the compiled twin (pip install ., scripts/build_compiled.py); see the module docstring
     from gateway import _headc  # type: ignore[attr-defined]
 except ImportError:
@@ -1189,3 +1194,6 @@ else:
     RequestHead.register(_headc.RequestHead)
     HEAD_TYPE = _headc.RequestHead
     HEAD_TYPES = (_headc.RequestHead, RequestHead)
+    parse_response = _headc.parse_response
+    ResponseHead.register(_headc.ResponseHead)
+    RESPONSE_HEAD_TYPE = _headc.ResponseHead

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from gateway import head as headmod
 from gateway.head import Refused, ResponseHead, reference_parse_response
+from gateway.headers import response_header_class
 from tests.gateway.head_oracle import ResponseVerdict, decided_response, today_response
 from tests.gateway.head_strategies import OFFERED, RESPONSE_LIMITS, response_heads
 
@@ -186,9 +187,56 @@ def test_generated_extension_equals_reference(
     ext = compiled()
     args = (*limits, head_request, offered)
     for i in [*range(0, len(buf), 3), len(buf)]:
-        assert key(ext.parse_response(buf[:i], *args)) == key(
-            reference_parse_response(buf[:i], *args)
-        )
+        got = ext.parse_response(buf[:i], *args)
+        ref = reference_parse_response(buf[:i], *args)
+        assert key(got) == key(ref)
+        if isinstance(ref, ResponseHead):
+            assert got.block() == ref.block()
+
+
+def test_extension_block_kept_and_headers() -> None:
+    """The C block, and kept / headers built from it and from the bytes on first access."""
+    ext = compiled()
+    buf = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade:  websocket\r\nConnection: upgrade\r\n"
+    buf += b"X-A:1\r\nX-B: a: b \r\nX-Empty:\r\n\r\n\x81\x00"
+    got = ext.parse_response(buf, 8192, 100, False, b"websocket")
+    ref = reference_parse_response(buf, 8192, 100, False, b"websocket")
+    assert isinstance(got, ResponseHead) and type(got) is headmod.RESPONSE_HEAD_TYPE
+    assert isinstance(ref, ResponseHead)
+    assert (
+        got.block()
+        == ref.block()
+        == (b"X-A: 1\r\nX-B: a: b \r\nX-Empty: \r\nConnection: upgrade\r\nUpgrade: websocket\r\n")
+    )
+    assert got.kept == ref.kept and got.headers == ref.headers and got.end == len(buf) - 2
+    assert got.fields() == ref.fields()
+
+
+def test_many_response_headers_past_the_stack_array() -> None:
+    ext = compiled()
+    lines = b"".join(b"X-H%d: v%d\r\n" % (i, i) for i in range(150))
+    buf = b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 0\r\n\r\n"
+    for limits in ((8192, 200), (8192, 100), (1000, 200)):
+        got = ext.parse_response(buf, *limits, False)
+        assert key(got) == key(reference_parse_response(buf, *limits, False))
+    got = ext.parse_response(buf, 8192, 200, False)
+    assert isinstance(got, ResponseHead) and len(got.kept) == 150
+
+
+RESPONSE_NAMES_KNOWN = [b"Content-Length", b"Transfer-Encoding", b"Connection", b"Keep-Alive"]
+RESPONSE_NAMES_KNOWN += [b"TE", b"Trailer", b"Upgrade", b"Proxy-Connection", b"Proxy-Authenticate"]
+RESPONSE_NAMES_KNOWN += [b"X-Request-Id", b"x-request-id", b"Upgrad", b"Connectio", b"Server", b""]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.sampled_from(RESPONSE_NAMES_KNOWN),
+        st.text("contelgrasfupkixdyqhCONTELGRASFUPKIXDYQH-", max_size=19).map(str.encode),
+    )
+)
+def test_extension_response_header_class(name: bytes) -> None:
+    assert compiled().response_header_class_c(name) == response_header_class(name)
 
 
 def test_oracle_sees_a_head() -> None:
