@@ -29,6 +29,8 @@ from libc.string cimport memcmp, memcpy
 
 from gateway.errors import BAD_HOST, BAD_LENGTH, BAD_REQUEST, BAD_TE, HEADERS_TOO_LARGE
 from gateway.head import RequestHead as _ReferenceHead
+from gateway.head import ResponseHead as _ReferenceResponse
+from gateway.head import Refused, _check_upgrade, _only_chunked
 from gateway.head import (
     _ALL_M,
     _DIGITS,
@@ -60,6 +62,12 @@ from gateway.headers import (
     H_X_FORWARDED_PROTO,
     H_X_REQUEST_ID,
     PLAIN_CONNECTION,
+    R_CONNECTION as R_CONNECTION_,
+    R_CONTENT_LENGTH as R_CONTENT_LENGTH_,
+    R_DROP as R_DROP_,
+    R_FORWARD as R_FORWARD_,
+    R_TRANSFER_ENCODING as R_TRANSFER_ENCODING_,
+    R_UPGRADE as R_UPGRADE_,
 )
 
 IMPLEMENTATION = "cython"
@@ -1156,3 +1164,621 @@ cdef bytes _join(const uchar* p, Fields* fs, object extra_host):
         q[k] = c'\r'
         q[k + 1] = c'\n'
     return out
+
+
+# ------------------------------------------------------------------------------ response heads
+#
+# gateway.head.parse_response in C: the same grammar (llhttp's strict response parser and its
+# error reasons), the same decisions; the field lines as spans, the client's header block
+# written in one allocation. ResponseHead.kept and .headers are built on first access.
+
+cdef enum:
+    R_FORWARD = 0
+    R_DROP = 1
+    R_CONTENT_LENGTH = 2
+    R_TRANSFER_ENCODING = 3
+    R_CONNECTION = 4
+    R_UPGRADE = 5
+    # llhttp's flags for a response head
+    RF_CLOSE = 1
+    RF_KEEP_ALIVE = 2
+    RF_CONN_UPGRADE = 4
+    RF_CHUNKED = 8
+    RF_UPGRADE = 16
+    RF_CONTENT_LENGTH = 32
+    RF_TRANSFER_ENCODING = 64
+    # llhttp's header states
+    LH_GENERAL = 0
+    LH_CONNECTION = 1
+    LH_CONTENT_LENGTH = 2
+    LH_TRANSFER_ENCODING = 3
+    LH_UPGRADE = 4
+
+assert (R_FORWARD_, R_DROP_, R_CONTENT_LENGTH_, R_TRANSFER_ENCODING_, R_CONNECTION_, R_UPGRADE_) == (
+    0, 1, 2, 3, 4, 5,
+), "gateway.headers' R_* classes changed: update gateway/_headc.pyx"
+
+
+cdef int _rclass(const uchar* s, Py_ssize_t n, int* lh):
+    """``gateway.headers.response_header_class`` of ``s[:n]``; ``lh[0]``: llhttp's state."""
+    lh[0] = LH_GENERAL
+    if n == 14:
+        if _ieq(s, b"content-length", 14):
+            lh[0] = LH_CONTENT_LENGTH
+            return R_CONTENT_LENGTH
+    elif n == 17:
+        if _ieq(s, b"transfer-encoding", 17):
+            lh[0] = LH_TRANSFER_ENCODING
+            return R_TRANSFER_ENCODING
+    elif n == 10:
+        if _ieq(s, b"connection", 10):
+            lh[0] = LH_CONNECTION
+            return R_CONNECTION
+        if _ieq(s, b"keep-alive", 10):
+            return R_DROP
+    elif n == 7:
+        if _ieq(s, b"upgrade", 7):
+            lh[0] = LH_UPGRADE
+            return R_UPGRADE
+        if _ieq(s, b"trailer", 7):
+            return R_DROP
+    elif n == 2:
+        if _ieq(s, b"te", 2):
+            return R_DROP
+    elif n == 16:
+        if _ieq(s, b"proxy-connection", 16):
+            lh[0] = LH_CONNECTION
+            return R_DROP
+    elif n == 18:
+        if _ieq(s, b"proxy-authenticate", 18):
+            return R_DROP
+    elif n == 12:
+        if _ieq(s, b"x-request-id", 12):
+            return R_DROP
+    return R_FORWARD
+
+
+def response_header_class_c(bytes name not None):
+    """The parser's response header class of ``name`` (for the differential test)."""
+    cdef int lh
+    return _rclass(<const uchar*>PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), &lh)
+
+
+cdef bint _keep_alive(int version, int flags, int status, bint skipbody):
+    """llhttp_should_keep_alive()."""
+    if version // 10 > 0 and version % 10 > 0:
+        if flags & RF_CLOSE:
+            return False
+    elif not (flags & RF_KEEP_ALIVE):
+        return False
+    if status // 100 == 1 or status == 204 or status == 304 or skipbody:
+        return True
+    if (flags & RF_TRANSFER_ENCODING) and not (flags & RF_CHUNKED):
+        return False
+    return (flags & (RF_CHUNKED | RF_CONTENT_LENGTH)) != 0
+
+
+cdef class ResponseHead:
+    """One final response head: the fields of ``gateway.head.ResponseHead``, typed."""
+
+    cdef public int status
+    cdef public bytes reason
+    cdef public int version
+    cdef public Py_ssize_t end
+    cdef public object content_length
+    cdef public bint body_expected
+    cdef public bint chunked
+    cdef public bint close_delimited
+    cdef public bint keep_alive
+    cdef public bint upgrade
+    cdef bytes _block
+    cdef bytes _buf
+    cdef Py_ssize_t _fields_start
+    cdef object _headers
+    cdef object _kept
+
+    def block(self):
+        """The kept lines as Exchange.response_head writes them (``name: value`` CRLF)."""
+        return self._block
+
+    @property
+    def headers(self):
+        """The final head's fields as received, built on first access."""
+        cdef const uchar* p
+        cdef Py_ssize_t pos, nend, vstart, vend, stop
+        if self._headers is None:
+            headers = []
+            p = <const uchar*>PyBytes_AS_STRING(self._buf)
+            pos = self._fields_start
+            stop = self.end - 2
+            while pos < stop:
+                nend = _span(_T_TOKEN, p, pos, stop)
+                vstart = nend + 1
+                while p[vstart] == 0x20 or p[vstart] == 0x09:
+                    vstart += 1
+                vend = _span(_T_VALUE, p, vstart, stop)
+                headers.append((_slice(p, pos, nend), _slice(p, vstart, vend)))
+                pos = vend + 2
+            self._headers = headers
+        return self._headers
+
+    @headers.setter
+    def headers(self, value):
+        self._headers = value
+
+    @property
+    def kept(self):
+        """``(name, value)`` of the lines that go to the client, built on first access."""
+        cdef const uchar* p
+        cdef Py_ssize_t pos, colon, eol, n
+        if self._kept is None:
+            kept = []
+            p = <const uchar*>PyBytes_AS_STRING(self._block)
+            n = PyBytes_GET_SIZE(self._block)
+            pos = 0
+            while pos < n:
+                colon = pos
+                while p[colon] != 0x3A:
+                    colon += 1
+                eol = colon + 2
+                while p[eol] != 0x0D:
+                    eol += 1
+                kept.append((_slice(p, pos, colon), _slice(p, colon + 2, eol)))
+                pos = eol + 2
+            self._kept = kept
+        return self._kept
+
+    @kept.setter
+    def kept(self, value):
+        self._kept = value
+
+    def fields(self):
+        return tuple(getattr(self, name) for name in _ReferenceResponse.__slots__)
+
+    def __repr__(self):
+        return f"ResponseHead({self.status} {self.reason!r} v{self.version}, end={self.end})"
+
+
+cdef object _refused(str kind, str message):
+    return Refused(kind, message)
+
+
+cdef object _invalid(str reason):
+    return Refused("protocol", "invalid response: " + reason)
+
+
+def parse_response(
+    bytes buf not None,
+    Py_ssize_t max_bytes,
+    Py_ssize_t max_headers,
+    bint head_request,
+    offered=None,
+):
+    """gateway.head.parse_response."""
+    cdef Field local[LOCAL_FIELDS]
+    cdef Fields fs
+    fs.f = local
+    fs.n = 0
+    fs.cap = LOCAL_FIELDS
+    fs.heap = False
+    try:
+        return _parse_response(buf, max_bytes, max_headers, head_request, offered, &fs)
+    finally:
+        if fs.heap:
+            free(fs.f)
+
+
+ctypedef struct RHead:
+    int status
+    int version
+    int flags
+    Py_ssize_t reason_start
+    Py_ssize_t reason_end
+    Py_ssize_t fields_start
+    Py_ssize_t end
+
+
+cdef object _parse_response(
+    bytes buf, Py_ssize_t max_bytes, Py_ssize_t max_headers, bint head_request, object offered,
+    Fields* fs,
+):
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+    cdef const uchar* p = <const uchar*>PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t pos = 0, interim = 0, size, i
+    cdef RHead h
+    cdef int rc
+    while True:
+        fs.n = 0
+        rc = _response_head(p, n, pos, &h, fs)
+        if rc < 0:
+            return _invalid(_REASONS[-rc - 1])
+        if rc == 0:
+            if n > max_bytes:
+                return _refused("head_too_large", f"upstream response head over {max_bytes} bytes")
+            return None
+        if fs.n > max_headers:
+            return _refused(
+                "head_too_large", f"upstream response head has over {max_headers} headers"
+            )
+        size = 17 + h.reason_end - h.reason_start
+        for i in range(fs.n):
+            size += fs.f[i].nend - fs.f[i].line + fs.f[i].vend - fs.f[i].vstart + 4
+        if 100 <= h.status < 200 and h.status != 101:
+            interim += size
+            pos = h.end
+            if not _keep_alive(h.version, h.flags, h.status, False):
+                while pos < n and (p[pos] == 0x0D or p[pos] == 0x0A):
+                    pos += 1
+                if pos < n:
+                    return _invalid("Data after `Connection: close`")
+                if n > max_bytes:
+                    return _refused(
+                        "head_too_large", f"upstream response head over {max_bytes} bytes"
+                    )
+                return None
+            continue
+        if n > max_bytes and interim + size > max_bytes:
+            return _refused("head_too_large", f"upstream response head over {max_bytes} bytes")
+        return _final_response(buf, p, &h, fs, head_request, offered)
+
+
+# The error reasons of _response_head (negative return values index them, from -1).
+_REASONS = (
+    "Expected HTTP/, RTSP/ or ICE/",  # -1
+    "Invalid major version",  # -2
+    "Expected dot",  # -3
+    "Invalid minor version",  # -4
+    "Invalid HTTP version",  # -5
+    "Expected space after version",  # -6
+    "Invalid status code",  # -7
+    "Missing expected CR after response line",  # -8
+    "Invalid response status",  # -9
+    "Expected LF after CR",  # -10
+    "Unexpected space after start line",  # -11
+    "Expected LF after headers",  # -12
+    "Invalid header field char",  # -13
+    "Invalid header token",  # -14
+    "Transfer-Encoding can't be present with Content-Length",  # -15
+    "Content-Length can't be present with Transfer-Encoding",  # -16
+    "Invalid header value char",  # -17
+    "Empty Content-Length",  # -18
+    "Empty Transfer-Encoding",  # -19
+    "Duplicate Content-Length",  # -20
+    "Content-Length overflow",  # -21
+    "Invalid character in Content-Length",  # -22
+    "Missing expected CR after header value",  # -23
+    "Missing expected LF after header value",  # -24
+    "Unexpected whitespace after header value",  # -25
+)
+
+
+cdef int _prefix(const uchar* p, Py_ssize_t n, Py_ssize_t pos, const char* lit, Py_ssize_t k):
+    """1: ``lit`` at ``pos``; 0: the buffer ends inside a match; -1: no match."""
+    cdef Py_ssize_t m = n - pos
+    if m > k:
+        m = k
+    if memcmp(p + pos, lit, m) != 0:
+        return -1
+    return 1 if m == k else 0
+
+
+cdef int _response_head(const uchar* p, Py_ssize_t n, Py_ssize_t pos, RHead* h, Fields* fs) except -100:
+    """One head at ``pos``: 1 complete (``h``, ``fs``), 0 incomplete, < 0 invalid (-reason)."""
+    cdef int r, c, lh, code, flags = 0, cflags
+    cdef Py_ssize_t nend, vstart, vend, dend, wend, a, b, stop
+    cdef unsigned long long cl, digit
+    cdef Field* f
+    while pos < n and (p[pos] == 0x0D or p[pos] == 0x0A):
+        pos += 1
+    if pos >= n:
+        return 0
+    # ---- protocol
+    r = _prefix(p, n, pos, b"HTTP", 4)
+    if r == 1:
+        pos += 4
+    elif r == 0:
+        return 0
+    else:
+        r = _prefix(p, n, pos, b"RTSP", 4)
+        if r == 1:
+            pos += 4
+        elif r == 0:
+            return 0
+        else:
+            r = _prefix(p, n, pos, b"ICE", 3)
+            if r == 1:
+                pos += 3
+            elif r == 0:
+                return 0
+            else:
+                return -1
+    if pos >= n:
+        return 0
+    if p[pos] != 0x2F:
+        return -1
+    pos += 1
+    # ---- version
+    if pos >= n:
+        return 0
+    if not (0x30 <= p[pos] <= 0x39):
+        return -2
+    h.version = (p[pos] - 0x30) * 10
+    pos += 1
+    if pos >= n:
+        return 0
+    if p[pos] != 0x2E:
+        return -3
+    pos += 1
+    if pos >= n:
+        return 0
+    if not (0x30 <= p[pos] <= 0x39):
+        return -4
+    h.version += p[pos] - 0x30
+    pos += 1
+    if not (h.version == 11 or h.version == 10 or h.version == 20 or h.version == 9):
+        return -5
+    if pos >= n:
+        return 0
+    if p[pos] != 0x20:
+        return -6
+    pos += 1
+    # ---- status
+    h.status = 0
+    for _ in range(3):
+        if pos >= n:
+            return 0
+        c = p[pos]
+        if not (0x30 <= c <= 0x39):
+            return -7
+        h.status = h.status * 10 + c - 0x30
+        pos += 1
+    if pos >= n:
+        return 0
+    c = p[pos]
+    if c == 0x20:
+        pos += 1
+        h.reason_start = pos
+        while pos < n and p[pos] != 0x0D and p[pos] != 0x0A:
+            pos += 1
+        if pos >= n:
+            return 0
+        if p[pos] == 0x0A:
+            return -8
+        h.reason_end = pos
+    elif c == 0x0D:
+        h.reason_start = h.reason_end = pos
+    else:
+        return -9
+    if pos + 1 >= n:
+        return 0
+    if p[pos + 1] != 0x0A:
+        return -10
+    pos += 2
+    if pos >= n:
+        return 0
+    if p[pos] == 0x20:
+        return -11
+    h.fields_start = pos
+    # ---- field lines
+    while True:
+        if pos >= n:
+            return 0
+        c = p[pos]
+        if c == 0x0D:
+            if pos + 1 >= n:
+                return 0
+            if p[pos + 1] != 0x0A:
+                return -12
+            h.flags = flags
+            h.end = pos + 2
+            return 1
+        if c == 0x0A:
+            return -13
+        if c == 0x3A:
+            return -14
+        nend = _span(_T_TOKEN, p, pos, n)
+        if nend >= n:
+            return 0
+        code = _rclass(p + pos, nend - pos, &lh)
+        if p[nend] != 0x3A:
+            if p[nend] == 0x20 and lh != LH_GENERAL:
+                return -13
+            return -14
+        if lh == LH_TRANSFER_ENCODING and (flags & RF_CONTENT_LENGTH):
+            return -15
+        if lh == LH_CONTENT_LENGTH and (flags & RF_TRANSFER_ENCODING):
+            return -16
+        vstart = nend + 1
+        while vstart < n and (p[vstart] == 0x20 or p[vstart] == 0x09):
+            vstart += 1
+        if vstart >= n:
+            return 0
+        c = p[vstart]
+        if c == 0x0A:
+            return -17
+        if c == 0x0D:  # an empty value
+            if vstart + 1 >= n:
+                return 0
+            if p[vstart + 1] != 0x0A:
+                return -10
+            if vstart + 2 >= n:
+                return 0
+            if p[vstart + 2] == 0x20 or p[vstart + 2] == 0x09:
+                return -17
+            if lh == LH_CONTENT_LENGTH:
+                return -18
+            if lh == LH_TRANSFER_ENCODING:
+                return -19
+            vend = vstart
+        else:
+            if lh == LH_CONTENT_LENGTH:
+                if flags & RF_CONTENT_LENGTH:
+                    return -20
+                dend = vstart
+                cl = 0
+                while dend < n and 0x30 <= p[dend] <= 0x39:
+                    digit = p[dend] - 0x30
+                    if cl > (<unsigned long long>0xFFFFFFFFFFFFFFFF - digit) // 10:
+                        return -21
+                    cl = cl * 10 + digit
+                    dend += 1
+                wend = dend
+                while wend < n and (p[wend] == 0x20 or p[wend] == 0x09):
+                    wend += 1
+                if wend >= n:
+                    return 0
+                if p[wend] != 0x0D and p[wend] != 0x0A:
+                    return -22
+            vend = _span(_T_VALUE, p, vstart, n)
+            if vend >= n:
+                return 0
+            if p[vend] == 0x0A:
+                return -23
+            if p[vend] != 0x0D:
+                return -17
+            if vend + 1 >= n:
+                return 0
+            if p[vend + 1] != 0x0A:
+                return -24
+            if vend + 2 >= n:
+                return 0
+            if p[vend + 2] == 0x20 or p[vend + 2] == 0x09:
+                return -25
+            if lh == LH_CONTENT_LENGTH:
+                flags |= RF_CONTENT_LENGTH
+            elif lh == LH_TRANSFER_ENCODING:
+                flags = (flags | RF_TRANSFER_ENCODING) & ~RF_CHUNKED
+                # the last token: after the last ",", without leading OWS and trailing spaces
+                a = vend
+                while a > vstart and p[a - 1] != 0x2C:
+                    a -= 1
+                b = vend
+                while a < b and (p[a] == 0x20 or p[a] == 0x09):
+                    a += 1
+                while b > a and p[b - 1] == 0x20:
+                    b -= 1
+                if b - a == 7 and _ieq(p + a, b"chunked", 7):
+                    flags |= RF_CHUNKED
+            elif lh == LH_CONNECTION:
+                cflags = _connection_flags(p, vstart, vend)
+                if cflags & F_CLOSE:
+                    flags |= RF_CLOSE
+                if cflags & F_KEEP_ALIVE:
+                    flags |= RF_KEEP_ALIVE
+                if cflags & F_UPGRADE:
+                    flags |= RF_CONN_UPGRADE
+            elif lh == LH_UPGRADE:
+                flags |= RF_UPGRADE
+        if fs.n == fs.cap:
+            _grow(fs)
+        f = &fs.f[fs.n]
+        f.line = pos
+        f.nend = nend
+        f.vstart = vstart
+        f.vend = vend
+        f.code = code
+        f.kept = 0
+        f.skip = 0
+        fs.n += 1
+        pos = vend + 2
+
+
+cdef object _final_response(
+    bytes buf, const uchar* p, RHead* h, Fields* fs, bint head_request, object offered
+):
+    """UpstreamConnection.on_headers_complete for the final head."""
+    cdef Py_ssize_t i, length_i = -1, upgrade_i = -1, total = 0, k, nlen, vlen
+    cdef int code, status = h.status
+    cdef bint body_expected, chunked
+    cdef Field* f
+    cdef char* q
+    cdef bytes block
+    te = None
+    conn_tokens = None
+    for i in range(fs.n):
+        f = &fs.f[i]
+        code = f.code
+        if code == R_FORWARD:
+            f.kept = 1
+        elif code == R_CONTENT_LENGTH:
+            length_i = i
+        elif code == R_TRANSFER_ENCODING:
+            value = _value(p, f)
+            te = value if te is None else te + b", " + value
+        elif code == R_CONNECTION:
+            value = _value(p, f)
+            if value not in PLAIN_CONNECTION:  # the usual values nominate nothing
+                conn_tokens = [t.strip().lower() for t in value.split(b",")]
+        elif code == R_UPGRADE:
+            upgrade_i = i
+    if conn_tokens:
+        nominated = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+        if nominated:
+            for i in range(fs.n):
+                f = &fs.f[i]
+                if f.kept and _slice(p, f.line, f.nend).lower() in nominated:
+                    f.kept = 0
+    upgrade = _value(p, &fs.f[upgrade_i]) if upgrade_i >= 0 else None
+    if status == 101:
+        refusal = _check_upgrade(offered, upgrade, conn_tokens)
+        if refusal is not None:
+            return refusal
+    body_expected = not (head_request or status == 204 or status == 304 or status == 101)
+    chunked = te is not None
+    if te is not None and body_expected and te != b"chunked" and not _only_chunked(te):
+        return _refused("protocol", f"upstream sent unsupported Transfer-Encoding {te!r}")
+    # the client's header block, in one allocation
+    for i in range(fs.n):
+        f = &fs.f[i]
+        if f.kept:
+            total += f.nend - f.line + f.vend - f.vstart + 4
+    if status == 101:
+        total += 21 + 11 + PyBytes_GET_SIZE(upgrade)  # "Connection: upgrade\r\n" "Upgrade: " CRLF
+    block = PyBytes_FromStringAndSize(NULL, total)
+    q = PyBytes_AS_STRING(block)
+    k = 0
+    for i in range(fs.n):
+        f = &fs.f[i]
+        if not f.kept:
+            continue
+        if f.vstart == f.nend + 2 and p[f.nend + 1] == 0x20:
+            memcpy(q + k, p + f.line, f.vend + 2 - f.line)
+            k += f.vend + 2 - f.line
+            continue
+        nlen = f.nend - f.line
+        vlen = f.vend - f.vstart
+        memcpy(q + k, p + f.line, nlen)
+        q[k + nlen] = c':'
+        q[k + nlen + 1] = c' '
+        memcpy(q + k + nlen + 2, p + f.vstart, vlen)
+        k += nlen + vlen + 2
+        q[k] = c'\r'
+        q[k + 1] = c'\n'
+        k += 2
+    if status == 101:
+        memcpy(q + k, b"Connection: upgrade\r\nUpgrade: ", 30)
+        k += 30
+        memcpy(q + k, PyBytes_AS_STRING(upgrade), PyBytes_GET_SIZE(upgrade))
+        k += PyBytes_GET_SIZE(upgrade)
+        q[k] = c'\r'
+        q[k + 1] = c'\n'
+    cdef ResponseHead head = ResponseHead.__new__(ResponseHead)
+    head.status = status
+    head.reason = _slice(p, h.reason_start, h.reason_end)
+    head.version = h.version
+    head.end = h.end
+    head._buf = buf
+    head._fields_start = h.fields_start
+    head._block = block
+    head.content_length = None if chunked or length_i < 0 else _value(p, &fs.f[length_i])
+    head.body_expected = body_expected
+    head.chunked = chunked
+    head.close_delimited = body_expected and not chunked and length_i < 0
+    head.keep_alive = _keep_alive(
+        h.version,
+        h.flags,
+        status,
+        status == 101 and (h.flags & RF_UPGRADE) != 0 and (h.flags & RF_CONN_UPGRADE) != 0,
+    )
+    head.upgrade = status == 101
+    return head

@@ -64,7 +64,13 @@ from gateway.headers import (
     HEAD_UPGRADE,
     HEAD_VERSION_10,
     PLAIN_CONNECTION,
+    R_CONNECTION,
+    R_CONTENT_LENGTH,
+    R_FORWARD,
+    R_TRANSFER_ENCODING,
+    R_UPGRADE,
     request_header_class,
+    response_header_class,
 )
 from gateway.headers import absolute_form as _absolute_form
 from routing.hostnames import normalize_request_host
@@ -760,12 +766,469 @@ def _incomplete(buf: bytes, pos: int, counted: int, max_bytes: int) -> Rejected 
     return None
 
 
+# ------------------------------------------------------------------------------ response heads
+#
+# parse_response: the response-head twin of parse_request, for gateway/upstream.py. The rules are
+# today's: llhttp's response parser in its strict mode (httptools HttpResponseParser), fed by
+# UpstreamConnection.data_received, and its on_headers_complete (the limits, the hop-by-hop
+# filter, the 101 checks, the Transfer-Encoding refusal). tests/gateway/test_response_head_diff.py
+# compares it with an oracle driving httptools that way.
+
+
+class Refused:
+    """A response the gateway will not pass on: ``kind`` and ``message`` are those of the
+    :class:`~gateway.errors.UpstreamError` that ``gateway/upstream.py`` reports today."""
+
+    __slots__ = ("kind", "message")
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        self.message = message
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Refused) and (self.kind, self.message) == (
+            other.kind,
+            other.message,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.message))
+
+    def __repr__(self) -> str:
+        return f"Refused({self.kind!r}, {self.message!r})"
+
+
+class ResponseHead(metaclass=ABCMeta):
+    """One final response head (interim 1xx heads before it are skipped, as today).
+
+    With the compiled twin picked, :func:`parse_response` returns ``gateway._headc.ResponseHead``
+    (registered as a virtual subclass; ``kept`` and ``headers`` built on first access, the block
+    written in C): :data:`RESPONSE_HEAD_TYPE` is the class it returns."""
+
+    __slots__ = (
+        "body_expected",
+        "chunked",
+        "close_delimited",
+        "content_length",
+        "end",
+        "headers",
+        "keep_alive",
+        "kept",
+        "reason",
+        "status",
+        "upgrade",
+        "version",
+    )
+
+    status: int
+    reason: bytes  # as received (may be empty)
+    version: int  # major * 10 + minor: 9, 10, 11 or 20
+    end: int  # offset just past the final head's last CRLF (interim heads included before it)
+    headers: list[tuple[bytes, bytes]]  # the final head's fields as received
+    # What goes to the client, as UpstreamConnection.on_headers_complete hands it to the sink:
+    kept: list[tuple[bytes, bytes]]  # hop-by-hop and nominated dropped; + Connection/Upgrade (101)
+    content_length: bytes | None  # the Content-Length value as received; None when chunked
+    body_expected: bool  # False for HEAD, 1xx, 204, 304
+    chunked: bool  # a Transfer-Encoding header was received (it ends in chunked when a body comes)
+    close_delimited: bool  # the body ends when the upstream closes
+    keep_alive: bool  # llhttp's should_keep_alive() for this response
+    upgrade: bool  # a 101 that passed the checks: the connection becomes a tunnel at ``end``
+
+    def fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in ResponseHead.__slots__)
+
+    def block(self) -> bytes:
+        """The kept lines as Exchange.response_head writes them (``name: value`` CRLF)."""
+        return b"".join(name + b": " + value + b"\r\n" for name, value in self.kept)
+
+    def __repr__(self) -> str:
+        return f"ResponseHead({self.status} {self.reason!r} v{self.version}, end={self.end})"
+
+
+# Status line bytes besides the reason: "HTTP/1.1 200 " + CRLF (and the head's final CRLF);
+# gateway/upstream.py's _STATUS_LINE_BYTES.
+_STATUS_LINE_BYTES: Final = 17
+_PROTOCOLS: Final = (b"HTTP", b"RTSP", b"ICE")
+_EXPECTED_PROTOCOL: Final = "Expected HTTP/, RTSP/ or ICE/"
+_RESPONSE_SPECIAL: Final = frozenset(
+    {b"connection", b"content-length", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+
+class _Invalid(Exception):
+    """llhttp's error reason for an invalid response (``invalid response: <reason>``)."""
+
+
+def parse_response(
+    buf: bytes,
+    max_bytes: int,
+    max_headers: int,
+    head_request: bool,
+    offered: bytes | None = None,
+) -> ResponseHead | Refused | None:
+    """Parse the response at the start of ``buf`` — every byte received since the request was
+    sent — up to its final head.
+
+    ``None``: not complete, within ``max_bytes``; a :class:`Refused` (an invalid response, a head
+    over the limits, a 101 the request did not ask for, an unsupported Transfer-Encoding); or the
+    :class:`ResponseHead`. ``head_request``: the request was HEAD (no body follows).
+    ``offered``: the protocols the request asked to switch to (its Upgrade value), if any.
+    """
+    pos = 0
+    interim = 0  # the sizes of the interim heads (as _head_size counts them)
+    n = len(buf)
+    while True:
+        try:
+            one = _response_head(buf, pos)
+        except _Invalid as exc:
+            return Refused("protocol", f"invalid response: {exc}")
+        if one is None:
+            if n > max_bytes:
+                return Refused("head_too_large", f"upstream response head over {max_bytes} bytes")
+            return None
+        status, version, reason, headers, flags, end = one
+        if len(headers) > max_headers:
+            return Refused(
+                "head_too_large", f"upstream response head has over {max_headers} headers"
+            )
+        size = _STATUS_LINE_BYTES + len(reason)
+        for name, value in headers:
+            size += len(name) + len(value) + 4
+        if 100 <= status < 200 and status != 101:
+            interim += size
+            keep = _should_keep_alive(version, flags, status, False)
+            pos = end
+            if not keep:  # llhttp: nothing but CR and LF may follow a response without keep-alive
+                while pos < n and buf[pos] in b"\r\n":
+                    pos += 1
+                if pos < n:
+                    return Refused("protocol", "invalid response: Data after `Connection: close`")
+                if n > max_bytes:
+                    return Refused(
+                        "head_too_large", f"upstream response head over {max_bytes} bytes"
+                    )
+                return None
+            continue
+        if n > max_bytes and interim + size > max_bytes:
+            return Refused("head_too_large", f"upstream response head over {max_bytes} bytes")
+        return _final(status, version, reason, headers, flags, end, head_request, offered)
+
+
+# llhttp flags (the ones a response head sets)
+_RF_CLOSE: Final = 1
+_RF_KEEP_ALIVE: Final = 2
+_RF_CONN_UPGRADE: Final = 4
+_RF_CHUNKED: Final = 8
+_RF_UPGRADE: Final = 16
+_RF_CONTENT_LENGTH: Final = 32
+_RF_TRANSFER_ENCODING: Final = 64
+
+
+def _should_keep_alive(version: int, flags: int, status: int, skipbody: bool) -> bool:
+    """llhttp_should_keep_alive()."""
+    if version // 10 > 0 and version % 10 > 0:
+        if flags & _RF_CLOSE:
+            return False
+    elif not flags & _RF_KEEP_ALIVE:
+        return False
+    # llhttp_message_needs_eof()
+    if status // 100 == 1 or status in (204, 304) or skipbody:
+        return True
+    if flags & _RF_TRANSFER_ENCODING and not flags & _RF_CHUNKED:
+        return False
+    return bool(flags & (_RF_CHUNKED | _RF_CONTENT_LENGTH))
+
+
+def _final(
+    status: int,
+    version: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+    flags: int,
+    end: int,
+    head_request: bool,
+    offered: bytes | None,
+) -> ResponseHead | Refused:
+    """UpstreamConnection.on_headers_complete for the final head."""
+    kept: list[tuple[bytes, bytes]] = []
+    length: bytes | None = None
+    te: bytes | None = None
+    conn_tokens: list[bytes] | None = None
+    upgrade: bytes | None = None
+    for name, value in headers:
+        code = response_header_class(name)
+        if code == R_FORWARD:
+            kept.append((name, value))
+        elif code == R_CONTENT_LENGTH:
+            length = value
+        elif code == R_TRANSFER_ENCODING:
+            te = value if te is None else te + b", " + value
+        elif code == R_CONNECTION:
+            if value not in PLAIN_CONNECTION:  # the usual values nominate nothing
+                conn_tokens = [t.strip().lower() for t in value.split(b",")]
+        elif code == R_UPGRADE:
+            upgrade = value
+    if conn_tokens:
+        nominated = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+        if nominated:
+            kept = [(n, v) for n, v in kept if n.lower() not in nominated]
+    if status == 101:
+        refusal = _check_upgrade(offered, upgrade, conn_tokens)
+        if refusal is not None:
+            return refusal
+        assert upgrade is not None
+        kept.append((b"Connection", b"upgrade"))
+        kept.append((b"Upgrade", upgrade))
+    body_expected = not (head_request or status in (204, 304) or status == 101)
+    chunked = te is not None
+    if te is not None and body_expected and te != b"chunked" and not _only_chunked(te):
+        return Refused("protocol", f"upstream sent unsupported Transfer-Encoding {te!r}")
+    head = ResponseHead()
+    head.status = status
+    head.reason = reason
+    head.version = version
+    head.end = end
+    head.headers = headers
+    head.kept = kept
+    head.content_length = None if chunked else length
+    head.body_expected = body_expected
+    head.chunked = chunked
+    head.close_delimited = body_expected and not chunked and length is None
+    llhttp_upgrade = status == 101 and flags & _RF_UPGRADE and flags & _RF_CONN_UPGRADE
+    head.keep_alive = _should_keep_alive(version, flags, status, bool(llhttp_upgrade))
+    head.upgrade = status == 101
+    return head
+
+
+def _check_upgrade(
+    offered: bytes | None, upgrade: bytes | None, conn_tokens: list[bytes] | None
+) -> Refused | None:
+    """UpstreamConnection._check_upgrade."""
+    if offered is None:
+        return Refused("upgrade", "upstream answered 101 to a request that asked for none")
+    if upgrade is None or conn_tokens is None or b"upgrade" not in conn_tokens:
+        return Refused("upgrade", "upstream 101 without Upgrade and Connection: upgrade")
+    wanted = {t.strip().lower() for t in offered.split(b",")}
+    for token in upgrade.split(b","):
+        if token.strip().lower() not in wanted:
+            return Refused("upgrade", f"upstream switched to {upgrade!r}, not {offered!r}")
+    return None
+
+
+def _only_chunked(te: bytes) -> bool:
+    return [c.strip().lower() for c in te.split(b",")] == [b"chunked"]
+
+
+def _need(buf: bytes, pos: int, lit: bytes, reason: str) -> bool:
+    """``buf[pos:]`` starts with ``lit``: True; is a proper prefix of it: False (wait); else
+    the parse fails with ``reason``."""
+    chunk = buf[pos : pos + len(lit)]
+    if chunk == lit:
+        return True
+    if lit.startswith(chunk):
+        return False
+    raise _Invalid(reason)
+
+
+def _response_head(
+    buf: bytes, pos: int
+) -> tuple[int, int, bytes, list[tuple[bytes, bytes]], int, int] | None:
+    """One response head at ``pos`` as llhttp reads it: (status, version, reason, headers,
+    flags, end), None if incomplete; raises _Invalid."""
+    n = len(buf)
+    pos = _EOL_RUN.match(buf, pos).end()  # type: ignore[union-attr]  # llhttp skips empty lines
+    if pos >= n:
+        return None
+    # ---- protocol
+    for proto in _PROTOCOLS:
+        chunk = buf[pos : pos + len(proto)]
+        if chunk == proto:
+            pos += len(proto)
+            break
+        if proto.startswith(chunk):
+            return None
+    else:
+        raise _Invalid(_EXPECTED_PROTOCOL)
+    if pos >= n:
+        return None
+    if buf[pos] != 0x2F:
+        raise _Invalid(_EXPECTED_PROTOCOL)
+    pos += 1
+    # ---- version
+    if pos >= n:
+        return None
+    if not 0x30 <= buf[pos] <= 0x39:
+        raise _Invalid("Invalid major version")
+    major = buf[pos] - 0x30
+    pos += 1
+    if pos >= n:
+        return None
+    if buf[pos] != 0x2E:
+        raise _Invalid("Expected dot")
+    pos += 1
+    if pos >= n:
+        return None
+    if not 0x30 <= buf[pos] <= 0x39:
+        raise _Invalid("Invalid minor version")
+    version = major * 10 + buf[pos] - 0x30
+    pos += 1
+    if version not in _VERSIONS:
+        raise _Invalid("Invalid HTTP version")
+    if pos >= n:
+        return None
+    if buf[pos] != 0x20:
+        raise _Invalid("Expected space after version")
+    pos += 1
+    # ---- status
+    status = 0
+    for _ in range(3):
+        if pos >= n:
+            return None
+        c = buf[pos]
+        if not 0x30 <= c <= 0x39:
+            raise _Invalid("Invalid status code")
+        status = status * 10 + c - 0x30
+        pos += 1
+    if pos >= n:
+        return None
+    c = buf[pos]
+    if c == 0x20:
+        start = pos + 1
+        cr = buf.find(b"\r", start)
+        lf = buf.find(b"\n", start)
+        if lf >= 0 and (cr < 0 or lf < cr):
+            raise _Invalid("Missing expected CR after response line")
+        if cr < 0:
+            return None
+        reason = buf[start:cr]
+        pos = cr
+    elif c == 0x0D:
+        reason = b""
+    else:
+        raise _Invalid("Invalid response status")
+    # at the CR of the status line
+    if pos + 1 >= n:
+        return None
+    if buf[pos + 1] != 0x0A:
+        raise _Invalid("Expected LF after CR")
+    pos += 2
+    if pos >= n:
+        return None
+    if buf[pos] == 0x20:
+        raise _Invalid("Unexpected space after start line")
+    # ---- field lines
+    headers: list[tuple[bytes, bytes]] = []
+    flags = 0
+    while True:
+        if pos >= n:
+            return None
+        c = buf[pos]
+        if c == 0x0D:
+            if pos + 1 >= n:
+                return None
+            if buf[pos + 1] != 0x0A:
+                raise _Invalid("Expected LF after headers")
+            return status, version, reason, headers, flags, pos + 2
+        if c == 0x0A:
+            raise _Invalid("Invalid header field char")
+        if c == 0x3A:
+            raise _Invalid("Invalid header token")
+        nend = _TOKEN_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+        if nend >= n:
+            return None
+        name = buf[pos:nend]
+        lname = name.lower()
+        special = lname in _RESPONSE_SPECIAL
+        if buf[nend] != 0x3A:
+            if buf[nend] == 0x20 and special:
+                raise _Invalid("Invalid header field char")
+            raise _Invalid("Invalid header token")
+        if lname == b"transfer-encoding" and flags & _RF_CONTENT_LENGTH:
+            raise _Invalid("Transfer-Encoding can't be present with Content-Length")
+        if lname == b"content-length" and flags & _RF_TRANSFER_ENCODING:
+            raise _Invalid("Content-Length can't be present with Transfer-Encoding")
+        vstart = _OWS_RUN.match(buf, nend + 1).end()  # type: ignore[union-attr]
+        if vstart >= n:
+            return None
+        c = buf[vstart]
+        if c == 0x0A:
+            raise _Invalid("Invalid header value char")
+        if c == 0x0D:  # an empty value
+            if vstart + 1 >= n:
+                return None
+            if buf[vstart + 1] != 0x0A:
+                raise _Invalid("Expected LF after CR")
+            if vstart + 2 >= n:
+                return None
+            if buf[vstart + 2] in b" \t":
+                raise _Invalid("Invalid header value char")
+            if lname == b"content-length":
+                raise _Invalid("Empty Content-Length")
+            if lname == b"transfer-encoding":
+                raise _Invalid("Empty Transfer-Encoding")
+            headers.append((name, b""))
+            pos = vstart + 2
+            continue
+        if lname == b"content-length":
+            if flags & _RF_CONTENT_LENGTH:
+                raise _Invalid("Duplicate Content-Length")
+            dend = vstart
+            cl = 0
+            while dend < n and 0x30 <= buf[dend] <= 0x39:
+                cl = cl * 10 + buf[dend] - 0x30
+                if cl > _MAX_CL:
+                    raise _Invalid("Content-Length overflow")
+                dend += 1
+            wend = _OWS_RUN.match(buf, dend).end()  # type: ignore[union-attr]
+            if wend >= n:
+                return None
+            if buf[wend] not in b"\r\n":
+                raise _Invalid("Invalid character in Content-Length")
+        vend = _VALUE_RUN.match(buf, vstart).end()  # type: ignore[union-attr]
+        if vend >= n:
+            return None
+        if buf[vend] == 0x0A:
+            raise _Invalid("Missing expected CR after header value")
+        if buf[vend] != 0x0D:
+            raise _Invalid("Invalid header value char")
+        if vend + 1 >= n:
+            return None
+        if buf[vend + 1] != 0x0A:
+            raise _Invalid("Missing expected LF after header value")
+        if vend + 2 >= n:
+            return None
+        if buf[vend + 2] in b" \t":
+            raise _Invalid("Unexpected whitespace after header value")
+        value = buf[vstart:vend]
+        if lname == b"content-length":
+            flags |= _RF_CONTENT_LENGTH
+        elif lname == b"transfer-encoding":
+            flags = (flags | _RF_TRANSFER_ENCODING) & ~_RF_CHUNKED
+            # a response may repeat chunked (a request may not): only the last token counts
+            if value.rsplit(b",", 1)[-1].lstrip(b" \t").rstrip(b" ").lower() == b"chunked":
+                flags |= _RF_CHUNKED
+        elif lname == b"connection" or lname == b"proxy-connection":
+            c_flags = _connection_flags(value)
+            if c_flags & _F_CLOSE:
+                flags |= _RF_CLOSE
+            if c_flags & _F_KEEP_ALIVE:
+                flags |= _RF_KEEP_ALIVE
+            if c_flags & _F_UPGRADE:
+                flags |= _RF_CONN_UPGRADE
+        elif lname == b"upgrade":
+            flags |= _RF_UPGRADE
+        headers.append((name, value))
+        pos = vend + 2
+
+
 reference_parse_request: Final = parse_request  # always this module's, for the tests
+reference_parse_response: Final = parse_response
 
 IMPLEMENTATION = "python"
 # The class parse_request returns, and both classes a parsed head can be (see RequestHead).
 HEAD_TYPE: type[RequestHead] = RequestHead
 HEAD_TYPES: tuple[type[RequestHead], ...] = (RequestHead,)
+RESPONSE_HEAD_TYPE: type[ResponseHead] = ResponseHead
 try:  # the compiled twin (pip install ., scripts/build_compiled.py); see the module docstring
     from gateway import _headc  # type: ignore[attr-defined]
 except ImportError:
@@ -776,3 +1239,6 @@ else:
     RequestHead.register(_headc.RequestHead)
     HEAD_TYPE = _headc.RequestHead
     HEAD_TYPES = (_headc.RequestHead, RequestHead)
+    parse_response = _headc.parse_response
+    ResponseHead.register(_headc.ResponseHead)
+    RESPONSE_HEAD_TYPE = _headc.ResponseHead

@@ -24,7 +24,16 @@ from gateway.errors import (
     HEADERS_TOO_LARGE,
     Answer,
 )
-from gateway.head import Rejected, RequestHead, reference_parse_request
+from gateway.head import Refused, Rejected, RequestHead, ResponseHead, reference_parse_request
+from gateway.headers import (
+    PLAIN_CONNECTION,
+    R_CONNECTION,
+    R_CONTENT_LENGTH,
+    R_FORWARD,
+    R_TRANSFER_ENCODING,
+    R_UPGRADE,
+    response_header_class,
+)
 from gateway.headers import absolute_form as _absolute_form
 from routing.compiled import CompiledRoute
 from routing.models import decode_record
@@ -227,3 +236,185 @@ def decided(result: RequestHead | Rejected | None) -> Verdict:
     ):
         v.block_prefix = result.kept_h2
     return v
+
+
+# ------------------------------------------------------------------------------ response heads
+
+
+class _Stop(Exception):
+    """Raised from the oracle's on_headers_complete once the final head is decided."""
+
+
+@dataclass
+class ResponseVerdict:
+    """What UpstreamConnection decided for the bytes of one read (``buf``)."""
+
+    kind: str  # "incomplete", "refused", "head", or "interim body" (not comparable, see below)
+    refusal: tuple[str, str] | None = None
+    status: int = 0
+    reason: bytes = b""
+    version: int = 0
+    kept: list[tuple[bytes, bytes]] | None = None
+    content_length: bytes | None = None
+    body_expected: bool = False
+    chunked: bool = False
+    close_delimited: bool = False
+    keep_alive: bool = False
+
+
+class _ResponseCallbacks:
+    """UpstreamConnection's httptools callbacks for a response head (gateway/upstream.py,
+    on_status .. on_headers_complete and _check_upgrade), recording instead of calling a sink."""
+
+    def __init__(
+        self, seen: int, max_bytes: int, max_headers: int, head_only: bool, offered: bytes | None
+    ) -> None:
+        self.seen = seen  # _head_seen: the whole buffer is one read
+        self.max_bytes = max_bytes
+        self.max_headers = max_headers
+        self.head_only = head_only
+        self.offered = offered
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.interim_bytes = 0
+        self.informational = False
+        self.interim_body = False
+        self.result: ResponseVerdict | None = None
+        self.parser: httptools.HttpResponseParser | None = None
+
+    def on_status(self, status: bytes) -> None:
+        self.reason = status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.interim_body = True  # only reached for an interim head with a body (see _Stop)
+
+    def on_headers_complete(self) -> None:
+        from gateway.upstream import _head_size, _only_chunked, _Refused
+
+        assert self.parser is not None
+        status = self.parser.get_status_code()
+        headers, self.headers = self.headers, []
+        if len(headers) > self.max_headers:
+            raise _Refused(
+                "head_too_large", f"upstream response head has over {self.max_headers} headers"
+            )
+        if 100 <= status < 200 and status != 101:
+            self.informational = True
+            self.interim_bytes += _head_size(self.reason, headers)
+            return
+        if (
+            self.seen > self.max_bytes
+            and self.interim_bytes + _head_size(self.reason, headers) > self.max_bytes
+        ):
+            raise _Refused("head_too_large", f"upstream response head over {self.max_bytes} bytes")
+        kept: list[tuple[bytes, bytes]] = []
+        length: bytes | None = None
+        te: bytes | None = None
+        conn_tokens: list[bytes] | None = None
+        upgrade: bytes | None = None
+        for name, value in headers:
+            code = response_header_class(name)
+            if code == R_FORWARD:
+                kept.append((name, value))
+            elif code == R_CONTENT_LENGTH:
+                length = value
+            elif code == R_TRANSFER_ENCODING:
+                te = value if te is None else te + b", " + value
+            elif code == R_CONNECTION:
+                if value not in PLAIN_CONNECTION:
+                    conn_tokens = [t.strip().lower() for t in value.split(b",")]
+            elif code == R_UPGRADE:
+                upgrade = value
+        if conn_tokens:
+            nominated = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+            if nominated:
+                kept = [(n, v) for n, v in kept if n.lower() not in nominated]
+        if status == 101:
+            self._check_upgrade(upgrade, conn_tokens)
+            assert upgrade is not None
+            kept.append((b"Connection", b"upgrade"))
+            kept.append((b"Upgrade", upgrade))
+        body_expected = not (self.head_only or status in (204, 304) or status == 101)
+        chunked = te is not None
+        if te is not None and body_expected and te != b"chunked" and not _only_chunked(te):
+            raise _Refused("protocol", f"upstream sent unsupported Transfer-Encoding {te!r}")
+        version = self.parser.get_http_version()
+        self.result = ResponseVerdict(
+            "head",
+            status=status,
+            reason=self.reason,
+            version=int(version[0]) * 10 + int(version[2]),
+            kept=kept,
+            content_length=None if chunked else length,
+            body_expected=body_expected,
+            chunked=chunked,
+            close_delimited=body_expected and not chunked and length is None,
+            keep_alive=self.parser.should_keep_alive(),
+        )
+        raise _Stop
+
+    def _check_upgrade(self, upgrade: bytes | None, conn_tokens: list[bytes] | None) -> None:
+        from gateway.upstream import _Refused
+
+        offered = self.offered
+        if offered is None:
+            raise _Refused("upgrade", "upstream answered 101 to a request that asked for none")
+        if upgrade is None or conn_tokens is None or b"upgrade" not in conn_tokens:
+            raise _Refused("upgrade", "upstream 101 without Upgrade and Connection: upgrade")
+        wanted = {t.strip().lower() for t in offered.split(b",")}
+        for token in upgrade.split(b","):
+            if token.strip().lower() not in wanted:
+                raise _Refused("upgrade", f"upstream switched to {upgrade!r}, not {offered!r}")
+
+
+def today_response(
+    buf: bytes, max_bytes: int, max_headers: int, head_only: bool, offered: bytes | None
+) -> ResponseVerdict:
+    """Today's decision for ``buf`` arriving in one read on a connection waiting for its
+    response head (UpstreamConnection.data_received: the head limit, the parser, _refusal)."""
+    from gateway.upstream import _refusal
+
+    cb = _ResponseCallbacks(len(buf), max_bytes, max_headers, head_only, offered)
+    parser = httptools.HttpResponseParser(cb)
+    cb.parser = parser
+    try:
+        parser.feed_data(buf)
+    except httptools.HttpParserUpgrade:
+        raise AssertionError("upgraded before the final head was decided") from None
+    except httptools.HttpParserError as exc:
+        if cb.interim_body:
+            return ResponseVerdict("interim body")
+        if cb.result is not None:
+            return cb.result  # _Stop: the head was handed on
+        kind, message = _refusal(exc)
+        return ResponseVerdict("refused", refusal=(kind, message))
+    if cb.interim_body:
+        return ResponseVerdict("interim body")
+    if len(buf) > max_bytes:
+        return ResponseVerdict(
+            "refused", refusal=("head_too_large", f"upstream response head over {max_bytes} bytes")
+        )
+    return ResponseVerdict("incomplete")
+
+
+def decided_response(result: ResponseHead | Refused | None) -> ResponseVerdict:
+    """The same summary for gateway.head.parse_response's result."""
+    if result is None:
+        return ResponseVerdict("incomplete")
+    if isinstance(result, Refused):
+        return ResponseVerdict("refused", refusal=(result.kind, result.message))
+    return ResponseVerdict(
+        "head",
+        status=result.status,
+        reason=result.reason,
+        version=result.version,
+        kept=list(result.kept),
+        content_length=result.content_length,
+        body_expected=result.body_expected,
+        chunked=result.chunked,
+        close_delimited=result.close_delimited,
+        keep_alive=result.keep_alive,
+    )
