@@ -450,6 +450,11 @@ cdef enum:
     _HEAD_EXPECT_CONTINUE = 16
     _HEAD_REFRAMED = 32
     _HEAD_RARE = 64
+    _RESP_BODY = 1
+    _RESP_CHUNKED = 2
+    _RESP_CLOSE_DELIMITED = 4
+    _RESP_KEEP_ALIVE = 8
+    _RESP_UPGRADE = 16
 
 
 cdef class RequestHead:
@@ -1280,6 +1285,19 @@ cdef class ResponseHead:
     def block(self):
         """The kept lines as Exchange.response_head writes them (``name: value`` CRLF)."""
         return self._block
+
+    @property
+    def summary(self):
+        """``(status, reason, end, content_length, flags)``: see
+        ``gateway.head.ResponseHead.summary``."""
+        cdef int flags = (
+            (_RESP_BODY if self.body_expected else 0)
+            | (_RESP_CHUNKED if self.chunked else 0)
+            | (_RESP_CLOSE_DELIMITED if self.close_delimited else 0)
+            | (_RESP_KEEP_ALIVE if self.keep_alive else 0)
+            | (_RESP_UPGRADE if self.upgrade else 0)
+        )
+        return (self.status, self.reason, self.end, self.content_length, flags)
 
     @property
     def headers(self):

@@ -10,7 +10,7 @@ from gateway.dispatch import HeadSummary, ParsedHead, Plan
 from gateway.errors import Answer, UpstreamError
 from gateway.forwarding import Retry, after_abort, after_failure
 from gateway.phase import DONE, HEAD, SENDING, TUNNEL, WAITING, phase_name, transition
-from gateway.upstream import Sink
+from gateway.upstream import ResponseLike, Sink
 
 if TYPE_CHECKING:
     from gateway.native import ClientConnection
@@ -206,7 +206,7 @@ class Exchange(Sink):
         self,
         status: int,
         reason: bytes,
-        headers: list[tuple[bytes, bytes]],
+        head: ResponseLike,
         content_length: bytes | None,
         body_expected: bool,
     ) -> None:
@@ -214,10 +214,10 @@ class Exchange(Sink):
         plan = self.plan
         assert plan is not None
         self.status = status
-        parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
-        for name, value in headers:
-            parts.append(b"%b: %b\r\n" % (name, value))  # compiled: one allocation
-        parts.append(b"X-Request-Id: %b\r\n" % plan.request_id)
+        parts = [
+            b"HTTP/1.1 %d %b\r\n%bX-Request-Id: %b\r\n"
+            % (status, reason, head.block(), plan.request_id)
+        ]
         if status == 101:
             pass
         elif not body_expected:

@@ -69,6 +69,11 @@ from gateway.headers import (
     R_FORWARD,
     R_TRANSFER_ENCODING,
     R_UPGRADE,
+    RESP_BODY,
+    RESP_CHUNKED,
+    RESP_CLOSE_DELIMITED,
+    RESP_KEEP_ALIVE,
+    RESP_UPGRADE,
     request_header_class,
     response_header_class,
 )
@@ -840,6 +845,19 @@ class ResponseHead(metaclass=ABCMeta):
     def block(self) -> bytes:
         """The kept lines as Exchange.response_head writes them (``name: value`` CRLF)."""
         return b"".join(name + b": " + value + b"\r\n" for name, value in self.kept)
+
+    @property
+    def summary(self) -> tuple[int, bytes, int, bytes | None, int]:
+        """``(status, reason, end, content_length, flags)`` in one read for the upstream
+        connection (``flags``: the ``RESP_*`` bits of :mod:`gateway.headers`)."""
+        flags = (
+            (RESP_BODY if self.body_expected else 0)
+            | (RESP_CHUNKED if self.chunked else 0)
+            | (RESP_CLOSE_DELIMITED if self.close_delimited else 0)
+            | (RESP_KEEP_ALIVE if self.keep_alive else 0)
+            | (RESP_UPGRADE if self.upgrade else 0)
+        )
+        return (self.status, self.reason, self.end, self.content_length, flags)
 
     def __repr__(self) -> str:
         return f"ResponseHead({self.status} {self.reason!r} v{self.version}, end={self.end})"

@@ -39,6 +39,13 @@ HEAD_REFRAMED: Final = 32
 # without it the dispatcher reads none of them.
 HEAD_RARE: Final = 64
 
+# Bits of a parsed response head's ``summary`` flags (gateway.head.ResponseHead.summary).
+RESP_BODY: Final = 1  # body_expected
+RESP_CHUNKED: Final = 2
+RESP_CLOSE_DELIMITED: Final = 4
+RESP_KEEP_ALIVE: Final = 8
+RESP_UPGRADE: Final = 16
+
 # What a request header is to :meth:`Dispatcher.prepare`, decided once per distinct spelling of
 # its name (see :func:`request_header_class`): an int compare per header on the hot path
 # instead of lower() + a set probe + a chain of bytes compares.

@@ -45,20 +45,19 @@ import enum
 import socket
 import struct
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
-import httptools
 from mypy_extensions import trait
 
+from gateway.chunked import ChunkedDecoder, ChunkError
 from gateway.errors import UpstreamError
+from gateway.head import parse_response
 from gateway.headers import (
-    PLAIN_CONNECTION,
-    R_CONNECTION,
-    R_CONTENT_LENGTH,
-    R_FORWARD,
-    R_TRANSFER_ENCODING,
-    R_UPGRADE,
-    response_header_class,
+    RESP_BODY,
+    RESP_CHUNKED,
+    RESP_CLOSE_DELIMITED,
+    RESP_KEEP_ALIVE,
+    RESP_UPGRADE,
 )
 
 if TYPE_CHECKING:
@@ -67,30 +66,22 @@ if TYPE_CHECKING:
 Key = tuple[str, int]
 
 
-class _Trailing(Exception):
-    """Raised from a parser callback: bytes followed a complete response."""
+class ResponseLike(Protocol):
+    """What a sink reads of a parsed response head (:class:`gateway.head.ResponseHead`, or its
+    compiled twin)."""
 
+    @property
+    def kept(self) -> list[tuple[bytes, bytes]]:
+        """The lines that go to the client: hop-by-hop and nominated ones dropped."""
 
-class _Refused(Exception):
-    """Raised from a parser callback: a response the gateway will not pass on."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
+    def block(self) -> bytes:
+        """The same lines as ``name: value`` CRLF, joined."""
 
 
 # SO_LINGER on, zero seconds: close() sends RST instead of FIN.
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
-# Status line bytes besides the reason: "HTTP/1.1 200 " + CRLF (and the head's final CRLF).
-_STATUS_LINE_BYTES: Final = 17
-
-
-def _head_size(reason: bytes, headers: list[tuple[bytes, bytes]]) -> int:
-    """A response head's size on the wire (as sent, without obs-fold or extra whitespace)."""
-    n = _STATUS_LINE_BYTES + len(reason)
-    for name, value in headers:
-        n += len(name) + len(value) + 4
-    return n
+# The class of parse_response's refusals, whichever implementation runs.
+_REFUSED: Final = type(parse_response(b"\x00", 64, 4, False))
 
 
 class ConnState(enum.IntEnum):
@@ -124,7 +115,7 @@ class Sink:
         self,
         status: int,
         reason: bytes,
-        headers: list[tuple[bytes, bytes]],
+        head: ResponseLike,
         content_length: bytes | None,
         body_expected: bool,
     ) -> None:
@@ -159,35 +150,23 @@ class Sink:
         """Bytes from the upstream after a 101: pass them on untouched."""
 
 
-class _Spent:
-    """The callbacks of :data:`_SPENT_PARSER`: a closed connection parses nothing."""
-
-
-# What a closed connection's ``parser`` becomes (data_received never feeds it: not ACTIVE).
-_SPENT_PARSER: Final = httptools.HttpResponseParser(_Spent())
-
-
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection to one upstream origin."""
 
     __slots__ = (
-        "_chunked",
+        "_buf",
+        "_chunks",
         "_close_delimited",
-        "_ended",
         "_head_only",
         "_head_open",
-        "_head_seen",
-        "_headers",
-        "_informational",
-        "_interim_bytes",
+        "_keep_alive",
+        "_left",
         "_length",
-        "_reason",
         "_upgrade",
         "deadline",
         "head_deadline",
         "idle_since",
         "key",
-        "parser",
         "paused",
         "pool",
         "read_timeout",
@@ -204,7 +183,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.key = key
         self.state = ConnState.CONNECTING
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
         self.sink: Sink | None = None
         self.requests = 0  # requests served; > 0 means this connection is being reused
         self.responded = False  # any byte of the current response received
@@ -214,22 +192,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.read_timeout = 30.0
         self.idle_since = 0.0
         self.paused = False  # reading paused for a slow client
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._reason = b""
+        self._buf = b""  # every byte received for the current response until its final head
         self._head_only = False
-        self._informational = False
         self._close_delimited = False
-        self._chunked = False
+        self._keep_alive = False  # llhttp's should_keep_alive() for the current response
+        self._left = 0  # Content-Length bytes of the body still to come
+        self._chunks: ChunkedDecoder | None = None  # the chunked body being read
         self._length: bytes | None = None
         self._upgrade: bytes | None = None  # the protocols the request asked to switch to
         self._head_open = False  # the final response head is not complete yet
-        self._head_seen = 0  # bytes read while the head was incomplete (all of them head bytes)
-        self._interim_bytes = 0  # sizes of the interim (1xx) heads of this response
-        # Set when a response completed inside the current feed_data(): (sink, keep_alive).
-        # The connection is released only after feed_data() returns, and only if nothing
-        # followed the response — else stray bytes would be parsed as the NEXT request's
-        # response, possibly another client's (or tenant's).
-        self._ended: tuple[Sink | None, bool] | None = None
 
     # -------------------------------------------------------------- asyncio.Protocol
 
@@ -247,42 +218,119 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.responded = True
-        now = self.pool.now()
+        pool = self.pool
+        now = pool.now()
         self.deadline = now + self.read_timeout
-        if self._head_open:
-            # Counted before httptools accumulates them: every byte before the final head is
-            # head (interim 1xx heads included), so this bounds a head that never ends.
-            self._head_seen += len(data)
-            if self.head_deadline == 0.0:  # an answer while the request is still being sent
-                self._arm_head_deadline(now)
-        trailing = False
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            rest = data[exc.args[0] :] if exc.args else b""
-            self._enter_tunnel(rest)
+        if not self._head_open:
+            self._body(data, 0)
             return
-        except httptools.HttpParserError as exc:
-            if self._ended is None:
-                kind, message = _refusal(exc)  # no exception kept in this frame: a cycle
-                self._refuse(kind, message)
+        if self.head_deadline == 0.0:  # an answer while the request is still being sent
+            self._arm_head_deadline(now)
+        # Every byte before the final head is head (interim 1xx heads included): parsed again
+        # from the start while incomplete, and bounded by the limit (parse_response refuses).
+        buf = self._buf + data if self._buf else data
+        head = parse_response(
+            buf, pool.max_head_bytes, pool.max_headers, self._head_only, self._upgrade
+        )
+        if head is None:
+            self._buf = buf
+            return
+        self._buf = b""
+        if type(head) is _REFUSED:
+            self._refuse(head.kind, head.message)  # type: ignore[union-attr]
+            return
+        status, reason, end, length, flags = head.summary  # type: ignore[union-attr]
+        self._head_open = False
+        self.head_deadline = 0.0
+        body_expected = bool(flags & RESP_BODY)
+        self._length = length
+        self._close_delimited = bool(flags & RESP_CLOSE_DELIMITED)
+        self._keep_alive = bool(flags & RESP_KEEP_ALIVE)
+        sink = self.sink
+        if sink is not None:
+            sink.response_head(status, reason, head, length, body_expected)  # type: ignore[arg-type]
+            if self._gone():
+                return  # the sink dropped the connection (its client went away)
+        if flags & RESP_UPGRADE:
+            self._enter_tunnel(buf[end:])
+        elif not body_expected:
+            self._complete(buf, end)
+        elif flags & RESP_CHUNKED:
+            self._chunks = ChunkedDecoder(
+                pool.max_head_bytes, pool.max_head_bytes, pool.max_headers
+            )
+            self._body(buf, end)
+        elif self._close_delimited:
+            self._body(buf, end)
+        else:
+            self._left = int(length) if length is not None else 0
+            self._body(buf, end)
+
+    def _body(self, buf: bytes, pos: int) -> None:
+        """Response body bytes from ``buf[pos:]``, by the framing of the response's head."""
+        n = len(buf)
+        dec = self._chunks
+        if dec is not None:
+            try:
+                pos = dec.feed(buf, pos, self)
+            except ChunkError as exc:
+                self._refuse("protocol", f"invalid response: {exc.reason}")
                 return
-            trailing = True  # bytes after a complete response (see on_message_begin)
-        ended = self._ended
-        if ended is None:
-            if self._head_open and self._head_seen > self.pool.max_head_bytes:
-                self._refuse(
-                    "head_too_large",
-                    f"upstream response head over {self.pool.max_head_bytes} bytes",
-                )
+            if not dec.done:
+                self._flush()
                 return
+            self._chunks = None
+        elif self._close_delimited:
             sink = self.sink
-            if sink is not None:
-                sink.response_flush()
+            if sink is not None and pos < n:
+                sink.response_body(buf if pos == 0 else buf[pos:])
+            self._flush()
             return
-        self._ended = None
-        done_sink, keep_alive = ended
-        if keep_alive and not trailing and not self.request_open and self.state is ConnState.ACTIVE:
+        else:
+            left = self._left
+            take = n - pos
+            if take > left:
+                take = left
+            if take:
+                sink = self.sink
+                if sink is not None:
+                    sink.response_body(buf if take == n else buf[pos : pos + take])
+                left -= take
+                self._left = left
+                pos += take
+            if left > 0:
+                self._flush()
+                return
+        if self.state is ConnState.ACTIVE:
+            self._complete(buf, pos)
+
+    def _gone(self) -> bool:
+        """A callback into the sink dropped this connection (mypy cannot see it change)."""
+        return self.state is not ConnState.ACTIVE
+
+    def body_chunk(self, chunk: bytes) -> None:
+        """The chunked decoder's sink (see :meth:`_body`)."""
+        sink = self.sink
+        if sink is not None:
+            sink.response_body(chunk)
+
+    def _flush(self) -> None:
+        sink = self.sink
+        if sink is not None:
+            sink.response_flush()
+
+    def _complete(self, buf: bytes, pos: int) -> None:
+        """The response ended at ``buf[pos]``. The connection goes back to the pool only if
+        nothing followed it (else stray bytes would be read as the NEXT request's response,
+        possibly another client's or tenant's) and the request was written whole."""
+        sink, self.sink = self.sink, None
+        trailing = pos < len(buf) and bool(buf[pos:].strip(b"\r\n"))  # llhttp skips CR LF
+        if (
+            self._keep_alive
+            and not trailing
+            and not self.request_open
+            and self.state is ConnState.ACTIVE
+        ):
             # A pooled socket must be readable, or a server-side close would go unnoticed.
             self.resume_reading()
             self.state = ConnState.IDLE
@@ -290,14 +338,12 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool._release(self)
         else:
             self._drop()
-        if done_sink is not None:
-            done_sink.response_end()
+        if sink is not None:
+            sink.response_end()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        # The parser and this protocol refer to each other: a cycle only the (rarely run, see
-        # gateway.worker) cyclic GC would free, with whatever the parser accumulated — up to a
-        # head limit's worth per connection. Replacing the parser frees both at once.
-        self.parser = _SPENT_PARSER
+        self._buf = b""
+        self._chunks = None
         state = self.state
         self.state = ConnState.CLOSED
         self.pool._forget(self, state)
@@ -317,7 +363,7 @@ class UpstreamConnection(asyncio.Protocol):
                     reused=self.requests > 1,
                 )
             )
-        elif self._close_delimited and exc is None:
+        elif self._close_delimited and not self._head_open and exc is None:
             sink.response_end()  # a response delimited by close ends here, normally
         else:
             sink.response_aborted(UpstreamError("reset", "upstream closed mid-response"))
@@ -329,117 +375,6 @@ class UpstreamConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.sink is not None:
             self.sink.upstream_resume_writing()
-
-    # -------------------------------------------------------------- httptools callbacks
-
-    def on_message_begin(self) -> None:
-        if self._ended is not None:
-            raise _Trailing  # a second response nobody asked for: never hand it on
-
-    def on_status(self, status: bytes) -> None:
-        self._reason = status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        headers, self._headers = self._headers, []
-        pool = self.pool
-        if len(headers) > pool.max_headers:
-            raise _Refused(
-                "head_too_large", f"upstream response head has over {pool.max_headers} headers"
-            )
-        if 100 <= status < 200 and status != 101:
-            self._informational = True  # 100/102/103: swallowed, the final response follows
-            self._interim_bytes += _head_size(self._reason, headers)
-            return
-        self._informational = False
-        self._head_open = False
-        self.head_deadline = 0.0
-        # _head_seen counts whole reads; only when they exceed the limit is the exact size of
-        # the head (and of the interim ones before it) worth computing.
-        if (
-            self._head_seen > pool.max_head_bytes
-            and self._interim_bytes + _head_size(self._reason, headers) > pool.max_head_bytes
-        ):
-            raise _Refused(
-                "head_too_large", f"upstream response head over {pool.max_head_bytes} bytes"
-            )
-        kept: list[tuple[bytes, bytes]] = []
-        length: bytes | None = None
-        te: bytes | None = None
-        conn_tokens: list[bytes] | None = None
-        upgrade: bytes | None = None
-        for name, value in headers:
-            code = response_header_class(name)
-            if code == R_FORWARD:
-                kept.append((name, value))
-            elif code == R_CONTENT_LENGTH:
-                length = value
-            elif code == R_TRANSFER_ENCODING:
-                te = value if te is None else te + b", " + value
-            elif code == R_CONNECTION:
-                if value not in PLAIN_CONNECTION:  # the usual values nominate nothing
-                    conn_tokens = [t.strip().lower() for t in value.split(b",")]
-            elif code == R_UPGRADE:
-                upgrade = value
-            # R_DROP: other hop-by-hop headers and X-Request-Id (the gateway sets its own)
-        if conn_tokens:
-            nominated = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
-            if nominated:
-                kept = [(n, v) for n, v in kept if n.lower() not in nominated]
-        if status == 101:
-            self._check_upgrade(upgrade, conn_tokens)
-            assert upgrade is not None
-            kept.append((b"Connection", b"upgrade"))
-            kept.append((b"Upgrade", upgrade))
-        body_expected = not (self._head_only or status in (204, 304) or status == 101)
-        chunked = te is not None
-        if te is not None and body_expected and te != b"chunked" and not _only_chunked(te):
-            # RFC 9112 §6.3: the body of such a response ends at close, still in a coding the
-            # client never asked for (TE is hop-by-hop and not forwarded). nginx refuses too.
-            raise _Refused("protocol", f"upstream sent unsupported Transfer-Encoding {te!r}")
-        self._chunked = chunked
-        self._length = None if chunked else length
-        self._close_delimited = body_expected and not chunked and length is None
-        sink = self.sink
-        if sink is not None:
-            sink.response_head(status, self._reason, kept, self._length, body_expected)
-        if self._head_only and self.state is ConnState.ACTIVE:
-            # llhttp cannot be told a response answers HEAD: finish here, fresh parser next.
-            keep = self.parser.should_keep_alive()
-            self.parser = httptools.HttpResponseParser(self)
-            self._finish(keep)
-
-    def on_body(self, body: bytes) -> None:
-        if self._ended is not None:
-            raise _Trailing  # e.g. a body after a HEAD response
-        if self.sink is not None:
-            self.sink.response_body(body)
-
-    def _check_upgrade(self, upgrade: bytes | None, conn_tokens: list[bytes] | None) -> None:
-        """A 101 must answer a request that asked to switch, name only protocols it offered,
-        and carry ``Connection: upgrade`` (RFC 9110 §7.8); anything else would turn the client
-        connection into a raw tunnel past routing and header rules."""
-        offered = self._upgrade
-        if offered is None:
-            raise _Refused("upgrade", "upstream answered 101 to a request that asked for none")
-        if upgrade is None or conn_tokens is None or b"upgrade" not in conn_tokens:
-            raise _Refused("upgrade", "upstream 101 without Upgrade and Connection: upgrade")
-        wanted = {t.strip().lower() for t in offered.split(b",")}
-        for token in upgrade.split(b","):
-            if token.strip().lower() not in wanted:
-                raise _Refused("upgrade", f"upstream switched to {upgrade!r}, not {offered!r}")
-
-    def on_message_complete(self) -> None:
-        if self._informational:
-            self._informational = False
-            return
-        if self.parser.get_status_code() == 101 and self.parser.should_upgrade():
-            return  # llhttp completes a 101 before raising HttpParserUpgrade: a tunnel follows
-        if self.state is ConnState.ACTIVE and not self._head_only and self._ended is None:
-            self._finish(self.parser.should_keep_alive())
 
     # -------------------------------------------------------------- used by sinks
 
@@ -462,8 +397,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = head_only
         self._upgrade = upgrade
         self._head_open = True
-        self._head_seen = 0
-        self._interim_bytes = 0
+        self._buf = b""
+        self._chunks = None
+        self._close_delimited = False
         self.read_timeout = read_timeout
         now = self.pool.now()
         self.deadline = now + read_timeout
@@ -526,12 +462,6 @@ class UpstreamConnection(asyncio.Protocol):
     def reused(self) -> bool:
         return self.requests > 1
 
-    def _finish(self, keep_alive: bool) -> None:
-        """The response is complete (called from inside feed_data): data_received releases
-        or drops the connection once the parser has consumed the whole read."""
-        self._ended = (self.sink, keep_alive)
-        self.sink = None
-
     def _enter_tunnel(self, rest: bytes) -> None:
         self.state = ConnState.TUNNEL
         self.pool._detach(self)
@@ -563,16 +493,3 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __repr__(self) -> str:
         return f"UpstreamConnection({self.key[0]}:{self.key[1]}, {self.state.name}, requests={self.requests})"
-
-
-def _refusal(exc: httptools.HttpParserError) -> tuple[str, str]:
-    """The ``UpstreamError`` kind and message for a parse that failed."""
-    refused = exc.__context__ or exc.__cause__
-    if isinstance(refused, _Refused):
-        return refused.kind, str(refused)
-    return "protocol", f"invalid response: {exc}"
-
-
-def _only_chunked(te: bytes) -> bool:
-    """``Transfer-Encoding`` lists ``chunked`` and no other coding (any case and spacing)."""
-    return [c.strip().lower() for c in te.split(b",")] == [b"chunked"]

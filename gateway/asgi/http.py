@@ -52,7 +52,7 @@ from gateway.errors import (
 )
 from gateway.forwarding import Retry, after_abort, after_failure, answer_bytes
 from gateway.phase import ABORTED, DONE, HEAD, SENDING, WAITING, phase_name, transition
-from gateway.upstream import Sink
+from gateway.upstream import ResponseLike, Sink
 
 if TYPE_CHECKING:
     from gateway.asgi.app import GatewayApp
@@ -393,13 +393,13 @@ class HttpExchange(Waiting, Sink):
         self,
         status: int,
         reason: bytes,
-        headers: list[tuple[bytes, bytes]],
+        head: ResponseLike,
         content_length: bytes | None,
         body_expected: bool,
     ) -> None:
         # Never a 101: the pool refuses one to a request that asked for no upgrade (and an
         # http scope never asks).
-        out = [(name.lower(), value) for name, value in headers]
+        out = [(name.lower(), value) for name, value in head.kept]
         if content_length is not None and (body_expected or self.method == b"HEAD"):
             out.append((b"content-length", content_length))
         out.append((b"x-request-id", self.plan.request_id))

@@ -292,7 +292,6 @@ class _ResponseCallbacks:
         self.interim_body = True  # only reached for an interim head with a body (see _Stop)
 
     def on_headers_complete(self) -> None:
-        from gateway.upstream import _head_size, _only_chunked, _Refused
 
         assert self.parser is not None
         status = self.parser.get_status_code()
@@ -357,8 +356,6 @@ class _ResponseCallbacks:
         raise _Stop
 
     def _check_upgrade(self, upgrade: bytes | None, conn_tokens: list[bytes] | None) -> None:
-        from gateway.upstream import _Refused
-
         offered = self.offered
         if offered is None:
             raise _Refused("upgrade", "upstream answered 101 to a request that asked for none")
@@ -375,8 +372,6 @@ def today_response(
 ) -> ResponseVerdict:
     """Today's decision for ``buf`` arriving in one read on a connection waiting for its
     response head (UpstreamConnection.data_received: the head limit, the parser, _refusal)."""
-    from gateway.upstream import _refusal
-
     cb = _ResponseCallbacks(len(buf), max_bytes, max_headers, head_only, offered)
     parser = httptools.HttpResponseParser(cb)
     cb.parser = parser
@@ -418,3 +413,38 @@ def decided_response(result: ResponseHead | Refused | None) -> ResponseVerdict:
         close_delimited=result.close_delimited,
         keep_alive=result.keep_alive,
     )
+
+
+# ---- gateway/upstream.py's helpers of the httptools path, kept verbatim as the oracle's own
+# (upstream.py parses with gateway.head.parse_response now).
+
+_STATUS_LINE_BYTES = 17
+
+
+class _Refused(Exception):
+    """Raised from a parser callback: a response the gateway will not pass on."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _head_size(reason: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """A response head's size on the wire (as sent, without obs-fold or extra whitespace)."""
+    n = _STATUS_LINE_BYTES + len(reason)
+    for name, value in headers:
+        n += len(name) + len(value) + 4
+    return n
+
+
+def _refusal(exc: httptools.HttpParserError) -> tuple[str, str]:
+    """The ``UpstreamError`` kind and message for a parse that failed."""
+    refused = exc.__context__ or exc.__cause__
+    if isinstance(refused, _Refused):
+        return refused.kind, str(refused)
+    return "protocol", f"invalid response: {exc}"
+
+
+def _only_chunked(te: bytes) -> bool:
+    """``Transfer-Encoding`` lists ``chunked`` and no other coding (any case and spacing)."""
+    return [c.strip().lower() for c in te.split(b",")] == [b"chunked"]

@@ -75,7 +75,7 @@ def summary(result: ResponseHead | Refused | None) -> str:
 
 def key(result: object) -> object:
     if isinstance(result, ResponseHead):
-        return ("head", result.fields())
+        return ("head", result.fields(), result.summary)
     if isinstance(result, Refused):
         return ("refused", result.kind, result.message)
     return result
