@@ -1,10 +1,13 @@
-"""The native HTTP/1.1 front-end: ``asyncio.Protocol`` + ``httptools.HttpRequestParser``.
+"""The native HTTP/1.1 front-end: ``asyncio.Protocol`` + :func:`gateway.head.parse_request`.
 
 Theory of operation
 -------------------
 One :class:`ClientConnection` per client socket; one :class:`Exchange` per request, which is
-also the upstream pool's *sink* (see :mod:`gateway.pool`): parser callbacks, the dispatch core
-and the upstream connection call each other directly. There is no task and no timer per request:
+also the upstream pool's *sink* (see :mod:`gateway.pool`): the parser, the dispatch core and
+the upstream connection call each other directly. A request head is parsed, classified and
+rewritten in one call (:mod:`gateway.head`, compiled as ``gateway._headc``); the body that
+follows is read by its framing — a Content-Length count, or :mod:`gateway.chunked` — and an
+incomplete head waits in ``buf`` for the next read. There is no task and no timer per request:
 the :class:`NativeServer` runs one periodic sweep per worker that checks every deadline (header
 read, keep-alive idle, tunnel idle, upstream read idle, pool waits).
 
@@ -13,7 +16,8 @@ ones wait in order (their bodies buffered, reading paused above the high-water m
 answered strictly in order. Flow control both ways: a slow upstream pauses reading from the
 client; a slow client pauses reading from the upstream.
 
-Edge duties (the model is uvicorn's httptools protocol): header-read timeout (slowloris),
+Edge duties (the model is uvicorn's httptools protocol, whose llhttp rules the head parser and
+the chunked decoder keep, differential tests in tests/gateway prove): header-read timeout (slowloris),
 header size/count limits (431), CL+TE (400 and close: a smuggled second request is never
 parsed), malformed Host (400), ``Expect: 100-continue`` answered by the gateway once the route
 and size are known, HTTP/1.0 clients (close-delimited responses), chunked and fixed-length

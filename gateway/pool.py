@@ -1,5 +1,5 @@
 """Upstream connection pool: our own keep-alive HTTP/1.1 client on ``asyncio.Protocol`` +
-``httptools.HttpResponseParser`` — the pool and its bookkeeping (idle lists per origin, the
+:func:`gateway.head.parse_response` — the pool and its bookkeeping (idle lists per origin, the
 per-origin bound and its waiters, the sweep of every deadline). One connection's protocol
 (request writing, response parsing and limits, its states) is :mod:`gateway.upstream`.
 

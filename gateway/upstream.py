@@ -1,5 +1,6 @@
 """One keep-alive HTTP/1.1 connection to an upstream origin (``asyncio.Protocol`` +
-``httptools.HttpResponseParser``), and :class:`Sink`, what it calls back. The pool that hands
+:func:`gateway.head.parse_response`, bodies by their framing with :mod:`gateway.chunked` for
+chunked ones), and :class:`Sink`, what it calls back. The pool that hands
 these connections out and sweeps their deadlines is :mod:`gateway.pool`.
 
 Connection states (:class:`ConnState`), transitions only in this module and :mod:`gateway.pool`::
@@ -25,9 +26,9 @@ What the sink is told, exactly once per request: a connection that the pool drop
 ``connection_lost`` that follows reports nothing more.
 
 Response heads are bounded (``max_response_header_bytes``: every byte before the final head,
-interim 1xx heads included; ``max_response_headers`` per head): the raw bytes fed while the
-head is incomplete are counted *before* httptools accumulates them, so a head that never ends
-costs at most the limit plus one read. The final head must arrive within
+interim 1xx heads included; ``max_response_headers`` per head): the bytes received while the
+head is incomplete are held and parsed again from the start with each read, and refused once
+they exceed the limit, so a head that never ends costs at most the limit plus one read. The final head must arrive within
 ``response_header_timeout`` (never longer than the route's read timeout) of the request being
 sent — or of the first response byte, for an early answer — enforced by the sweep. A ``101`` is
 honoured only for a request that asked to switch (``send(upgrade=...)``) to one of the named
