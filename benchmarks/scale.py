@@ -11,6 +11,17 @@ Redis still up and times it to ready again (ready from the file). Usage::
     .venv/bin/python benchmarks/scale.py --sizes 10,100000            # default
     .venv/bin/python benchmarks/scale.py --sizes 10,1000000 --tables memory,flat --workers 1,2 \
         --duration 5 --rounds 3
+
+``--miss-cost K`` measures one worker's hot-cache misses on a flat file in-process instead (no
+gateway, no Redis): it writes a file of ``--sizes``' largest N records (kept at ``--miss-file``
+for the next run), then looks up K distinct hosts spread over it through a fresh
+:class:`routing.flat.ColdRoutes` (every lookup a miss: index probe, record read, strict decode,
+compile) and prints µs per miss and the process's ``Pss_File`` / ``Pss_Anon`` growth. For a
+deterministic count, under callgrind (compiled build; Ir / K = instructions per miss)::
+
+    .venv/bin/python benchmarks/scale.py --sizes 1000000 --miss-cost 1000 --miss-file /tmp/m.flat
+    valgrind --tool=callgrind --toggle-collect='CPyPy_flat___ColdRoutes___get' \
+        .venv/bin/python benchmarks/scale.py --sizes 1000000 --miss-cost 1000 --miss-file /tmp/m.flat
 """
 
 from __future__ import annotations
@@ -48,34 +59,19 @@ end
 
 
 def publish(redis_url: str, n: int, upstream_port: int) -> float:
-    from routing.models import Endpoint, RouteRecord, Target, parse_upstream
+    from routing.models import parse_upstream
     from routing.redis_store import RedisRouteStore
 
     async def go() -> float:
         store = RedisRouteStore(redis_url)
         up = (parse_upstream(f"http://127.0.0.1:{upstream_port}", "upstream"),)
 
-        # Records are built directly (what decode_record would return for the JSON below),
+        # Records are built directly (what decode_record would return for their JSON),
         # not decoded: a million strict decodes would dominate the run. The gateway still
         # decodes and validates every one of them.
         def records():  # type: ignore[no-untyped-def]
             for i in range(n):
-                yield RouteRecord(
-                    host=f"h{i}.scale.example.com",
-                    version=1,
-                    space_id=f"sp{i % 1000}",
-                    service_id=f"svc{i}",
-                    endpoints=(
-                        Endpoint(
-                            path_prefix="/",
-                            methods=(),
-                            targets=(
-                                Target(f"d{i}a", 9000, "active", up),
-                                Target(f"d{i}b", 1000, "canary", up),
-                            ),
-                        ),
-                    ),
-                )
+                yield scale_record(i, up)
 
         t0 = time.perf_counter()
         await store.replace_all(records())
@@ -83,6 +79,79 @@ def publish(redis_url: str, n: int, upstream_port: int) -> float:
         return time.perf_counter() - t0
 
     return asyncio.run(go())
+
+
+def scale_record(i: int, up: tuple[object, ...]) -> object:
+    """Record ``i`` of a scale table: what :func:`publish` writes for it."""
+    from routing.models import Endpoint, RouteRecord, Target
+
+    return RouteRecord(
+        host=f"h{i}.scale.example.com",
+        version=1,
+        space_id=f"sp{i % 1000}",
+        service_id=f"svc{i}",
+        endpoints=(
+            Endpoint(
+                path_prefix="/",
+                methods=(),
+                targets=(
+                    Target(f"d{i}a", 9000, "active", up),  # type: ignore[arg-type]
+                    Target(f"d{i}b", 1000, "canary", up),  # type: ignore[arg-type]
+                ),
+            ),
+        ),
+    )
+
+
+def smaps(pid: int) -> dict[str, int]:
+    """``/proc/PID/smaps_rollup`` in KiB by field."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                out[parts[0].rstrip(":")] = int(parts[1])
+    return out
+
+
+def miss_cost(n: int, k: int, path: str, pure: bool) -> int:
+    """Hot-cache misses on a flat file of ``n`` scale records, in this process."""
+    if not pure:
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        import build_compiled
+
+        sys.path.insert(0, str(build_compiled.build()))  # compiled routing/ comes first
+    from routing import flat
+    from routing.models import encode_record, parse_upstream
+    from routing.upstreams import UpstreamRegistry
+
+    if not os.path.exists(path):
+        t0 = time.perf_counter()
+        up = (parse_upstream("http://127.0.0.1:9", "upstream"),)
+        builder = flat.FlatBuilder(path)
+        for i in range(n):
+            builder.add(f"h{i}.scale.example.com".encode(), 1, encode_record(scale_record(i, up)))  # type: ignore[arg-type]
+        builder.finish(None, None)
+        print(f"wrote {path}: {n} records in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    table = flat.FlatFile(path)
+    cold = flat.ColdRoutes(table, UpstreamRegistry(), limit=k + 1)
+    stride = max(1, table.count // k)
+    hosts = [f"h{i * stride}.scale.example.com".encode() for i in range(k)]
+    before = smaps(os.getpid())
+    get = cold.get
+    t0 = time.perf_counter()
+    for host in hosts:
+        get(host)
+    spent = time.perf_counter() - t0
+    after = smaps(os.getpid())
+    assert cold.misses == k and len(cold.cache) == k, (cold.misses, len(cold.cache))
+    print(
+        f"{'pure' if pure else 'compiled'}: {k} misses over {table.count} records: "
+        f"{spent / k * 1e6:.1f} us per miss; Pss_File +{(after['Pss_File'] - before['Pss_File']) / 1024:.1f} MiB, "
+        f"Pss_Anon +{(after['Pss_Anon'] - before['Pss_Anon']) / 1024:.1f} MiB, "
+        f"Rss +{(after['Rss'] - before['Rss']) / 1024:.1f} MiB; routing.flat from {flat.__file__}"
+    )
+    return 0
 
 
 def proc_mib(pid: int) -> tuple[float, float]:
@@ -219,8 +288,15 @@ def main() -> int:
         "--ready-timeout", type=float, default=900, help="seconds to wait for the table"
     )
     ap.add_argument("--pure", action="store_true", help="pure-Python gateway, not the mypyc build")
+    ap.add_argument("--miss-cost", type=int, default=0, metavar="K", help="see the docstring")
+    ap.add_argument("--miss-file", default="", help="the flat file --miss-cost reads (or writes)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.miss_cost:
+        path = args.miss_file or os.path.join(
+            tempfile.gettempdir(), f"turnout-miss-{max(sizes)}.flat"
+        )
+        return miss_cost(max(sizes), args.miss_cost, path, args.pure)
     tables = [t.strip() for t in args.tables.split(",")]
     worker_counts = [int(w) for w in args.workers.split(",")]
     gw_env = {} if args.pure else compiled_build()
