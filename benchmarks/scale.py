@@ -154,16 +154,12 @@ def miss_cost(n: int, k: int, path: str, pure: bool) -> int:
     return 0
 
 
-def proc_mib(pid: int) -> tuple[float, float]:
-    """(RSS, PSS) of one process in MiB (PSS from smaps_rollup)."""
-    rss = pss = 0.0
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as fh:
-        for line in fh:
-            if line.startswith("Rss:"):
-                rss = int(line.split()[1]) / 1024
-            elif line.startswith("Pss:"):
-                pss = int(line.split()[1]) / 1024
-    return rss, pss
+def proc_mib(pid: int) -> tuple[float, float, float]:
+    """(RSS, PSS, PSS of file-backed pages) of one process in MiB (from smaps_rollup)."""
+    with contextlib.suppress(OSError):
+        kib = smaps(pid)
+        return kib.get("Rss", 0) / 1024, kib.get("Pss", 0) / 1024, kib.get("Pss_File", 0) / 1024
+    return 0.0, 0.0, 0.0
 
 
 def workers_of(pid: int, count: int) -> list[int]:
@@ -359,15 +355,16 @@ def main() -> int:
     )
     print(
         "| records | table | workers | publish s | ready from Redis s | ready from file s "
-        "| RSS MiB / worker | PSS MiB / worker | req/s best (× smallest) | median | every round "
+        "| RSS MiB / worker | PSS MiB / worker | of which file | req/s best (× smallest) | median | every round "
         "| p50 | p99 | p99 best / median ms | p99 every round | non-2xx |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|")
     for n, table, workers, pub, load, from_file, mem, results, best in rows:
         base = min((r for r in rows if r[1] == table and r[2] == workers), key=lambda r: r[0])
         rps, p50, p99, bad = best
         rss = max(m[0] for m in mem)
         pss = max(m[1] for m in mem)
+        pss_file = max(m[2] for m in mem)
         rates = [r[0] for r in results]
         every = ", ".join(f"{r:.0f}" for r in rates)
         every_p99 = ", ".join(r[2] for r in results)  # the first round warms the hot cache
@@ -375,7 +372,7 @@ def main() -> int:
         p99_best = f"{min(p99_ms):.2f} / {statistics.median(p99_ms):.2f}"
         print(
             f"| {n:,} | {table} | {workers} | {pub:.1f} | {load:.1f} | {from_file:.1f} "
-            f"| {rss:.0f} | {pss:.0f} | {rps:.0f} ({rps / base[8][0]:.2f}×) "
+            f"| {rss:.0f} | {pss:.0f} | {pss_file:.0f} | {rps:.0f} ({rps / base[8][0]:.2f}×) "
             f"| {statistics.median(rates):.0f} | {every} | {p50} | {p99} | {p99_best} | {every_p99} | {bad} |"
         )
     return 0
