@@ -11,6 +11,17 @@ Redis still up and times it to ready again (ready from the file). Usage::
     .venv/bin/python benchmarks/scale.py --sizes 10,100000            # default
     .venv/bin/python benchmarks/scale.py --sizes 10,1000000 --tables memory,flat --workers 1,2 \
         --duration 5 --rounds 3
+
+``--miss-cost K`` measures one worker's hot-cache misses on a flat file in-process instead (no
+gateway, no Redis): it writes a file of ``--sizes``' largest N records (kept at ``--miss-file``
+for the next run), then looks up K distinct hosts spread over it through a fresh
+:class:`routing.flat.ColdRoutes` (every lookup a miss: index probe, record read, strict decode,
+compile) and prints µs per miss and the process's ``Pss_File`` / ``Pss_Anon`` growth. For a
+deterministic count, under callgrind (compiled build; Ir / K = instructions per miss)::
+
+    .venv/bin/python benchmarks/scale.py --sizes 1000000 --miss-cost 1000 --miss-file /tmp/m.flat
+    valgrind --tool=callgrind --toggle-collect='CPyPy_flat___ColdRoutes___get' \
+        .venv/bin/python benchmarks/scale.py --sizes 1000000 --miss-cost 1000 --miss-file /tmp/m.flat
 """
 
 from __future__ import annotations
@@ -48,34 +59,19 @@ end
 
 
 def publish(redis_url: str, n: int, upstream_port: int) -> float:
-    from routing.models import Endpoint, RouteRecord, Target, parse_upstream
+    from routing.models import parse_upstream
     from routing.redis_store import RedisRouteStore
 
     async def go() -> float:
         store = RedisRouteStore(redis_url)
         up = (parse_upstream(f"http://127.0.0.1:{upstream_port}", "upstream"),)
 
-        # Records are built directly (what decode_record would return for the JSON below),
+        # Records are built directly (what decode_record would return for their JSON),
         # not decoded: a million strict decodes would dominate the run. The gateway still
         # decodes and validates every one of them.
         def records():  # type: ignore[no-untyped-def]
             for i in range(n):
-                yield RouteRecord(
-                    host=f"h{i}.scale.example.com",
-                    version=1,
-                    space_id=f"sp{i % 1000}",
-                    service_id=f"svc{i}",
-                    endpoints=(
-                        Endpoint(
-                            path_prefix="/",
-                            methods=(),
-                            targets=(
-                                Target(f"d{i}a", 9000, "active", up),
-                                Target(f"d{i}b", 1000, "canary", up),
-                            ),
-                        ),
-                    ),
-                )
+                yield scale_record(i, up)
 
         t0 = time.perf_counter()
         await store.replace_all(records())
@@ -85,16 +81,85 @@ def publish(redis_url: str, n: int, upstream_port: int) -> float:
     return asyncio.run(go())
 
 
-def proc_mib(pid: int) -> tuple[float, float]:
-    """(RSS, PSS) of one process in MiB (PSS from smaps_rollup)."""
-    rss = pss = 0.0
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as fh:
+def scale_record(i: int, up: tuple[object, ...]) -> object:
+    """Record ``i`` of a scale table: what :func:`publish` writes for it."""
+    from routing.models import Endpoint, RouteRecord, Target
+
+    return RouteRecord(
+        host=f"h{i}.scale.example.com",
+        version=1,
+        space_id=f"sp{i % 1000}",
+        service_id=f"svc{i}",
+        endpoints=(
+            Endpoint(
+                path_prefix="/",
+                methods=(),
+                targets=(
+                    Target(f"d{i}a", 9000, "active", up),  # type: ignore[arg-type]
+                    Target(f"d{i}b", 1000, "canary", up),  # type: ignore[arg-type]
+                ),
+            ),
+        ),
+    )
+
+
+def smaps(pid: int) -> dict[str, int]:
+    """``/proc/PID/smaps_rollup`` in KiB by field."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
         for line in fh:
-            if line.startswith("Rss:"):
-                rss = int(line.split()[1]) / 1024
-            elif line.startswith("Pss:"):
-                pss = int(line.split()[1]) / 1024
-    return rss, pss
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                out[parts[0].rstrip(":")] = int(parts[1])
+    return out
+
+
+def miss_cost(n: int, k: int, path: str, pure: bool) -> int:
+    """Hot-cache misses on a flat file of ``n`` scale records, in this process."""
+    if not pure:
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        import build_compiled
+
+        sys.path.insert(0, str(build_compiled.build()))  # compiled routing/ comes first
+    from routing import flat
+    from routing.models import encode_record, parse_upstream
+    from routing.upstreams import UpstreamRegistry
+
+    if not os.path.exists(path):
+        t0 = time.perf_counter()
+        up = (parse_upstream("http://127.0.0.1:9", "upstream"),)
+        builder = flat.FlatBuilder(path)
+        for i in range(n):
+            builder.add(f"h{i}.scale.example.com".encode(), 1, encode_record(scale_record(i, up)))  # type: ignore[arg-type]
+        builder.finish(None, None)
+        print(f"wrote {path}: {n} records in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    table = flat.FlatFile(path)
+    cold = flat.ColdRoutes(table, UpstreamRegistry(), limit=k + 1)
+    stride = max(1, table.count // k)
+    hosts = [f"h{i * stride}.scale.example.com".encode() for i in range(k)]
+    before = smaps(os.getpid())
+    get = cold.get
+    t0 = time.perf_counter()
+    for host in hosts:
+        get(host)
+    spent = time.perf_counter() - t0
+    after = smaps(os.getpid())
+    assert cold.misses == k and len(cold.cache) == k, (cold.misses, len(cold.cache))
+    print(
+        f"{'pure' if pure else 'compiled'}: {k} misses over {table.count} records: "
+        f"{spent / k * 1e6:.1f} us per miss; Pss_File +{(after['Pss_File'] - before['Pss_File']) / 1024:.1f} MiB, "
+        f"Pss_Anon +{(after['Pss_Anon'] - before['Pss_Anon']) / 1024:.1f} MiB, "
+        f"Rss +{(after['Rss'] - before['Rss']) / 1024:.1f} MiB; routing.flat from {flat.__file__}"
+    )
+    return 0
+
+
+def proc_mib(pid: int) -> tuple[float, float, float]:
+    """(RSS, PSS, PSS of file-backed pages) of one process in MiB (from smaps_rollup)."""
+    with contextlib.suppress(OSError):
+        kib = smaps(pid)
+        return kib.get("Rss", 0) / 1024, kib.get("Pss", 0) / 1024, kib.get("Pss_File", 0) / 1024
+    return 0.0, 0.0, 0.0
 
 
 def workers_of(pid: int, count: int) -> list[int]:
@@ -219,8 +284,15 @@ def main() -> int:
         "--ready-timeout", type=float, default=900, help="seconds to wait for the table"
     )
     ap.add_argument("--pure", action="store_true", help="pure-Python gateway, not the mypyc build")
+    ap.add_argument("--miss-cost", type=int, default=0, metavar="K", help="see the docstring")
+    ap.add_argument("--miss-file", default="", help="the flat file --miss-cost reads (or writes)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.miss_cost:
+        path = args.miss_file or os.path.join(
+            tempfile.gettempdir(), f"turnout-miss-{max(sizes)}.flat"
+        )
+        return miss_cost(max(sizes), args.miss_cost, path, args.pure)
     tables = [t.strip() for t in args.tables.split(",")]
     worker_counts = [int(w) for w in args.workers.split(",")]
     gw_env = {} if args.pure else compiled_build()
@@ -283,15 +355,16 @@ def main() -> int:
     )
     print(
         "| records | table | workers | publish s | ready from Redis s | ready from file s "
-        "| RSS MiB / worker | PSS MiB / worker | req/s best (× smallest) | median | every round "
+        "| RSS MiB / worker | PSS MiB / worker | of which file | req/s best (× smallest) | median | every round "
         "| p50 | p99 | p99 best / median ms | p99 every round | non-2xx |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|")
     for n, table, workers, pub, load, from_file, mem, results, best in rows:
         base = min((r for r in rows if r[1] == table and r[2] == workers), key=lambda r: r[0])
         rps, p50, p99, bad = best
         rss = max(m[0] for m in mem)
         pss = max(m[1] for m in mem)
+        pss_file = max(m[2] for m in mem)
         rates = [r[0] for r in results]
         every = ", ".join(f"{r:.0f}" for r in rates)
         every_p99 = ", ".join(r[2] for r in results)  # the first round warms the hot cache
@@ -299,7 +372,7 @@ def main() -> int:
         p99_best = f"{min(p99_ms):.2f} / {statistics.median(p99_ms):.2f}"
         print(
             f"| {n:,} | {table} | {workers} | {pub:.1f} | {load:.1f} | {from_file:.1f} "
-            f"| {rss:.0f} | {pss:.0f} | {rps:.0f} ({rps / base[8][0]:.2f}×) "
+            f"| {rss:.0f} | {pss:.0f} | {pss_file:.0f} | {rps:.0f} ({rps / base[8][0]:.2f}×) "
             f"| {statistics.median(rates):.0f} | {every} | {p50} | {p99} | {p99_best} | {every_p99} | {bad} |"
         )
     return 0

@@ -75,6 +75,7 @@ MAX_VERSION: Final = MAX_INT64  # as routing.models allows
 HOT_CACHE: Final = 65_536  # default bound of a worker's hot cache of compiled routes
 ABSENT_CACHE: Final = 4_096  # names the file does not hold, remembered apart (bounded)
 _CHUNK: Final = 1 << 20
+_READ: Final = 2048  # bytes of a record read with its head on a hot-cache miss (most fit)
 _ZEROS: Final = b"\0" * 8
 _CRC_AT: Final = 56  # the CRC covers the header before it, then everything after the header
 
@@ -107,31 +108,40 @@ def _slots_for(count: int) -> int:
 
 
 class FlatFile:
-    """A verified, memory-mapped table file. Immutable; shared by reference, never closed
-    explicitly (a compaction thread may still be reading an older one: it closes when the last
-    reference goes)."""
+    """A verified table file: its index memory-mapped, its records read with ``os.pread``.
+    Immutable; shared by reference, never closed explicitly (a compaction thread may still be
+    reading an older one: its descriptor and mapping close when the last reference goes).
+
+    Why the records are not mapped: a fault on a mapped file maps the whole page-cache folio
+    around the address (ext4 caches large folios), so serving ~1 000 hosts put ~260 MiB of a
+    million-record file into each worker's PSS (benchmarks/RESULTS.md, issue 18). A ``pread``
+    copies one record out of the page cache (still shared by every process, counted in none);
+    only the index (8 bytes per slot, 16 MiB at a million records) is mapped."""
 
     def __init__(self, path: str, crc: int | None = None) -> None:
-        """Map and verify ``path``; ``crc``: its checksum as its writer computed it while
+        """Open and verify ``path``; ``crc``: its checksum as its writer computed it while
         writing it (then the file is not read again to compute it)."""
         self.path = path
+        self.fd: int = -1  # owned: closed by __del__
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
             raise FlatError(f"{path}: cannot open flat table: {exc.strerror}") from None
         try:
-            st = os.fstat(fd)
-            self.inode = (st.st_dev, st.st_ino, st.st_mtime_ns)
-            if st.st_size < HEADER.size:
-                raise FlatError(f"{path}: truncated flat table ({st.st_size} bytes)")
-            self.mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-            # The checksum is read through the descriptor, not the mapping: the pages stay in
-            # the page cache (shared by every worker) without entering this process's RSS.
-            body_crc = _crc_of(fd, HEADER.size, st.st_size) if crc is None else -1
-        finally:
+            self._open(fd, crc)
+        except BaseException:
             os.close(fd)
-        mm = self.mm
-        size = len(mm)
+            raise
+        self.fd = fd
+
+    def _open(self, fd: int, crc: int | None) -> None:
+        path = self.path
+        st = os.fstat(fd)
+        self.inode = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        size: int = st.st_size
+        if size < HEADER.size:
+            raise FlatError(f"{path}: truncated flat table ({size} bytes)")
+        head = os.pread(fd, HEADER.size, 0)
         (
             magic,
             version,
@@ -143,7 +153,7 @@ class FlatFile:
             index_off,
             stored_crc,
             _reserved,
-        ) = HEADER.unpack_from(mm, 0)
+        ) = HEADER.unpack(head)
         if magic != MAGIC:
             raise FlatError(f"{path}: not a {FORMAT} file")
         if version != VERSION:
@@ -158,10 +168,16 @@ class FlatFile:
             or index_off + slots * SLOT.size + meta_len != size
         ):
             raise FlatError(f"{path}: truncated or inconsistent flat table")
-        if (crc if body_crc < 0 else zlib.crc32(mm[:_CRC_AT], body_crc)) != stored_crc:
+        # The checksum is read through the descriptor, not a mapping: the pages stay in the
+        # page cache (shared by every worker) without entering this process's RSS.
+        body_crc = (
+            zlib.crc32(head[:_CRC_AT], _crc_of(fd, HEADER.size, size)) if crc is None else crc
+        )
+        if body_crc != stored_crc:
             raise FlatError(f"{path}: flat table checksum mismatch (corrupt file)")
+        meta_at = index_off + slots * SLOT.size
         try:
-            meta = orjson.loads(mm[size - meta_len : size])
+            meta = orjson.loads(os.pread(fd, meta_len, meta_at))
         except orjson.JSONDecodeError:
             raise FlatError(f"{path}: bad flat table meta") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -171,64 +187,122 @@ class FlatFile:
             last_id is None or isinstance(last_id, str)
         ):
             raise FlatError(f"{path}: bad flat table meta")
+        # Only the index is mapped: from the allocation boundary at or below it to its end.
+        map_at = index_off - index_off % mmap.ALLOCATIONGRANULARITY
+        self.index = mmap.mmap(fd, meta_at - map_at, access=mmap.ACCESS_READ, offset=map_at)
+        self.slot_at: int = index_off - map_at  # the index's first slot in the mapping
         self.epoch: str | None = epoch
         self.last_id: str | None = last_id
         self.written_at = float(written_at) if isinstance(written_at, int | float) else 0.0
         self.count: int = count
         self.mask: int = slots - 1
         self.data_off: int = data_off
+        self.data_end: int = index_off
         self.index_off: int = index_off
         self.size: int = size
 
-    def _find(self, host: bytes) -> int:
-        """Offset of ``host``'s record, or -1."""
-        mm = self.mm
+    def __del__(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def _find(self, host: bytes, want: int) -> tuple[int, bytes]:
+        """``(offset, bytes)`` of ``host``'s record: at least its 16-byte head and the host,
+        then up to ``want`` more bytes of it (fewer at the end of the data); ``(-1, b"")``
+        when the file holds no such host."""
+        index = self.index
         h = zlib.crc32(host)
         i = h & self.mask
         n = len(host)
+        slot_at = self.slot_at
         while True:
-            slot_hash, unit = SLOT.unpack_from(mm, self.index_off + i * 8)
+            slot_hash, unit = SLOT.unpack_from(index, slot_at + i * 8)
             if unit == EMPTY:
-                return -1
+                return -1, b""
             if slot_hash == h:
                 off: int = self.data_off + unit * 8
-                host_len: int = mm[off] | (mm[off + 1] << 8)
-                if host_len == n and mm[off + 16 : off + 16 + n] == host:
-                    return off
+                buf = os.pread(self.fd, 16 + n + want, off)
+                if (
+                    len(buf) >= 16 + n
+                    and (buf[0] | (buf[1] << 8)) == n
+                    and buf[16 : 16 + n] == host
+                ):
+                    return off, buf
             i = (i + 1) & self.mask
 
     def version(self, host: bytes) -> int:
         """The version of ``host``'s record in this file, or -1 when it holds none."""
-        off = self._find(host)
+        off, buf = self._find(host, 0)
         if off < 0:
             return -1
-        version: int = RECORD.unpack_from(self.mm, off)[3]
+        version: int = RECORD.unpack_from(buf, 0)[3]
         return version
 
     def record(self, host: bytes) -> bytes | None:
-        """The canonical JSON of ``host``'s record, or None."""
-        off = self._find(host)
+        """The canonical JSON of ``host``'s record, or None (one ``pread`` for a record of up
+        to :data:`_READ` bytes, a second for the rest of a longer one)."""
+        off, buf = self._find(host, _READ)
         if off < 0:
             return None
-        host_len, _zero, rec_len, _version = RECORD.unpack_from(self.mm, off)
-        start = off + 16 + host_len
-        return self.mm[start : start + rec_len]
+        host_len, _zero, rec_len, _version = RECORD.unpack_from(buf, 0)
+        start = 16 + host_len
+        end = start + rec_len
+        if end <= len(buf):
+            return buf[start:end]
+        return buf[start:] + os.pread(self.fd, end - len(buf), off + len(buf))
 
     def items(self) -> Iterator[tuple[bytes, int, bytes]]:
-        """Every ``(host, version, record)`` the index reaches (index order)."""
-        mm = self.mm
-        for i in range(self.mask + 1):
-            unit = SLOT.unpack_from(mm, self.index_off + i * 8)[1]
-            if unit == EMPTY:
-                continue
-            off = self.data_off + unit * 8
-            host_len, _zero, rec_len, version = RECORD.unpack_from(mm, off)
-            start = off + 16
-            yield (
-                mm[start : start + host_len],
-                version,
-                mm[start + host_len : start + host_len + rec_len],
-            )
+        """Every ``(host, version, record)`` the index reaches, in file order. Nothing is
+        mapped: a compaction copies the whole file, so the index and then the data are read in
+        order, in chunks, and a record the index does not reach (a host added twice) is
+        skipped. A file cut short under the reader raises :class:`FlatError`."""
+        reached = bytearray((self.data_end - self.data_off) // 64 + 1)  # a bit per 8 bytes
+        pos = self.index_off
+        slots_end = self.index_off + (self.mask + 1) * SLOT.size
+        while pos < slots_end:
+            words = array("I", self._read(min(_CHUNK, slots_end - pos), pos))
+            if sys.byteorder != "little":
+                words.byteswap()
+            for unit in words[1::2]:
+                if unit != EMPTY:
+                    reached[unit >> 3] |= 1 << (unit & 7)
+            pos = min(pos + _CHUNK, slots_end)
+        pos = self.data_off
+        end = self.data_end
+        buf = b""
+        at = 0  # buf[at] is the byte at file offset pos
+        while pos < end:
+            if pos + 16 > end:
+                raise FlatError(f"{self.path}: a record runs past the flat table's data")
+            if len(buf) - at < 16:
+                have = pos + len(buf) - at
+                buf = buf[at:] + self._read(min(_CHUNK, end - have), have)
+                at = 0
+            host_len, _zero, rec_len, version = RECORD.unpack_from(buf, at)
+            size = 16 + host_len + rec_len
+            size += _pad(size)
+            if pos + size > end:
+                raise FlatError(f"{self.path}: a record runs past the flat table's data")
+            if len(buf) - at < size:
+                have = pos + len(buf) - at
+                buf = buf[at:] + self._read(min(max(_CHUNK, size), end - have), have)
+                at = 0
+            unit = (pos - self.data_off) >> 3
+            if reached[unit >> 3] & (1 << (unit & 7)):
+                start = at + 16
+                yield (
+                    buf[start : start + host_len],
+                    version,
+                    buf[start + host_len : start + host_len + rec_len],
+                )
+            at += size
+            pos += size
+
+    def _read(self, size: int, pos: int) -> bytes:
+        data = os.pread(self.fd, size, pos)
+        if len(data) < size:
+            raise FlatError(f"{self.path}: truncated flat table data (the file was cut short)")
+        return data
 
     def __repr__(self) -> str:
         return f"FlatFile({self.path!r}, records={self.count}, bytes={self.size})"

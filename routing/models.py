@@ -62,6 +62,22 @@ class Policy:
     # Protocols a request may switch to (Upgrade + 101, tunnelled); others are not forwarded.
     upgrades: tuple[str, ...] = ("websocket",)
 
+    def __reduce__(self) -> tuple[type[Policy], tuple[Any, ...]]:
+        # Pickled by constructor (the admin's parse workers return these): compiled by mypyc, a
+        # frozen dataclass's default unpickling sets fields one by one and is refused.
+        return (
+            Policy,
+            (
+                self.connect_timeout_ms,
+                self.read_timeout_ms,
+                self.max_body_bytes,
+                self.retries,
+                self.sticky,
+                self.allow_override,
+                self.upgrades,
+            ),
+        )
+
 
 DEFAULT_POLICY: Final = Policy()
 
@@ -84,6 +100,9 @@ class Upstream:
     port: int
     base_path: str  # "" or "/base" without a trailing slash
 
+    def __reduce__(self) -> tuple[type[Upstream], tuple[Any, ...]]:
+        return (Upstream, (self.url, self.host, self.port, self.base_path))  # see Policy
+
     @property
     def origin(self) -> str:
         return f"{self.host}:{self.port}"
@@ -96,12 +115,18 @@ class Target:
     status: Status
     upstreams: tuple[Upstream, ...]
 
+    def __reduce__(self) -> tuple[type[Target], tuple[Any, ...]]:
+        return (Target, (self.deployment_id, self.weight, self.status, self.upstreams))
+
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     path_prefix: str
     methods: tuple[str, ...]
     targets: tuple[Target, ...]
+
+    def __reduce__(self) -> tuple[type[Endpoint], tuple[Any, ...]]:
+        return (Endpoint, (self.path_prefix, self.methods, self.targets))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +139,21 @@ class RouteRecord:
     policy: Policy = field(default=DEFAULT_POLICY)
     blocked: str | None = None
     updated_at: int = 0
+
+    def __reduce__(self) -> tuple[type[RouteRecord], tuple[Any, ...]]:
+        return (
+            RouteRecord,
+            (
+                self.host,
+                self.version,
+                self.space_id,
+                self.service_id,
+                self.endpoints,
+                self.policy,
+                self.blocked,
+                self.updated_at,
+            ),
+        )
 
 
 # --------------------------------------------------------------------------------- decoding
