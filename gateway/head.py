@@ -24,9 +24,17 @@ Content-Length digits only, once; Transfer-Encoding ending in ``chunked`` and ne
 Content-Length; exactly one Host. The one deliberate difference: an incomplete head whose bytes
 already exceed the limits is refused at once (llhttp counted a header only once it was whole).
 
-``gateway/_headc.pyx`` is the same function compiled with Cython; this module picks it when it
-is importable (:data:`IMPLEMENTATION` says which runs). ``tests/gateway/test_head_diff.py``
-demands identical results from both, and from this reference and httptools.
+:func:`parse_response` is the same for a response head (the rules of ``gateway/upstream.py``:
+llhttp's response parser and ``UpstreamConnection.on_headers_complete``; see its section below).
+
+``gateway/_headc.pyx`` is the same functions compiled with Cython; this module picks it when it
+is importable (:data:`IMPLEMENTATION` says which runs). Its results are ``cdef class`` instances
+with the same attribute names, registered as virtual subclasses of :class:`RequestHead` and
+:class:`ResponseHead` (``isinstance`` holds for both implementations); :data:`HEAD_TYPE` and
+:data:`RESPONSE_HEAD_TYPE` are the classes the picked functions return (``type(x) is HEAD_TYPE``
+is the cheapest test; ``x is None`` / ``isinstance(x, Rejected)`` then "a head" is as cheap).
+``tests/gateway/test_head_diff.py`` and ``tests/gateway/test_response_head_diff.py`` demand
+identical results from both, and from this reference and httptools.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ Deliberate difference (the corpus case carries a ``note``): an interim (1xx) hea
 body. llhttp reads one for 104-199 with a Content-Length or Transfer-Encoding, and today's code
 passes it to the client before the final head; parse_response reads the bytes after an interim
 head as the next head (a refusal, for a body). The oracle reports those as ``interim body`` and
-they are not compared. A reason split over two reads is kept whole (today keeps its last piece);
-the oracle feeds one read.
+they are not compared. A final head without a reason has none (today keeps the reason of the
+interim head before it: the oracle resets it per head). A reason split over two reads is kept
+whole (today keeps its last piece); the oracle feeds one read.
 """
 
 from __future__ import annotations
