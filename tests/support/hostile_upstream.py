@@ -312,6 +312,14 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "trickle-head": _trickle_head,
     "stalled-head": _stalled_head,
     "continue-storm": _continue_storm,
+    # an interim head, then a final head without a reason phrase (httptools kept the interim
+    # head's reason: the client got "200 Continue")
+    "continue-no-reason": _fixed(
+        lambda r: (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200\r\nContent-Length: %d\r\n\r\nok %b"
+            % (len(r.token) + 3, r.token.encode())
+        )
+    ),
     "early-hints": _fixed(
         lambda r: (
             b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n" + _ok_bytes(r.token)
