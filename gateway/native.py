@@ -92,6 +92,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "_paused_by",
+        "_reading_paused",
         "_writing_paused",
         "body_left",
         "buf",
@@ -137,6 +138,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_deadline = 0.0
         self.tunnel_idle = 0.0
         self._paused_by: set[object] = set()  # exchanges (or the connection) pausing reads
+        self._reading_paused = False  # transport.pause_reading() called and not yet undone
         self._writing_paused = False
 
     # ------------------------------------------------------------ asyncio.Protocol
@@ -527,6 +529,7 @@ class ClientConnection(asyncio.Protocol):
             return
         transport.write_eof()
         self._paused_by.clear()
+        self._reading_paused = False
         transport.resume_reading()
         self.deadline = self.server.time() + self.server.header_timeout  # see sweep()
 
@@ -538,6 +541,7 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_for(self, ex: object) -> None:
         if not self._paused_by and self.transport is not None:
+            self._reading_paused = True
             self.transport.pause_reading()
         self._paused_by.add(ex)
 
@@ -547,7 +551,15 @@ class ClientConnection(asyncio.Protocol):
             self._resume_if_unpaused()
 
     def _resume_if_unpaused(self) -> None:
-        if not self._paused_by and self.transport is not None and not self.closed:
+        # Only when this connection paused reading: a call by name on the transport per
+        # request otherwise (~600 instructions, 1.6 % of a proxied request).
+        if (
+            self._reading_paused
+            and not self._paused_by
+            and self.transport is not None
+            and not self.closed
+        ):
+            self._reading_paused = False
             self.transport.resume_reading()
 
     def close(self) -> None:
