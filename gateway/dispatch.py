@@ -75,8 +75,9 @@ _REQUEST_ID_OK: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 _NOT_NOMINABLE: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"host"})
 
 
-# RequestHead.summary: (method, target, path, host, hostkey, kept, content_length, flags)
-HeadSummary = tuple[bytes, bytes, bytes, bytes | None, bytes | None, bytes, int | None, int]
+# RequestHead.summary: (method, target, path, host, hostkey, kept, content_length, flags,
+# match_path)
+HeadSummary = tuple[bytes, bytes, bytes, bytes | None, bytes | None, bytes, int | None, int, bytes]
 
 
 class ParsedHead(Protocol):
@@ -362,6 +363,7 @@ class Dispatcher:
         return self._plan(
             method,
             path,
+            None,
             host,
             hostkey,
             rid,
@@ -390,7 +392,7 @@ class Dispatcher:
         the header pass, Host checks, framing and the forwarded lines are already done.
         ``summary`` is ``head.summary``; the head's other fields are read only when its
         ``HEAD_RARE`` flag says one of them is set."""
-        method, _, path, host, hostkey, kept, content_length, flags = summary
+        method, _, path, host, hostkey, kept, content_length, flags, match_path = summary
         if flags & HEAD_RARE:
             verdict = head.verdict
             if verdict is not None:
@@ -410,6 +412,7 @@ class Dispatcher:
         return self._plan(
             method,
             path,
+            match_path,
             host,
             hostkey,
             rid,
@@ -435,6 +438,7 @@ class Dispatcher:
         self,
         method: bytes,
         path: bytes,
+        match_path: bytes | None,
         host: bytes,
         hostkey: bytes,
         rid: bytes,
@@ -464,9 +468,11 @@ class Dispatcher:
             return NOT_FOUND, rid
         if route.blocked is not None:
             return (PAYMENT_REQUIRED if route.blocked == "payment_required" else SUSPENDED), rid
-        qpos = path.find(b"?")  # not `b"?" in path`: bytes.__contains__ tries int() first and
-        # pays for a formatted TypeError each time
-        endpoint = route.match(method, path if qpos < 0 else path[:qpos])
+        if match_path is None:
+            qpos = path.find(b"?")  # not `b"?" in path`: bytes.__contains__ tries int() first
+            # and pays for a formatted TypeError each time
+            match_path = path if qpos < 0 else path[:qpos]
+        endpoint = route.match(method, match_path)
         if endpoint is None:
             return NO_ROUTE, rid
         length = content_length if content_length is not None else 0

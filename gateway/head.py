@@ -186,8 +186,9 @@ class RequestHead(metaclass=ABCMeta):
     @property
     def summary(
         self,
-    ) -> tuple[bytes, bytes, bytes, bytes | None, bytes | None, bytes, int | None, int]:
-        """``(method, target, path, host, hostkey, kept, content_length, flags)`` in one read:
+    ) -> tuple[bytes, bytes, bytes, bytes | None, bytes | None, bytes, int | None, int, bytes]:
+        """``(method, target, path, host, hostkey, kept, content_length, flags, match_path)``
+        in one read (``match_path``: ``path`` without its query, what routes match):
         what the native front-end and ``Dispatcher.prepare_head`` need of every head (an
         attribute read from compiled code is a generic lookup; this is one instead of ~20).
         ``flags``: the ``HEAD_*`` bits of :mod:`gateway.headers`."""
@@ -219,6 +220,7 @@ class RequestHead(metaclass=ABCMeta):
             self.kept,
             self.content_length,
             flags,
+            self.path.partition(b"?")[0],
         )
 
     def header_value(self, lname: bytes) -> bytes | None:

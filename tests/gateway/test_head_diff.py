@@ -298,7 +298,8 @@ def test_summary_is_the_fields_it_names() -> None:
     for parse in impls:
         head = parse(buf, 8192, 100)
         assert isinstance(head, RequestHead)
-        method, target, path, host, hostkey, kept, length, flags = head.summary
+        method, target, path, host, hostkey, kept, length, flags, match_path = head.summary
+        assert match_path == b"/x"  # the path without its query
         assert (method, target, path, host, hostkey, kept, length) == (
             head.method,
             head.target,
