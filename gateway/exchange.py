@@ -214,19 +214,17 @@ class Exchange(Sink):
         plan = self.plan
         assert plan is not None
         self.status = status
-        parts = [
-            b"HTTP/1.1 %d %b\r\n%bX-Request-Id: %b\r\n"
-            % (status, reason, head.block(), plan.request_id)
-        ]
+        framing = b""
+        conn = b""
         if status == 101:
             pass
         elif not body_expected:
             if content_length is not None:
-                parts.append(b"Content-Length: " + content_length + b"\r\n")
+                framing = b"Content-Length: " + content_length + b"\r\n"
         elif content_length is not None:
-            parts.append(b"Content-Length: " + content_length + b"\r\n")
+            framing = b"Content-Length: " + content_length + b"\r\n"
         elif not self.version_10:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
+            framing = b"Transfer-Encoding: chunked\r\n"
             self.out_chunked = True
         else:
             self.keep_alive = False  # HTTP/1.0 client: the body ends when we close
@@ -237,18 +235,26 @@ class Exchange(Sink):
                 self.keep_alive = False
             if not self.keep_alive or client.draining:
                 self.keep_alive = False
-                parts.append(b"Connection: close\r\n")
+                conn = b"Connection: close\r\n"
             elif self.version_10:
-                parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
+                conn = b"Connection: keep-alive\r\n"
+        # one allocation for the whole head (compiled: the format is one build)
+        out = b"HTTP/1.1 %d %b\r\n%bX-Request-Id: %b\r\n%b%b\r\n" % (
+            status,
+            reason,
+            head.block(),
+            plan.request_id,
+            framing,
+            conn,
+        )
         if status == 101:
             self.advance(TUNNEL)
-            client.write(b"".join(parts))
+            client.write(out)
             client.enter_tunnel(self)
         else:
             # Held back until the first body bytes or the end of this read from the upstream,
             # so a small response leaves in one write (one syscall) instead of two.
-            self.pending = b"".join(parts)
+            self.pending = out
             self.advance(HEAD)
 
     def response_body(self, data: bytes) -> None:
