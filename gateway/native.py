@@ -289,6 +289,8 @@ class ClientConnection(asyncio.Protocol):
             self.queue.append(ex)
             if len(self.queue) >= _MAX_PIPELINE:
                 self.pause_for(self)  # bounded pipelining: stop reading until answers drain
+        self.body_left = 0
+        self.chunks = None  # (both already so, unless a body was abandoned: never carried over)
         if method == _CONNECT:
             return  # llhttp reads no body for CONNECT: what follows is the tunnel
         if flags & HEAD_CHUNKED:
