@@ -170,7 +170,19 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.closed or self.stopped:
             return  # lingering, or past bad bytes: never parsed
-        self._parse(self.buf + data if self.buf else data)
+        held = self.buf
+        if held:
+            if (
+                self.parsing is None
+                and data.find(b"\n") < 0
+                and len(held) + len(data) <= self.server.max_header_bytes
+            ):
+                # A head completes only with a line feed: without one, appending is enough (a
+                # head trickled in byte by byte is parsed once per line, not once per byte).
+                self.buf = held + data
+                return
+            data = held + data
+        self._parse(data)
         ex = self.starting
         if ex is not None:
             # Dispatched only now that the whole read is parsed: bad bytes later in it were
