@@ -108,8 +108,18 @@ async def main() -> None:
     ap.add_argument(
         "--browser", action="store_true", help="browser-like heads (12 + 10 headers), not wrk's"
     )
+    ap.add_argument(
+        "--body", type=int, default=0, help="a response body of N bytes instead of 13 (e.g. 65536)"
+    )
+    ap.add_argument(
+        "--read", type=int, default=65536, help="with --body: the upstream's bytes in reads of K"
+    )
     args = ap.parse_args()
     request, response = (BROWSER_REQUEST, BROWSER_RESPONSE) if args.browser else (REQUEST, RESPONSE)
+    if args.body:
+        head = response[: response.index(b"Content-Length:")]
+        response = head + b"Content-Length: %d\r\n\r\n" % args.body + b"x" * args.body
+    reads = [response[i : i + args.read] for i in range(0, len(response), args.read)]
     loop = asyncio.get_running_loop()
     config = GatewayConfig()
     table = RouteTable(MemoryRouteStore())
@@ -162,7 +172,8 @@ async def main() -> None:
         for _ in range(n):
             client.data_received(request)  # request in: parse, dispatch, write upstream
             pending.clear()
-            up.data_received(response)  # response back: parse, frame, write to the client
+            for read in reads:
+                up.data_received(read)  # response back: parse, frame, write to the client
         return time.perf_counter() - t0
 
     run(2000)

@@ -28,9 +28,16 @@ from typing import Final, Protocol
 
 from gateway.errors import BAD_REQUEST, HEADERS_TOO_LARGE, Answer
 
+# Body bytes as handed on: a memoryview of the read when a large run would otherwise be copied
+# out of it (the transports write either; see gateway.upstream.BIG_RUN).
+Chunk = bytes | memoryview
+
+# Runs of body bytes up to this size are sliced (a copy is cheaper than a view); above, viewed.
+BIG_RUN: Final = 4096
+
 
 class BodySink(Protocol):
-    def body_chunk(self, chunk: bytes) -> None: ...
+    def body_chunk(self, chunk: Chunk) -> None: ...
 
 
 class ChunkError(Exception):
@@ -129,7 +136,12 @@ class ChunkedDecoder:
                 take = n - pos
                 if take > left:
                     take = left
-                sink.body_chunk(buf if (pos == 0 and take == n) else buf[pos : pos + take])
+                if pos == 0 and take == n:
+                    sink.body_chunk(buf)
+                elif take > BIG_RUN:
+                    sink.body_chunk(memoryview(buf)[pos : pos + take])
+                else:
+                    sink.body_chunk(buf[pos : pos + take])
                 pos += take
                 left -= take
                 self.left = left

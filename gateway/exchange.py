@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from gateway.chunked import Chunk
 from gateway.dispatch import HeadSummary, ParsedHead, Plan
 from gateway.errors import Answer, UpstreamError
 from gateway.forwarding import Retry, after_abort, after_failure
@@ -62,7 +63,7 @@ class Exchange(Sink):
         self.keep_alive = True
         self.plan: Plan | None = None
         self.conn: UpstreamConnection | None = None
-        self.body_buf: list[bytes] | None = None  # request body not yet sent upstream
+        self.body_buf: list[Chunk] | None = None  # request body not yet sent upstream
         self.buffered = 0
         self.body_bytes = 0
         self.request_done = False
@@ -85,7 +86,7 @@ class Exchange(Sink):
 
     # ------------------------------------------------------------ request body (from client)
 
-    def body_chunk(self, chunk: bytes) -> None:
+    def body_chunk(self, chunk: Chunk) -> None:
         self.body_bytes += len(chunk)
         if self.deferred is not None:
             # We already know the answer; drop the body, up to a point, to keep the connection.
@@ -103,7 +104,7 @@ class Exchange(Sink):
         conn = self.conn
         if conn is not None and self.body_buf is None:
             if plan is not None and plan.chunked:
-                conn.write_body(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                conn.write_chunk(chunk)
             else:
                 conn.write_body(chunk)
             return
@@ -163,7 +164,7 @@ class Exchange(Sink):
             self.buffered = 0
             if plan.chunked:
                 for chunk in buf:
-                    conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                    conn.write_chunk(chunk)
             else:
                 for chunk in buf:
                     conn.write(chunk)
@@ -257,7 +258,7 @@ class Exchange(Sink):
             self.pending = out
             self.advance(HEAD)
 
-    def response_body(self, data: bytes) -> None:
+    def response_body(self, data: Chunk) -> None:
         self.out_bytes += len(data)
         transport = self.client.transport
         if transport is None:

@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
-from gateway.chunked import ChunkedDecoder, ChunkError
+from gateway.chunked import BIG_RUN, Chunk, ChunkedDecoder, ChunkError
 from gateway.dispatch import Dispatcher, ParsedHead, Plan
 from gateway.errors import (
     BAD_REQUEST,
@@ -235,7 +235,13 @@ class ClientConnection(asyncio.Protocol):
                     take = n - pos
                     if take > left:
                         take = left
-                    chunk = buf if take == n else buf[pos : pos + take]
+                    chunk: Chunk
+                    if take == n:
+                        chunk = buf
+                    elif take > BIG_RUN:
+                        chunk = memoryview(buf)[pos : pos + take]  # no copy of a large run
+                    else:
+                        chunk = buf[pos : pos + take]
                     pos += take
                     left -= take
                     self.body_left = left

@@ -43,6 +43,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Final
 
 from gateway.asgi.messages import CONNECTION_CLOSE, Message, Receive, Send, Waiting, send_answer
+from gateway.chunked import Chunk
 from gateway.dispatch import Plan
 from gateway.errors import (
     PAYLOAD_TOO_LARGE,
@@ -410,8 +411,8 @@ class HttpExchange(Waiting, Sink):
         self.advance(HEAD)
         self._wake()
 
-    def response_body(self, data: bytes) -> None:
-        self.chunks.append(data)
+    def response_body(self, data: Chunk) -> None:
+        self.chunks.append(data if type(data) is bytes else bytes(data))  # ASGI bodies are bytes
         self.buffered += len(data)
         if self.buffered > self.app.high_water and not self.read_paused:
             conn = self.conn
