@@ -335,6 +335,11 @@ class ClientConnection(asyncio.Protocol):
             self.answer(ex, PAYLOAD_TOO_LARGE, result.request_id)
             return
         if result.upgrade is not None:
+            if result.has_body:
+                # The upgrade head goes upstream without framing (dispatch drops it): a body
+                # after it would be read there as the next request. Refused, as unframeable.
+                self.answer(ex, BAD_REQUEST, result.request_id)
+                return
             self._open_tunnel(ex)
             # A tunnel never shares a pooled connection.
             server.pool.connect_fresh(result.replica, ex, policy.connect_timeout_ms / 1000)  # type: ignore[arg-type]
