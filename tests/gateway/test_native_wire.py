@@ -959,3 +959,111 @@ def test_response_split_across_reads_at_every_offset_keeps_the_pool(env: Env, ho
             assert got.status == 200 and got.body == body, (cut, got)
     carriers = {id(env.up.conn_with(t)) for t in toks}
     assert len(carriers) == 1
+
+
+# ---------------------------------------------------------------------- more request-side edges
+
+SMUGGLING_HEADS = {
+    "cl-then-te": "Content-Length: 6\r\nTransfer-Encoding: chunked\r\n",
+    "te-then-cl": "Transfer-Encoding: chunked\r\nContent-Length: 6\r\n",
+    "te-identity": "Transfer-Encoding: identity\r\n",
+    "te-chunked-identity": "Transfer-Encoding: chunked, identity\r\n",
+    "te-space-before-colon": "Transfer-Encoding : chunked\r\n",
+    "te-obs-fold": "Transfer-Encoding:\r\n chunked\r\n",
+    "cl-duplicate": "Content-Length: 6\r\nContent-Length: 5\r\n",
+    "cl-plus": "Content-Length: +6\r\n",
+    "cl-comma": "Content-Length: 6, 6\r\n",
+    "te-bare-lf": "Transfer-Encoding: chunked\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMUGGLING_HEADS))
+@pytest.mark.parametrize("split", [False, True])
+def test_ambiguous_framing_is_400_and_nothing_after_it_is_parsed(
+    env: Env, host: str, name: str, split: bool
+) -> None:
+    tok = token(f"smuggle-{name}")
+    head = f"POST /r/{tok} HTTP/1.1\r\nHost: {host}\r\n{SMUGGLING_HEADS[name]}\r\n".encode()
+    data = head + b"0\r\n\r\n" + smuggled(tok)
+    with env.conn() as conn:
+        if split:
+            # Refused at the bad byte: the gateway may close before the rest is sent.
+            with contextlib.suppress(OSError):
+                send_bytewise(conn, data, pause=0.0005)
+        else:
+            conn.send(data)
+        resp = conn.read_response()
+        assert_answer(resp, 400)
+        assert conn.closed_by_peer(timeout=3)
+    time.sleep(0.05)
+    assert env.up.request(tok) is None
+    assert not smuggled_seen(env, tok)
+
+
+def test_a_hundred_pipelined_requests_in_one_write_are_answered_in_order(
+    env: Env, host: str
+) -> None:
+    """More than the pipeline bound (16) in one write: reading pauses and resumes, and every
+    answer comes in order."""
+    toks = [token("many") for _ in range(100)]
+    with env.conn(timeout=10) as conn:
+        conn.send(b"".join(get(t, host) for t in toks))
+        for t in toks:
+            assert_ok(conn.read_response(), t)
+
+
+def test_expect_continue_with_the_body_split_at_every_byte(env: Env, host: str) -> None:
+    tok = token("expect")
+    body = b"expected body"
+    with env.conn() as conn:
+        conn.send(
+            f"POST /r/{tok} HTTP/1.1\r\nHost: {host}\r\nExpect: 100-continue\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        interim = conn.read_response()
+        assert interim.status == 100, interim
+        send_bytewise(conn, body + get(token("after"), host), pause=0.001)
+        assert_ok(conn.read_response(), tok)
+        conn.read_response()
+    assert env.up.wait_request(tok).body == body
+
+
+def test_http10_keep_alive_pipelined_with_a_body(env: Env, host: str) -> None:
+    ta, tb = token("h10"), token("h10-next")
+    with env.conn() as conn:
+        conn.send(
+            f"POST /r/{ta} HTTP/1.0\r\nHost: {host}\r\nConnection: keep-alive\r\n"
+            f"Content-Length: 5\r\n\r\nhello".encode()
+            + f"GET /r/{tb} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode()
+        )
+        first = conn.read_response()
+        assert_ok(first, ta)
+        assert (first.header("connection") or "").lower() == "keep-alive", first
+        second = conn.read_response()
+        assert_ok(second, tb)
+        assert conn.closed_by_peer(timeout=3)  # HTTP/1.0 without keep-alive: closed after
+    assert env.up.wait_request(ta).body == b"hello"
+
+
+def test_response_trailers_over_the_limit_cut_the_response(env: Env, host: str) -> None:
+    tok, tok2 = token("resp-trailers"), token("next")
+    trailers = b"".join(b"X-T%d: v\r\n" % i for i in range(MAX_FIELDS * 5))
+    env.up.script(
+        tok,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+        b"0\r\n" + trailers + b"\r\n",
+        delay=0.05,
+        then="hold",
+    )
+    with env.conn() as conn:
+        conn.send(get(tok, host))
+        head = conn.read_head()
+        assert head.status == 200
+        with pytest.raises(ConnectionClosed):
+            conn.read_body(head)
+    carrier = env.up.conn_with(tok)
+    assert carrier is not None
+    assert env.up.wait_ended(carrier) in ("eof", "reset")
+    with env.conn() as conn:
+        conn.send(get(tok2, host))
+        assert_ok(conn.read_response(), tok2)
