@@ -1068,3 +1068,90 @@ def test_response_trailers_over_the_limit_cut_the_response(env: Env, host: str) 
     with env.conn() as conn:
         conn.send(get(tok2, host))
         assert_ok(conn.read_response(), tok2)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("cut", [None, 20, -30, -5, -1])
+def test_body_of_a_request_the_gateway_answers_itself_is_dropped_not_parsed(
+    env: Env, host: str, framing: str, cut: int | None
+) -> None:
+    """A POST to a host with no route (the gateway's own 404, deferred to the body's end) with a
+    body that looks like a request, then a pipelined GET: 404, then the GET's own answer; the
+    body is read and dropped, never parsed as a request, never forwarded."""
+    tok, tb = token("own-answer"), token("after-own")
+    sm = smuggled(tok)
+    if framing == "chunked":
+        post = (
+            b"POST /r/x HTTP/1.1\r\nHost: nowhere.wire.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunk_body([sm[:7], sm[7:]])
+        )
+    else:
+        post = (
+            b"POST /r/x HTTP/1.1\r\nHost: nowhere.wire.test\r\nContent-Length: %d\r\n\r\n" % len(sm)
+            + sm
+        )
+    data = post + get(tb, host)
+    with env.conn() as conn:
+        if cut is None:
+            conn.send(data)
+        else:
+            send_split(conn, data, [len(post) + cut], pause=0.02)
+        first = conn.read_response()
+        assert first.status == 404, first
+        assert not closes(first), first
+        assert_ok(conn.read_response(), tb)
+    assert not smuggled_seen(env, tok)
+
+
+def test_slowloris_on_a_second_request_is_cut_by_the_header_timeout(env: Env, host: str) -> None:
+    tok, slow = token("first"), token("slow-second")
+    with env.conn() as conn:
+        conn.send(get(tok, host))
+        assert_ok(conn.read_response(), tok)
+        t0 = time.monotonic()
+        data = get(slow, host)
+        with contextlib.suppress(OSError):
+            for i in range(len(data) - 1):
+                conn.send(data[i : i + 1])
+                time.sleep(0.05)
+                if time.monotonic() - t0 > HEADER_TIMEOUT + 3:
+                    break
+        assert conn.closed_by_peer(timeout=HEADER_TIMEOUT + 3)
+        assert time.monotonic() - t0 < HEADER_TIMEOUT + 3
+    assert env.up.request(slow) is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"5;" + b"e" * (MAX_HEAD + 10) + b"\r\n",  # an extension over the line limit
+        b"0" * (MAX_HEAD + 10) + b"5\r\n",  # leading zeros over it
+        b"1" * 17 + b"\r\n",  # over 2^64 - 1
+        b"5;" + b"e" * (MAX_HEAD + 10),  # never ends
+    ],
+)
+@pytest.mark.parametrize("split", [False, True])
+def test_chunk_size_line_over_the_limit_is_400(
+    env: Env, host: str, line: bytes, split: bool
+) -> None:
+    tok = token("size-line")
+    head = f"POST /r/{tok} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    with env.conn() as conn:
+        if split:
+            conn.send(head)
+            env.up.wait_request(tok)
+            with contextlib.suppress(OSError):
+                send_split(conn, line, list(range(512, len(line), 512)), pause=0.001)
+        else:
+            conn.send(head + line)
+        resp = conn.read_response()
+        assert_answer(resp, 400)
+        assert conn.closed_by_peer(timeout=3)
+    if split:
+        carrier = env.up.conn_with(tok)
+        assert carrier is not None
+        assert env.up.wait_ended(carrier) in ("reset", "eof")
+        seen = env.up.request(tok)
+        assert seen is not None and not seen.complete
+    else:
+        assert env.up.request(tok) is None
