@@ -1155,3 +1155,57 @@ def test_chunk_size_line_over_the_limit_is_400(
         assert seen is not None and not seen.complete
     else:
         assert env.up.request(tok) is None
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_bad_bytes_after_pipelined_requests_answer_those_first(
+    env: Env, host: str, split: bool
+) -> None:
+    """GET, GET, then a chunked POST with a bad chunk: 200, 200, 400, close (nginx's order);
+    the bad request never reaches the upstream whole."""
+    t1, t2, t3 = token("p1"), token("p2"), token("p3-bad")
+    bad = (
+        f"POST /r/{t3} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        + b"5\r\nfirst\r\nZZ\r\n"
+        + smuggled(t3)
+    )
+    data = get(t1, host) + get(t2, host) + bad
+    with env.conn() as conn:
+        if split:
+            send_split(conn, data, [len(data) - len(bad) + 3, len(data) - 20], pause=0.02)
+        else:
+            conn.send(data)
+        assert_ok(conn.read_response(), t1)
+        assert_ok(conn.read_response(), t2)
+        assert_answer(conn.read_response(), 400)
+        assert conn.closed_by_peer(timeout=3)
+    seen = env.up.request(t3)
+    assert seen is None or not seen.complete
+    assert not smuggled_seen(env, t3)
+
+
+@pytest.mark.parametrize("where", ["same-read", "later-read"])
+def test_chunked_body_over_the_route_limit_while_streaming_is_413(env: Env, where: str) -> None:
+    host = env.route(policy={"max_body_bytes": 100})
+    tok = token("too-big")
+    head = f"POST /r/{tok} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    first, second = chunk_body([b"a" * 60])[:-5], b"%x\r\n%b\r\n" % (60, b"b" * 60)
+    with env.conn() as conn:
+        if where == "same-read":
+            conn.send(head.encode() + first + second)
+        else:
+            conn.send(head.encode() + first)
+            seen = env.up.wait_request(tok)
+            env.up.wait(lambda: len(seen.raw_body) > 0, message="first chunk forwarded")
+            conn.send(second)
+        resp = conn.read_response()
+        assert_answer(resp, 413)
+        assert closes(resp), resp
+    seen_final = env.up.request(tok)
+    if where == "same-read":
+        assert seen_final is None or not seen_final.complete
+    else:
+        assert seen_final is not None and not seen_final.complete
+        carrier = env.up.conn_with(tok)
+        assert carrier is not None
+        assert env.up.wait_ended(carrier) in ("reset", "eof")
