@@ -252,7 +252,9 @@ class ClientConnection(asyncio.Protocol):
             head = parse_request(rest, server.max_header_bytes, server.max_headers)
             if head is None:
                 self.buf = rest
-                if self.head_deadline == 0.0 and rest.strip(b"\r\n"):
+                # The header timeout runs once nothing is in flight (see finish): behind a slow
+                # answer, or with reading paused, the rest of the head is not the client's delay.
+                if self.head_deadline == 0.0 and self.current is None and rest.strip(b"\r\n"):
                     self.head_deadline = server.time() + server.header_timeout
                 return
             if type(head) is _REJECTED:
@@ -416,8 +418,8 @@ class ClientConnection(asyncio.Protocol):
         else:
             now = server.loop.time()
             self.deadline = now + server.keepalive_timeout
-            if self.parsing is not None and self.head_deadline == 0.0:
-                self.head_deadline = now + server.header_timeout
+            if self.head_deadline == 0.0 and (self.parsing is not None or self.buf.strip(b"\r\n")):
+                self.head_deadline = now + server.header_timeout  # a head begun meanwhile
             if self.draining:
                 self.close()
 

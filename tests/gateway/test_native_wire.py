@@ -1209,3 +1209,21 @@ def test_chunked_body_over_the_route_limit_while_streaming_is_413(env: Env, wher
         carrier = env.up.conn_with(tok)
         assert carrier is not None
         assert env.up.wait_ended(carrier) in ("reset", "eof")
+
+
+def test_partial_pipelined_head_during_a_slow_response(env: Env, host: str) -> None:
+    """A slow response (2 s, longer than the 1 s header timeout) with the start of the next
+    request already sent: the response in flight is delivered whole; the incomplete head is
+    then cut by the header timeout."""
+    tok = token("slow-stream")
+    env.up.script(
+        tok,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n",
+        *[b"abcde"] * 4,
+        delay=0.5,
+    )
+    with env.conn(timeout=8) as conn:
+        conn.send(get(tok, host) + b"GET /r/next HT")
+        resp = conn.read_response()
+        assert resp.status == 200 and resp.body == b"abcde" * 4, resp
+        assert conn.closed_by_peer(timeout=HEADER_TIMEOUT + 3)
