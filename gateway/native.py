@@ -22,7 +22,8 @@ header size/count limits (431), CL+TE (400 and close: a smuggled second request 
 parsed), malformed Host (400), ``Expect: 100-continue`` answered by the gateway once the route
 and size are known, HTTP/1.0 clients (close-delimited responses), chunked and fixed-length
 request bodies streamed, body limit (413 up front and while streaming), WebSocket/Upgrade
-tunnelled only after the upstream's 101, graceful drain.
+tunnelled only after the upstream's 101 (an upgrade request with a body
+is refused, 400: its head goes upstream unframed), graceful drain.
 
 A request is dispatched once the read that completed its head has been parsed whole, so a
 malformed body in that same read is answered 400 before anything reaches an upstream. Bad bytes
