@@ -22,7 +22,8 @@ header size/count limits (431), CL+TE (400 and close: a smuggled second request 
 parsed), malformed Host (400), ``Expect: 100-continue`` answered by the gateway once the route
 and size are known, HTTP/1.0 clients (close-delimited responses), chunked and fixed-length
 request bodies streamed, body limit (413 up front and while streaming), WebSocket/Upgrade
-tunnelled only after the upstream's 101, graceful drain.
+tunnelled only after the upstream's 101 (an upgrade request with a body
+is refused, 400: its head goes upstream unframed), graceful drain.
 
 A request is dispatched once the read that completed its head has been parsed whole, so a
 malformed body in that same read is answered 400 before anything reaches an upstream. Bad bytes
@@ -272,7 +273,9 @@ class ClientConnection(asyncio.Protocol):
             head = parse_request(rest, server.max_header_bytes, server.max_headers)
             if head is None:
                 self.buf = rest
-                if self.head_deadline == 0.0 and rest.strip(b"\r\n"):
+                # The header timeout runs once nothing is in flight (see finish): behind a slow
+                # answer, or with reading paused, the rest of the head is not the client's delay.
+                if self.head_deadline == 0.0 and self.current is None and rest.strip(b"\r\n"):
                     self.head_deadline = server.time() + server.header_timeout
                 return
             if type(head) is _REJECTED:
@@ -357,6 +360,11 @@ class ClientConnection(asyncio.Protocol):
             self.answer(ex, PAYLOAD_TOO_LARGE, result.request_id)
             return
         if result.upgrade is not None:
+            if result.has_body:
+                # The upgrade head goes upstream without framing (dispatch drops it): a body
+                # after it would be read there as the next request. Refused, as unframeable.
+                self.answer(ex, BAD_REQUEST, result.request_id)
+                return
             self._open_tunnel(ex)
             # A tunnel never shares a pooled connection.
             server.pool.connect_fresh(result.replica, ex, policy.connect_timeout_ms / 1000)  # type: ignore[arg-type]
@@ -433,8 +441,8 @@ class ClientConnection(asyncio.Protocol):
         else:
             now = server.loop.time()
             self.deadline = now + server.keepalive_timeout
-            if self.parsing is not None and self.head_deadline == 0.0:
-                self.head_deadline = now + server.header_timeout
+            if self.head_deadline == 0.0 and (self.parsing is not None or self.buf.strip(b"\r\n")):
+                self.head_deadline = now + server.header_timeout  # a head begun meanwhile
             if self.draining:
                 self.close()
 
