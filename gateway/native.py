@@ -441,7 +441,10 @@ class ClientConnection(asyncio.Protocol):
         else:
             now = server.loop.time()
             self.deadline = now + server.keepalive_timeout
-            if self.head_deadline == 0.0 and (self.parsing is not None or self.buf.strip(b"\r\n")):
+            held = self.buf
+            if self.head_deadline == 0.0 and (
+                self.parsing is not None or (held and held.strip(b"\r\n"))
+            ):
                 self.head_deadline = now + server.header_timeout  # a head begun meanwhile
             if self.draining:
                 self.close()

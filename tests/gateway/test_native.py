@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+import gateway.native as gateway_native
+import gateway.upstream as gateway_upstream
 from gateway.config import GatewayConfig
 from gateway.core import GatewayCore
 from gateway.native import ClientConnection, NativeServer
@@ -280,3 +282,71 @@ async def test_an_early_answer_to_an_upload_closes_lingering(gw: Harness) -> Non
     assert status == b"HTTP/1.1 401 Unauthorized" and fields[b"connection"] == b"close"
     assert gw.wire.eof and gw.client.closed  # FIN after the answer, then read and drop
     assert gw.up.state is ConnState.CLOSED  # the upstream holds an unfinished request
+
+
+# ---------------------------------------------------------------- heads trickled in
+
+_PURE = gateway_upstream.__file__.endswith(".py") and gateway_native.__file__.endswith(".py")
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
+    """Count the calls of ``module.name`` (only possible on the pure build: compiled modules'
+    globals cannot be patched; there the tests check the outcome alone)."""
+    calls: list[int] = []
+    if _PURE:
+        real = getattr(module, name)
+
+        def counted(*args: Any) -> Any:
+            calls.append(len(args[0]))
+            return real(*args)
+
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+async def test_a_response_head_trickled_line_by_line_is_not_parsed_once_per_line(
+    gw: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile origin sends a 64 KiB head as ~13 000 short lines, one read each: the held
+    head is parsed again only when it doubled (or an empty line may have ended it), so the
+    work is O(n) instead of one whole parse per line; the head is still refused at the limit."""
+    calls = _count_calls(monkeypatch, gateway_upstream, "parse_response")
+    gw.send(request("/trickle"))
+    gw.upstream_got()
+    out = gw.answer(b"HTTP/1.1 200 OK\r\n")
+    line = b"a:b\r\n"
+    for _ in range(70_000 // len(line)):
+        out += gw.answer(line)
+        if out:
+            break
+    status, _, _ = head_of(out)
+    assert status.startswith(b"HTTP/1.1 502 ") and b"upstream_header_too_large" in out
+    assert gw.up.state is ConnState.CLOSED
+    if _PURE:
+        assert len(calls) < 40, len(calls)  # 1 + doublings, not ~13 000
+        assert sum(calls) < 4 * 65536 + 4096
+
+
+async def test_a_response_head_split_anywhere_is_parsed_when_its_empty_line_arrives(
+    gw: Harness,
+) -> None:
+    response = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nContent-Length: 2\r\n\r\nok"
+    for cut in range(1, len(response)):
+        gw.send(request(f"/cut{cut}"))
+        gw.upstream_got()
+        out = gw.answer(response[:cut]) + gw.answer(response[cut:])
+        status, fields, body = head_of(out)
+        assert status == b"HTTP/1.1 200 OK" and fields[b"x-b"] == b"2" and body == b"ok", cut
+        assert gw.up.state is ConnState.IDLE
+
+
+async def test_a_request_head_trickled_byte_by_byte_is_parsed_once_per_line(
+    gw: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_calls(monkeypatch, gateway_native, "parse_request")
+    data = request("/slow", "X-A: 1", "X-B: 2")
+    for i in range(len(data)):
+        assert gw.send(data[i : i + 1]) == b""
+    assert gw.upstream_got().startswith(b"GET /slow HTTP/1.1\r\n")
+    if _PURE:
+        assert len(calls) == 1 + data.count(b"\n"), calls  # the first byte, then per line
