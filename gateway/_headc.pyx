@@ -441,6 +441,23 @@ def _version_tail_ok(rest: bytes) -> bool:
 # ------------------------------------------------------------------------------ the result
 
 
+cdef list _field_list(bytes buf, Py_ssize_t pos, Py_ssize_t stop):
+    """``(name, value)`` per field line of ``buf[pos:stop]`` (lines already checked by the
+    parse; values without leading OWS): the lazily built ``headers`` of both head classes."""
+    cdef const uchar* p = <const uchar*>PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t nend, vstart, vend
+    headers = []
+    while pos < stop:
+        nend = _span(_T_TOKEN, p, pos, stop)
+        vstart = nend + 1
+        while p[vstart] == 0x20 or p[vstart] == 0x09:
+            vstart += 1
+        vend = _span(_T_VALUE, p, vstart, stop)
+        headers.append((_slice(p, pos, nend), _slice(p, vstart, vend)))
+        pos = vend + 2
+    return headers
+
+
 # gateway.headers.HEAD_* (tests/gateway/test_head_diff.py checks they agree)
 cdef enum:
     _HEAD_KEEP_ALIVE = 1
@@ -495,22 +512,8 @@ cdef class RequestHead:
     def headers(self):
         """``(name, value)`` per field line as received (value without leading OWS), built
         on first access."""
-        cdef const uchar* p
-        cdef Py_ssize_t pos, nend, vstart, vend, stop
         if self._headers is None:
-            headers = []
-            p = <const uchar*>PyBytes_AS_STRING(self._buf)
-            pos = self._fields_start
-            stop = self.end - 2
-            while pos < stop:
-                nend = _span(_T_TOKEN, p, pos, stop)
-                vstart = nend + 1
-                while p[vstart] == 0x20 or p[vstart] == 0x09:
-                    vstart += 1
-                vend = _span(_T_VALUE, p, vstart, stop)
-                headers.append((_slice(p, pos, nend), _slice(p, vstart, vend)))
-                pos = vend + 2
-            self._headers = headers
+            self._headers = _field_list(self._buf, self._fields_start, self.end - 2)
         return self._headers
 
     @headers.setter
@@ -858,6 +861,13 @@ cdef object _parse(bytes buf, Py_ssize_t max_bytes, Py_ssize_t max_headers, Fiel
         while vstart < n and (p[vstart] == 0x20 or p[vstart] == 0x09):
             vstart += 1
         vend = _span(_T_VALUE, p, vstart, n)
+        if special == 1 and vend + 1 >= n:  # llhttp refuses the character as it arrives
+            stop = vend
+            while stop > vstart and (p[stop - 1] == 0x20 or p[stop - 1] == 0x09):
+                stop -= 1
+            for i in range(vstart, stop):
+                if not (0x30 <= p[i] <= 0x39):
+                    return _bad("invalid Content-Length")
         if vend >= n:
             return _incomplete(n, tally + nlen + vend - vstart, max_bytes)
         if p[vend] != 0x0D:
@@ -1307,22 +1317,8 @@ cdef class ResponseHead:
     @property
     def headers(self):
         """The final head's fields as received, built on first access."""
-        cdef const uchar* p
-        cdef Py_ssize_t pos, nend, vstart, vend, stop
         if self._headers is None:
-            headers = []
-            p = <const uchar*>PyBytes_AS_STRING(self._buf)
-            pos = self._fields_start
-            stop = self.end - 2
-            while pos < stop:
-                nend = _span(_T_TOKEN, p, pos, stop)
-                vstart = nend + 1
-                while p[vstart] == 0x20 or p[vstart] == 0x09:
-                    vstart += 1
-                vend = _span(_T_VALUE, p, vstart, stop)
-                headers.append((_slice(p, pos, nend), _slice(p, vstart, vend)))
-                pos = vend + 2
-            self._headers = headers
+            self._headers = _field_list(self._buf, self._fields_start, self.end - 2)
         return self._headers
 
     @headers.setter

@@ -540,6 +540,12 @@ def parse_request(buf: bytes, max_bytes: int, max_headers: int) -> RequestHead |
             special = 4
         vstart = _OWS_RUN.match(buf, nend + 1).end()  # type: ignore[union-attr]
         vend = _VALUE_RUN.match(buf, vstart).end()  # type: ignore[union-attr]
+        if (
+            special == 1
+            and vend + 1 >= n
+            and buf[vstart:vend].rstrip(b" \t").translate(None, _DIGITS)
+        ):
+            return _bad("invalid Content-Length")  # llhttp refuses the character as it arrives
         if vend >= n:
             return _incomplete(buf, pos, tally + nend - pos + vend - vstart, max_bytes)
         if buf[vend] != 0x0D:
