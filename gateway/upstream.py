@@ -162,7 +162,6 @@ class UpstreamConnection(asyncio.Protocol):
         "_head_open",
         "_keep_alive",
         "_left",
-        "_length",
         "_parsed",
         "_upgrade",
         "deadline",
@@ -201,7 +200,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = False  # llhttp's should_keep_alive() for the current response
         self._left = 0  # Content-Length bytes of the body still to come
         self._chunks: ChunkedDecoder | None = None  # the chunked body being read
-        self._length: bytes | None = None
         self._upgrade: bytes | None = None  # the protocols the request asked to switch to
         self._head_open = False  # the final response head is not complete yet
 
@@ -263,7 +261,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_open = False
         self.head_deadline = 0.0
         body_expected = bool(flags & RESP_BODY)
-        self._length = length
         self._close_delimited = bool(flags & RESP_CLOSE_DELIMITED)
         self._keep_alive = bool(flags & RESP_KEEP_ALIVE)
         sink = self.sink
