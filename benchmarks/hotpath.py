@@ -100,6 +100,39 @@ class FakeTransport:
         return ("127.0.0.1", 40000) if name == "peername" else default
 
 
+def bench_record(host: str, i: int) -> Any:
+    """Route ``i`` of the harness: 90 / 10 stable and canary on the one fake upstream (route 0
+    is the one the single-host figures were always measured with)."""
+    n = str(i) if i else ""
+    return decode_record(
+        {
+            "host": host,
+            "version": 1,
+            "space_id": f"bench{n}",
+            "service_id": "svc" + n,
+            "endpoints": [
+                {
+                    "path_prefix": "/",
+                    "targets": [
+                        {
+                            "deployment_id": f"stable{n}",
+                            "weight": 9000,
+                            "status": "active",
+                            "upstreams": ["http://127.0.0.1:9"],
+                        },
+                        {
+                            "deployment_id": f"canary{n}",
+                            "weight": 1000,
+                            "status": "canary",
+                            "upstreams": ["http://127.0.0.1:9"],
+                        },
+                    ],
+                }
+            ],
+        }
+    )
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=200_000)
@@ -114,6 +147,12 @@ async def main() -> None:
     ap.add_argument(
         "--read", type=int, default=65536, help="with --body: the upstream's bytes in reads of K"
     )
+    ap.add_argument(
+        "--hosts",
+        type=int,
+        default=1,
+        help="N routes (one per hostname, the same upstream); requests go round-robin over them",
+    )
     args = ap.parse_args()
     request, response = (BROWSER_REQUEST, BROWSER_RESPONSE) if args.browser else (REQUEST, RESPONSE)
     if args.body:
@@ -123,34 +162,10 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     config = GatewayConfig()
     table = RouteTable(MemoryRouteStore())
-    record = decode_record(
-        {
-            "host": "bench.example.com",
-            "version": 1,
-            "space_id": "bench",
-            "service_id": "svc",
-            "endpoints": [
-                {
-                    "path_prefix": "/",
-                    "targets": [
-                        {
-                            "deployment_id": "stable",
-                            "weight": 9000,
-                            "status": "active",
-                            "upstreams": ["http://127.0.0.1:9"],
-                        },
-                        {
-                            "deployment_id": "canary",
-                            "weight": 1000,
-                            "status": "canary",
-                            "upstreams": ["http://127.0.0.1:9"],
-                        },
-                    ],
-                }
-            ],
-        }
-    )
-    table.routes[b"bench.example.com"] = CompiledRoute(record, table.registry)
+    hosts = [b"bench.example.com"] + [b"h%d.bench.example.com" % i for i in range(1, args.hosts)]
+    for i, host in enumerate(hosts):
+        table.routes[host] = CompiledRoute(bench_record(host.decode(), i), table.registry)
+    requests = [request.replace(b"bench.example.com", host, 1) for host in hosts]
     core = GatewayCore(config, store=table.store, table=table)
     core.open(loop)
     pool = core.pool
@@ -168,9 +183,10 @@ async def main() -> None:
     client.connection_made(ct)  # type: ignore[arg-type]
 
     def run(n: int) -> float:
+        heads = (requests * (n // len(requests) + 1))[:n]
         t0 = time.perf_counter()
-        for _ in range(n):
-            client.data_received(request)  # request in: parse, dispatch, write upstream
+        for head in heads:
+            client.data_received(head)  # request in: parse, dispatch, write upstream
             pending.clear()
             for read in reads:
                 up.data_received(read)  # response back: parse, frame, write to the client
@@ -186,7 +202,7 @@ async def main() -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     best = min(run(args.requests) for _ in range(3))
     print(
-        f"{build.describe()}: {args.requests} requests: {best / args.requests * 1e6:.2f} µs of gateway Python per request "
+        f"{build.describe()}: {args.requests} requests over {len(hosts)} host(s): {best / args.requests * 1e6:.2f} µs of gateway Python per request "
         f"({args.requests / best:,.0f} req/s on one core without I/O)"
     )
 

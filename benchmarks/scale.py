@@ -12,6 +12,15 @@ Redis still up and times it to ready again (ready from the file). Usage::
     .venv/bin/python benchmarks/scale.py --sizes 10,1000000 --tables memory,flat --workers 1,2 \
         --duration 5 --rounds 3
 
+``--paired`` decides a small difference on a noisy machine: every size's gateway (each with its
+own redis-server) runs at once, each gets one ``--warmup`` round that is not counted, then the
+``--rounds`` are alternated between the sizes (round r starts at size r mod sizes), so drift in the
+machine's load hits every size alike; the table gives, per size, the median over rounds of its
+req/s and p99 divided by the smallest size's in the same round (no ready-from-file restart)::
+
+    .venv/bin/python benchmarks/scale.py --paired --sizes 10,1000,1000000 --tables flat \
+        --workers 1,2 --duration 5 --rounds 7
+
 ``--miss-cost K`` measures one worker's hot-cache misses on a flat file in-process instead (no
 gateway, no Redis): it writes a file of ``--sizes``' largest N records (kept at ``--miss-file``
 for the next run), then looks up K distinct hosts spread over it through a fresh
@@ -273,6 +282,94 @@ def ms(latency: str) -> float:
     return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
 
+def paired(
+    args: argparse.Namespace,
+    sizes: list[int],
+    tables: list[str],
+    counts: list[int],
+    gw_env: dict[str, str],
+    build_desc: str,
+) -> int:
+    """``--paired``: every size's gateway up at once, rounds alternated between them."""
+    rows = []
+    with contextlib.ExitStack() as stack:
+        up_port = free_port()
+        stack.enter_context(
+            spawned(
+                [sys.executable, "benchmarks/peers/upstream.py", "--port", str(up_port)], up_port
+            )
+        )
+        urls, pubs = [], []
+        for n in sizes:
+            url = stack.enter_context(redis_server())
+            urls.append(url)
+            pubs.append(publish(url, n, up_port))
+        for table in tables:
+            for workers in counts:
+                with contextlib.ExitStack() as run:
+                    gws = []
+                    for n, url in zip(sizes, urls, strict=True):
+                        tmp = tempfile.mkdtemp(prefix="turnout-scale-")
+                        run.callback(shutil.rmtree, tmp, True)
+                        snapshot = os.path.join(tmp, f"routes.{table}")
+                        t0 = time.perf_counter()
+                        proc, port, iport = run.enter_context(
+                            gateway(url, snapshot, table, workers, gw_env)
+                        )
+                        load = wait_ready(iport, workers, n, t0, args.ready_timeout)
+                        gws.append((n, proc, port, load))
+                    for n, _proc, port, _load in gws:
+                        wrk_rounds(port, n, 1, args.warmup)  # fills the hot caches
+                    results: list[list[tuple[float, str, str, int]]] = [[] for _ in gws]
+                    for r in range(args.rounds):
+                        for k in range(len(gws)):
+                            i = (r + k) % len(gws)  # each round starts one size further on
+                            n, _proc, port, _load = gws[i]
+                            results[i] += wrk_rounds(port, n, 1, args.duration)
+                    for (n, proc, _port, load), res in zip(gws, results, strict=True):
+                        mem = [proc_mib(p) for p in workers_of(proc.pid, workers)]
+                        rows.append((n, table, workers, load, mem, res))
+                        print(
+                            f"{n} records, {table}, {workers} worker(s): req/s "
+                            f"{', '.join(f'{x[0]:.0f}' for x in res)}; p99 "
+                            f"{', '.join(x[2] for x in res)}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+    print(
+        "## Route-table scale through the gateway, paired rounds (`benchmarks/scale.py --paired`)\n"
+    )
+    print(f"- command: `.venv/bin/python benchmarks/scale.py {' '.join(sys.argv[1:])}`")
+    print(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}")
+    print(
+        f"- native gateway ({build_desc}); every size's gateway runs at once, each with its own "
+        f"redis-server; one {args.warmup} s warm-up round each (not counted), then {args.rounds} "
+        f"rounds of {args.duration} s alternated between the sizes (round r starts at size "
+        "r mod sizes); wrk 1 thread × 64 connections over min(N, 1 000) hostnames of the table; "
+        "× smallest = the median over rounds of this size's value divided by the smallest size's "
+        "value in the same round\n"
+    )
+    print(
+        "| records | table | workers | publish s | ready from Redis s | PSS MiB / worker "
+        "| req/s median | × smallest (median of rounds) | every round "
+        "| p99 median ms | × smallest (median of rounds) | p99 every round | non-2xx |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|")
+    for n, table, workers, load, mem, res in rows:
+        base = next(r for r in rows if r[1] == table and r[2] == workers)[5]
+        rates = [x[0] for x in res]
+        p99 = [ms(x[2]) for x in res]
+        rate_x = statistics.median(a[0] / b[0] for a, b in zip(res, base, strict=True))
+        p99_x = statistics.median(ms(a[2]) / ms(b[2]) for a, b in zip(res, base, strict=True))
+        print(
+            f"| {n:,} | {table} | {workers} | {pubs[sizes.index(n)]:.1f} | {load:.1f} "
+            f"| {max(m[1] for m in mem):.0f} | {statistics.median(rates):.0f} | {rate_x:.3f} "
+            f"| {', '.join(f'{r:.0f}' for r in rates)} | {statistics.median(p99):.2f} | {p99_x:.3f} "
+            f"| {', '.join(x[2] for x in res)} | {sum(x[3] for x in res)} |"
+        )
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", default="10,100000")
@@ -283,6 +380,12 @@ def main() -> int:
     ap.add_argument(
         "--ready-timeout", type=float, default=900, help="seconds to wait for the table"
     )
+    ap.add_argument(
+        "--paired",
+        action="store_true",
+        help="every size's gateway at once, rounds alternated between sizes (see the docstring)",
+    )
+    ap.add_argument("--warmup", type=int, default=3, help="--paired: seconds of warm-up per size")
     ap.add_argument("--pure", action="store_true", help="pure-Python gateway, not the mypyc build")
     ap.add_argument("--miss-cost", type=int, default=0, metavar="K", help="see the docstring")
     ap.add_argument("--miss-file", default="", help="the flat file --miss-cost reads (or writes)")
@@ -297,6 +400,8 @@ def main() -> int:
     worker_counts = [int(w) for w in args.workers.split(",")]
     gw_env = {} if args.pure else compiled_build()
     build_desc = "mypyc-compiled hot path" if gw_env else "pure Python"
+    if args.paired:
+        return paired(args, sizes, tables, worker_counts, gw_env, build_desc)
     rows = []
     with contextlib.ExitStack() as stack:
         up_port = free_port()

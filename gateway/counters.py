@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Final
 
-from routing.health import LATENCY_BUCKETS, latency_bucket
+from routing.health import LATENCY_BUCKETS, LATENCY_FIELDS, latency_bucket
 
 # (space, service, deployment) -> Row: requests, 2xx, 4xx, 5xx, other, timeouts, bytes, latency_ms
 # (+ the latency histogram, routing/health.py)
@@ -154,3 +154,62 @@ class Counters:
 
 def epoch_minute(now: float | None = None) -> int:
     return int((time.time() if now is None else now) // 60)
+
+
+def health_fields(batch: dict[Key, Row]) -> dict[bytes, dict[str, int]]:
+    """Each deployment's health increments for one flush, in the order deployments first appear
+    in ``batch``: ``total`` always, ``2xx``, ``4xx``, ``5xx``, ``timeouts`` and
+    ``latency_ms_sum`` (rounded integer ms) when not zero, then the non-empty ``lat_<i>``
+    histogram buckets (the format: :mod:`routing.health`). Rows without a deployment are skipped.
+
+    Compiled, because a flush runs it on the event loop once a second for every active
+    deployment: in pure Python the 80-bucket histograms of 2 000 deployments cost ~25 ms of
+    stalled loop per flush. The batch's rows are never changed (a failed flush gives them back):
+    a deployment seen under two keys is summed into a new row.
+    """
+    merged: dict[bytes, Row] = {}
+    copies: set[bytes] = set()
+    for key, row in batch.items():
+        deployment = key[2]
+        if not deployment:
+            continue
+        acc = merged.get(deployment)
+        if acc is None:
+            merged[deployment] = row
+            continue
+        if deployment not in copies:
+            copy = Row()
+            copy.add(acc)
+            merged[deployment] = acc = copy
+            copies.add(deployment)
+        acc.add(row)
+    out: dict[bytes, dict[str, int]] = {}
+    for deployment, r in merged.items():
+        fields: dict[str, int] = {"total": r.requests}
+        if r.c2:
+            fields["2xx"] = r.c2
+        if r.c4:
+            fields["4xx"] = r.c4
+        if r.c5:
+            fields["5xx"] = r.c5
+        if r.timeouts:
+            fields["timeouts"] = r.timeouts
+        lat = round(r.latency_ms)
+        if lat:
+            fields["latency_ms_sum"] = lat
+        hist = r.hist
+        for i in range(LATENCY_BUCKETS):
+            n = hist[i]
+            if n:
+                fields[LATENCY_FIELDS[i]] = n
+        out[deployment] = fields
+    return out
+
+
+def field_args(fields: dict[str, int]) -> list[str]:
+    """``[field, value, field, value, ...]`` as strings: a hash write's arguments."""
+    args: list[str] = []
+    for name, value in fields.items():
+        args.append(name)
+        args.append(str(value))
+    return args

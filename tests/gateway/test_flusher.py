@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.counters import C2, C5, REQ, Counters, epoch_minute
+from gateway.counters import C2, C5, REQ, Counters, epoch_minute, field_args, health_fields
 from gateway.flusher import (
     HEALTH_TTL,
     USAGE_METER,
@@ -147,6 +147,41 @@ def test_plan_aggregates_usage_per_space_and_health_per_deployment() -> None:
     }
     assert len(plan) == 4
     assert [p.key for p in plan_writes(batch, NOW, KEYS)] == [health_key(), health_key("dep-2")]
+
+
+def test_health_fields_merge_a_deployment_without_changing_the_batch() -> None:
+    """A deployment counted under two keys is summed into a new row: the batch's own rows stay
+    as they were (a failed flush gives them back to the counters, and they must not count
+    twice), and the fields come in the documented order with zeros left out."""
+    c = Counters()
+    c.record(b"sp-1", b"svc-a", b"dep-1", 200, 10, 0.05, False)
+    c.record(b"sp-1", b"svc-b", b"dep-1", 503, 10, 250.0, True)
+    c.record(b"sp-1", b"svc-a", b"dep-2", 200, 10, 1.4, False)
+    c.record(b"sp-1", b"svc-a", b"", 200, 10, 1.4, False)  # no deployment: no health
+    batch = c.take()
+    before = {k: (r.values(), list(r.hist)) for k, r in batch.items()}
+    fields = health_fields(batch)
+    assert list(fields) == [b"dep-1", b"dep-2"]
+    assert list(fields[b"dep-1"].items()) == [
+        ("total", 2),
+        ("2xx", 1),
+        ("5xx", 1),
+        ("timeouts", 1),
+        ("latency_ms_sum", 250),
+        (LATENCY_FIELDS[latency_bucket(0.05)], 1),
+        (LATENCY_FIELDS[latency_bucket(250.0)], 1),
+    ]
+    assert fields[b"dep-2"] == {"total": 1, "2xx": 1, "latency_ms_sum": 1, "lat_11": 1}
+    assert {k: (r.values(), list(r.hist)) for k, r in batch.items()} == before
+    assert health_fields({}) == {}
+    assert field_args({"total": 2, "lat_3": 1}) == ["total", "2", "lat_3", "1"]
+
+
+def test_health_fields_round_the_latency_sum_and_skip_a_zero_one() -> None:
+    c = Counters()
+    c.record(b"sp", b"svc", b"dep", 200, 0, 0.2, False)
+    c.record(b"sp", b"svc", b"dep", 200, 0, 0.2, False)  # 0.4 ms in all: rounds to 0
+    assert health_fields(c.take())[b"dep"] == {"total": 2, "2xx": 2, "lat_2": 2}
 
 
 # ---------------------------------------------------------------------- Redis
