@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Final
 
+from routing.compiled import CompiledTarget
 from routing.health import LATENCY_BUCKETS, LATENCY_FIELDS, latency_bucket
 
 # (space, service, deployment) -> Row: requests, 2xx, 4xx, 5xx, other, timeouts, bytes, latency_ms
@@ -24,9 +25,21 @@ class Row:
     unboxed, so counting a request allocates nothing. ``row[i]`` reads field ``i`` (REQ …).
     ``hist`` counts requests per latency bucket (:func:`routing.health.latency_bucket`)."""
 
-    __slots__ = ("bytes", "c2", "c4", "c5", "cother", "hist", "latency_ms", "requests", "timeouts")
+    __slots__ = (
+        "bytes",
+        "c2",
+        "c4",
+        "c5",
+        "cother",
+        "hist",
+        "latency_ms",
+        "requests",
+        "timeouts",
+        "token",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, token: object = None) -> None:
+        self.token = token  # the Counters batch this row is pending in (see Counters.count)
         self.requests = 0
         self.c2 = 0
         self.c4 = 0
@@ -82,10 +95,12 @@ class Counters:
         "pending",
         "requests_total",
         "timeouts_total",
+        "token",
     )
 
     def __init__(self, max_keys: int = 100_000) -> None:
         self.pending: dict[Key, Row] = {}
+        self.token = object()  # a new one with every batch taken: rows of older batches are stale
         self.max_keys = max_keys
         self.by_class = [0, 0, 0, 0, 0, 0]  # index = status // 100 (0 = no response)
         self.requests_total = 0
@@ -104,25 +119,33 @@ class Counters:
         timeout: bool,
     ) -> None:
         """Count one forwarded request (one that reached a deployment's runtime or tried to)."""
+        _add(self._row(space, service, deployment), status, nbytes, latency_ms, timeout)
+
+    def count(
+        self,
+        target: CompiledTarget,
+        space: bytes,
+        service: bytes,
+        status: int,
+        nbytes: int,
+        latency_ms: float,
+        timeout: bool,
+    ) -> None:
+        """:meth:`record` for a compiled route's target (the hot path): the row is remembered
+        on the target while its batch is pending, so counting a request is no key lookup.
+        ``space`` and ``service`` are the target's route's (a target never changes route)."""
+        row = target.counted
+        if not isinstance(row, Row) or row.token is not self.token:
+            row = self._row(space, service, target.deployment_b)
+            target.counted = row
+        _add(row, status, nbytes, latency_ms, timeout)
+
+    def _row(self, space: bytes, service: bytes, deployment: bytes) -> Row:
         key = (space, service, deployment)
         row = self.pending.get(key)
         if row is None:
-            row = self.pending[key] = Row()
-        row.requests += 1
-        cls = status // 100
-        if cls == 2:
-            row.c2 += 1
-        elif cls == 5:
-            row.c5 += 1
-        elif cls == 4:
-            row.c4 += 1
-        else:
-            row.cother += 1
-        if timeout:
-            row.timeouts += 1
-        row.bytes += nbytes
-        row.latency_ms += latency_ms
-        row.hist[latency_bucket(latency_ms)] += 1
+            row = self.pending[key] = Row(self.token)
+        return row
 
     def answered(self, status: int, timeout: bool = False) -> None:
         """Every answer the gateway sends (forwarded or its own), for /metrics."""
@@ -133,6 +156,7 @@ class Counters:
 
     def take(self) -> dict[Key, Row]:
         batch, self.pending = self.pending, {}
+        self.token = object()
         return batch
 
     def give_back(self, batch: dict[Key, Row]) -> None:
@@ -144,12 +168,31 @@ class Counters:
                 if len(pending) >= self.max_keys:
                     self.dropped += 1
                     continue
+                row.token = self.token  # pending again: targets may count in it
                 pending[key] = row
             else:
                 cur.add(row)
 
     def __repr__(self) -> str:
         return f"Counters(pending={len(self.pending)}, total={self.requests_total})"
+
+
+def _add(row: Row, status: int, nbytes: int, latency_ms: float, timeout: bool) -> None:
+    row.requests += 1
+    cls = status // 100
+    if cls == 2:
+        row.c2 += 1
+    elif cls == 5:
+        row.c5 += 1
+    elif cls == 4:
+        row.c4 += 1
+    else:
+        row.cother += 1
+    if timeout:
+        row.timeouts += 1
+    row.bytes += nbytes
+    row.latency_ms += latency_ms
+    row.hist[latency_bucket(latency_ms)] += 1
 
 
 def epoch_minute(now: float | None = None) -> int:

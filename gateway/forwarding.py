@@ -212,10 +212,10 @@ class Outcomes:
     ) -> None:
         """Count one request of the plan's deployment (its health and usage)."""
         route = plan.route
-        self.counters.record(
+        self.counters.count(
+            plan.target,
             route.space_b,
             route.service_b,
-            plan.target.deployment_b,
             status,
             nbytes,
             latency,

@@ -208,9 +208,13 @@ class Interner:
 
 
 class CompiledTarget:
-    """One deployment of one endpoint; owns its round-robin position (never shared)."""
+    """One deployment of one endpoint; owns its round-robin position (never shared).
 
-    __slots__ = ("deployment_b", "replicas", "rr", "status", "weight")
+    ``counted`` belongs to the gateway's counters (:meth:`gateway.counters.Counters.record`):
+    the row this target's requests are being counted in, so counting one does not hash and
+    look up a (space, service, deployment) key per request. Nothing else reads it."""
+
+    __slots__ = ("counted", "deployment_b", "replicas", "rr", "status", "weight")
 
     def __init__(
         self, deployment_b: bytes, status: str, weight: int, replicas: tuple[Replica, ...]
@@ -220,6 +224,7 @@ class CompiledTarget:
         self.weight = weight
         self.replicas = replicas
         self.rr = 0
+        self.counted: object = None
 
     @property
     def deployment_id(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.counters import C2, C4, C5, REQ, TIMEOUTS, Counters, Row
+from routing.compiled import CompiledTarget
 from routing.health import LATENCY_BUCKETS, latency_bucket
 
 KEY = (b"sp", b"svc", b"dep")
@@ -35,3 +36,52 @@ def test_rows_add_and_give_back_merge_histograms() -> None:
     c.record(*KEY, 200, 1, 5.0, False)
     c.give_back(batch)  # a failed flush: both counts kept, one row
     assert c.pending[KEY].hist[latency_bucket(5.0)] == 2
+
+
+def _target(deployment: bytes = b"dep") -> CompiledTarget:
+    return CompiledTarget(deployment, "active", 10_000, ())
+
+
+def test_count_by_target_lands_on_the_key_record_uses() -> None:
+    c = Counters()
+    t = _target()
+    c.count(t, b"sp", b"svc", 200, 10, 1.0, False)
+    c.record(*KEY, 500, 10, 1.0, False)
+    c.count(t, b"sp", b"svc", 404, 10, 1.0, True)
+    assert list(c.pending) == [KEY]
+    row = c.pending[KEY]
+    assert (row[REQ], row[C2], row[C4], row[C5], row[TIMEOUTS]) == (3, 1, 1, 1, 1)
+    assert t.counted is row
+
+
+def test_a_taken_batch_is_never_counted_into_again() -> None:
+    """The row a target remembers belongs to one batch: once the flusher took it, the next
+    request starts a new row, and the taken one (being written) does not change."""
+    c = Counters()
+    t = _target()
+    c.count(t, b"sp", b"svc", 200, 10, 1.0, False)
+    batch = c.take()
+    c.count(t, b"sp", b"svc", 200, 10, 1.0, False)
+    c.count(t, b"sp", b"svc", 200, 10, 1.0, False)
+    assert batch[KEY][REQ] == 1
+    assert c.pending[KEY][REQ] == 2 and c.pending[KEY] is not batch[KEY]
+
+
+def test_rows_given_back_are_counted_into_again() -> None:
+    c = Counters()
+    t = _target()
+    c.count(t, b"sp", b"svc", 200, 10, 1.0, False)
+    batch = c.take()
+    c.give_back(batch)  # the write failed: the row is pending again
+    c.count(t, b"sp", b"svc", 200, 10, 1.0, False)
+    assert c.pending[KEY] is batch[KEY] and c.pending[KEY][REQ] == 2
+    assert t.counted is batch[KEY]
+
+
+def test_two_counters_sharing_a_target_keep_their_own_rows() -> None:
+    a, b = Counters(), Counters()
+    t = _target()
+    a.count(t, b"sp", b"svc", 200, 10, 1.0, False)
+    b.count(t, b"sp", b"svc", 200, 10, 1.0, False)
+    a.count(t, b"sp", b"svc", 200, 10, 1.0, False)
+    assert a.pending[KEY][REQ] == 2 and b.pending[KEY][REQ] == 1
