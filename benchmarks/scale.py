@@ -3,8 +3,8 @@
 Not a test. Starts its own redis-server (free loopback port), publishes N records with
 ``replace_all``, starts ``turnout gateway`` (native; each ``--tables`` mode × ``--workers``
 count), waits until every worker's ``/readyz`` holds N records (ready from Redis), runs wrk
-with a Lua script that spreads requests over 1 000 of the table's hostnames (best and median of
-``--rounds``), reads RSS and PSS of every worker (PSS counts a shared page once, split between
+with a Lua script that spreads requests over min(N, ``--hot``) of the table's hostnames (1 000
+by default; best and median of ``--rounds``), reads RSS and PSS of every worker (PSS counts a shared page once, split between
 the processes mapping it), then restarts the gateway with its snapshot / flat file in place and
 Redis still up and times it to ready again (ready from the file). Usage::
 
@@ -16,9 +16,14 @@ Redis still up and times it to ready again (ready from the file). Usage::
 own redis-server) runs at once, each gets one ``--warmup`` round that is not counted, then the
 ``--rounds`` are alternated between the sizes (round r starts at size r mod sizes), so drift in the
 machine's load hits every size alike; the table gives, per size, the median over rounds of its
-req/s and p99 divided by the smallest size's in the same round (no ready-from-file restart)::
+req/s and p99 divided by the smallest size's in the same round (no ready-from-file restart).
+With the default ``--hot`` the sizes differ in their active hosts too (10 records: 10 hosts;
+1 000 and up: 1 000), so a 1 000-record size separates what the table's size costs from what
+1 000 active tenants cost; ``--hot 10`` holds the active set at 10 hosts for every size::
 
     .venv/bin/python benchmarks/scale.py --paired --sizes 10,1000,1000000 --tables flat \
+        --workers 1,2 --duration 5 --rounds 7
+    .venv/bin/python benchmarks/scale.py --paired --hot 10 --sizes 10,1000000 --tables flat \
         --workers 1,2 --duration 5 --rounds 7
 
 ``--miss-cost K`` measures one worker's hot-cache misses on a flat file in-process instead (no
@@ -240,10 +245,12 @@ def wait_ready(iport: int, workers: int, n: int, t0: float, timeout: float) -> f
     return time.perf_counter() - t0
 
 
-def wrk_rounds(port: int, n: int, rounds: int, duration: int) -> list[tuple[float, str, str, int]]:
+def wrk_rounds(
+    port: int, n: int, rounds: int, duration: int, hot: int = 1000
+) -> list[tuple[float, str, str, int]]:
     fd, script = tempfile.mkstemp(suffix=".lua")
     with os.fdopen(fd, "w") as fh:
-        count = min(n, 1000)
+        count = min(n, hot)
         fh.write(LUA % {"n": count, "stride": max(1, n // count)})
     out_rows = []
     try:
@@ -319,13 +326,13 @@ def paired(
                         load = wait_ready(iport, workers, n, t0, args.ready_timeout)
                         gws.append((n, proc, port, load))
                     for n, _proc, port, _load in gws:
-                        wrk_rounds(port, n, 1, args.warmup)  # fills the hot caches
+                        wrk_rounds(port, n, 1, args.warmup, args.hot)  # fills the hot caches
                     results: list[list[tuple[float, str, str, int]]] = [[] for _ in gws]
                     for r in range(args.rounds):
                         for k in range(len(gws)):
                             i = (r + k) % len(gws)  # each round starts one size further on
                             n, _proc, port, _load = gws[i]
-                            results[i] += wrk_rounds(port, n, 1, args.duration)
+                            results[i] += wrk_rounds(port, n, 1, args.duration, args.hot)
                     for (n, proc, _port, load), res in zip(gws, results, strict=True):
                         mem = [proc_mib(p) for p in workers_of(proc.pid, workers)]
                         rows.append((n, table, workers, load, mem, res))
@@ -345,7 +352,8 @@ def paired(
         f"- native gateway ({build_desc}); every size's gateway runs at once, each with its own "
         f"redis-server; one {args.warmup} s warm-up round each (not counted), then {args.rounds} "
         f"rounds of {args.duration} s alternated between the sizes (round r starts at size "
-        "r mod sizes); wrk 1 thread × 64 connections over min(N, 1 000) hostnames of the table; "
+        f"r mod sizes); wrk 1 thread × 64 connections over min(N, {args.hot:,}) hostnames of "
+        "the table; "
         "× smallest = the median over rounds of this size's value divided by the smallest size's "
         "value in the same round\n"
     )
@@ -384,6 +392,12 @@ def main() -> int:
         "--paired",
         action="store_true",
         help="every size's gateway at once, rounds alternated between sizes (see the docstring)",
+    )
+    ap.add_argument(
+        "--hot",
+        type=int,
+        default=1000,
+        help="hostnames wrk spreads requests over: min(N, HOT) of each table (default 1000)",
     )
     ap.add_argument("--warmup", type=int, default=3, help="--paired: seconds of warm-up per size")
     ap.add_argument("--pure", action="store_true", help="pure-Python gateway, not the mypyc build")
@@ -426,7 +440,7 @@ def main() -> int:
                                 iport,
                             ):
                                 load = wait_ready(iport, workers, n, t0, args.ready_timeout)
-                                results = wrk_rounds(port, n, args.rounds, args.duration)
+                                results = wrk_rounds(port, n, args.rounds, args.duration, args.hot)
                                 mem = [proc_mib(p) for p in workers_of(proc.pid, workers)]
                                 time.sleep(1.5)  # the writer's snapshot / flat file lands
                             t1 = time.perf_counter()
@@ -454,7 +468,7 @@ def main() -> int:
     print(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}")
     print(
         f"- native gateway ({build_desc}); wrk 1 thread × 64 connections, requests spread over "
-        f"1 000 hostnames of the table; best and median of {args.rounds} × {args.duration}s; "
+        f"min(N, {args.hot:,}) hostnames of the table; best and median of {args.rounds} × {args.duration}s; "
         "ready from Redis = gateway start to every worker holding N records; ready from the "
         "file = the same after a restart with the snapshot / flat file in place\n"
     )
