@@ -249,6 +249,18 @@ def health_fields(batch: dict[Key, Row]) -> dict[bytes, dict[str, int]]:
     return out
 
 
+def add_fields(into: dict[bytes, dict[str, int]], more: dict[bytes, dict[str, int]]) -> None:
+    """Sum :func:`health_fields` of another part of a batch into ``into`` (new deployments are
+    appended; a deployment already there gets each field added)."""
+    for deployment, fields in more.items():
+        cur = into.get(deployment)
+        if cur is None:
+            into[deployment] = fields
+            continue
+        for name, n in fields.items():
+            cur[name] = cur.get(name, 0) + n
+
+
 def field_args(fields: dict[str, int]) -> list[str]:
     """``[field, value, field, value, ...]`` as strings: a hash write's arguments."""
     args: list[str] = []

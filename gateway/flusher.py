@@ -4,7 +4,9 @@ Theory of operation
 -------------------
 Requests only ever touch the in-memory :class:`Counters` (a few dict operations, no I/O). A
 background task wakes every ``interval`` seconds, swaps the batch out with ``take()`` and hands
-it to a :class:`CounterSink`, which writes everything in one round trip:
+it to a :class:`CounterSink`, which writes everything in one round trip (the Redis sink plans
+it a slice of keys at a time, yielding to the event loop in between, so thousands of active
+deployments never stall requests for long: :func:`plan_writes_sliced`):
 
 * ``{prefix}:usage:<space>:<yyyymm>``: ``HSET wfp_requests:<writer> <cumulative>`` per space,
   from the sink's :class:`~gateway.usage.UsageLedger` (idempotent: see :mod:`gateway.usage`),
@@ -44,7 +46,15 @@ from typing import Final, Protocol
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.counters import Counters, Key, Row, epoch_minute, field_args, health_fields
+from gateway.counters import (
+    Counters,
+    Key,
+    Row,
+    add_fields,
+    epoch_minute,
+    field_args,
+    health_fields,
+)
 from gateway.usage import USAGE_METER, USAGE_TTL, Staged, UsageLedger
 from routing.errors import StoreError
 from routing.health import HEALTH_TTL
@@ -56,6 +66,8 @@ log = logging.getLogger("turnout.gateway.flusher")
 Batch = dict[Key, Row]
 
 _WRITE_ERRORS: Final = (StoreError, RedisError, OSError, TimeoutError)
+# Batch keys (or plan items) handled between two yields to the event loop during a flush.
+PLAN_SLICE: Final = 256
 
 __all__ = [
     "HEALTH_TTL",
@@ -67,6 +79,7 @@ __all__ = [
     "PartialWriteError",
     "RedisCounterSink",
     "plan_writes",
+    "plan_writes_sliced",
     "usage_month",
     "usage_sums",
 ]
@@ -118,19 +131,50 @@ def plan_writes(
 ) -> list[HashIncrements]:
     """Turn a counter batch into hash writes (shared by every sink, so they agree): the staged
     usage values (``HSET``, see :mod:`gateway.usage`) and the health increments."""
+    plan = _usage_writes(keys, usage)
     minute = epoch_minute(now)
-    plan: list[HashIncrements] = []
-    if usage is not None:
-        field = usage.field
-        for space, month, value in usage.writes:
-            plan.append(
-                HashIncrements(keys.usage(space, month), {field: value}, USAGE_TTL, set=True)
-            )
     for deployment, fields in health_fields(batch).items():
-        plan.append(
-            HashIncrements(keys.health(_decode(deployment), minute), fields, ttl=HEALTH_TTL)
-        )
+        plan.append(_health_write(keys, deployment, minute, fields))
     return plan
+
+
+async def plan_writes_sliced(
+    batch: Batch, now: float, keys: Keys, usage: Staged | None = None, size: int = PLAN_SLICE
+) -> list[HashIncrements]:
+    """:func:`plan_writes` ``size`` batch keys at a time, yielding to the event loop between
+    slices, so a flush of thousands of active deployments never holds up requests for more
+    than a slice's worth (~0.7 ms per 256 keys, compiled). The same writes: a deployment
+    counted in two slices gets its fields summed into one item (only the order of its fields
+    can differ, which no hash write sees)."""
+    items = list(batch.items())
+    health: dict[bytes, dict[str, int]] = {}
+    for start in range(0, len(items), size):
+        if start:
+            await asyncio.sleep(0)
+        add_fields(health, health_fields(dict(items[start : start + size])))
+    plan = _usage_writes(keys, usage)
+    minute = epoch_minute(now)
+    for n, (deployment, fields) in enumerate(health.items()):
+        if n and n % size == 0:
+            await asyncio.sleep(0)
+        plan.append(_health_write(keys, deployment, minute, fields))
+    return plan
+
+
+def _usage_writes(keys: Keys, usage: Staged | None) -> list[HashIncrements]:
+    if usage is None:
+        return []
+    field = usage.field
+    return [
+        HashIncrements(keys.usage(space, month), {field: value}, USAGE_TTL, set=True)
+        for space, month, value in usage.writes
+    ]
+
+
+def _health_write(
+    keys: Keys, deployment: bytes, minute: int, fields: dict[str, int]
+) -> HashIncrements:
+    return HashIncrements(keys.health(_decode(deployment), minute), fields, ttl=HEALTH_TTL)
 
 
 # One script call per flush: packing thousands of HINCRBY commands in redis-py cost tens of
@@ -196,13 +240,10 @@ class RedisCounterSink:
     async def write(self, batch: Batch, now: float) -> None:
         month = usage_month(now)
         staged = self.usage.stage(usage_sums(batch), month, now)
-        plan = plan_writes(batch, now, self.keys, staged)
+        plan = await plan_writes_sliced(batch, now, self.keys, staged)
         if not plan:
             self.usage.commit(staged)
             return
-        # Planning ran on the event loop (~3 ms per 1 000 active deployments, compiled): let
-        # the requests that arrived meanwhile go on before the payload is built.
-        await asyncio.sleep(0)
         try:
             epoch = await self._run(plan)
         except PartialWriteError:
@@ -227,17 +268,12 @@ class RedisCounterSink:
 
     async def _run(self, plan: list[HashIncrements]) -> bytes:
         """One script call for ``plan``; returns the epoch it saw (b"" when absent)."""
-        payload = orjson.dumps(
-            [
-                [
-                    item.key,
-                    item.ttl or 0,
-                    field_args(item.fields),
-                    1 if item.set else 0,
-                ]
-                for item in plan
-            ]
-        )
+        items = []
+        for n, item in enumerate(plan):
+            if n and n % PLAN_SLICE == 0:
+                await asyncio.sleep(0)  # as in plan_writes_sliced
+            items.append([item.key, item.ttl or 0, field_args(item.fields), 1 if item.set else 0])
+        payload = orjson.dumps(items)
         # A connection-level failure or a refused script (e.g. OOM) raises here with nothing
         # applied; per-command errors are counted by the script and come back as a result.
         res = await self._script([*(item.key for item in plan), self.keys.epoch], [payload])

@@ -22,6 +22,7 @@ from gateway.flusher import (
     MemoryCounterSink,
     RedisCounterSink,
     plan_writes,
+    plan_writes_sliced,
     usage_month,
     usage_sums,
 )
@@ -182,6 +183,25 @@ def test_health_fields_round_the_latency_sum_and_skip_a_zero_one() -> None:
     c.record(b"sp", b"svc", b"dep", 200, 0, 0.2, False)
     c.record(b"sp", b"svc", b"dep", 200, 0, 0.2, False)  # 0.4 ms in all: rounds to 0
     assert health_fields(c.take())[b"dep"] == {"total": 2, "2xx": 2, "lat_2": 2}
+
+
+async def test_the_sliced_plan_writes_what_the_plan_writes() -> None:
+    """Slices of 2 keys: dep-1 is counted in the first slice and the last one, so its fields
+    are summed across slices; every key gets the same values, TTL and kind."""
+    c = Counters()
+    c.record(b"sp-1", b"svc-a", b"dep-1", 200, 10, 1.4, False)
+    c.record(b"sp-1", b"svc-a", b"dep-2", 500, 10, 2.4, False)
+    c.record(b"sp-2", b"svc-b", b"dep-3", 200, 10, 0.2, False)
+    c.record(b"sp-2", b"svc-c", b"dep-4", 404, 10, 9.0, True)
+    c.record(b"sp-3", b"svc-d", b"dep-1", 503, 10, 250.0, True)
+    batch = c.take()
+    staged = UsageLedger(writer="w1").stage(usage_sums(batch), usage_month(NOW), NOW)
+    whole = plan_writes(batch, NOW, KEYS, staged)
+    sliced = await plan_writes_sliced(batch, NOW, KEYS, staged, size=2)
+    assert [p.key for p in sliced] == [p.key for p in whole]
+    assert [(p.fields, p.ttl, p.set) for p in sliced] == [(p.fields, p.ttl, p.set) for p in whole]
+    assert {p.key: p for p in sliced}[health_key("dep-1")].fields["total"] == 2
+    assert await plan_writes_sliced({}, NOW, KEYS) == []
 
 
 # ---------------------------------------------------------------------- Redis
