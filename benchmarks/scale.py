@@ -289,6 +289,16 @@ def ms(latency: str) -> float:
     return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
 
+def upstream(stack: contextlib.ExitStack) -> int:
+    """The benchmark upstream (``benchmarks/peers/upstream.py``), up until ``stack`` closes; its
+    port."""
+    port = free_port()
+    stack.enter_context(
+        spawned([sys.executable, "benchmarks/peers/upstream.py", "--port", str(port)], port)
+    )
+    return port
+
+
 def paired(
     args: argparse.Namespace,
     sizes: list[int],
@@ -300,12 +310,7 @@ def paired(
     """``--paired``: every size's gateway up at once, rounds alternated between them."""
     rows = []
     with contextlib.ExitStack() as stack:
-        up_port = free_port()
-        stack.enter_context(
-            spawned(
-                [sys.executable, "benchmarks/peers/upstream.py", "--port", str(up_port)], up_port
-            )
-        )
+        up_port = upstream(stack)
         urls, pubs = [], []
         for n in sizes:
             url = stack.enter_context(redis_server())
@@ -405,6 +410,8 @@ def main() -> int:
     ap.add_argument("--miss-file", default="", help="the flat file --miss-cost reads (or writes)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.hot < 1 or args.rounds < 1 or args.duration < 1 or min(sizes) < 1:
+        ap.error("--hot, --rounds, --duration and every --sizes value must be at least 1")
     if args.miss_cost:
         path = args.miss_file or os.path.join(
             tempfile.gettempdir(), f"turnout-miss-{max(sizes)}.flat"
@@ -418,12 +425,7 @@ def main() -> int:
         return paired(args, sizes, tables, worker_counts, gw_env, build_desc)
     rows = []
     with contextlib.ExitStack() as stack:
-        up_port = free_port()
-        stack.enter_context(
-            spawned(
-                [sys.executable, "benchmarks/peers/upstream.py", "--port", str(up_port)], up_port
-            )
-        )
+        up_port = upstream(stack)
         for n in sizes:
             with contextlib.ExitStack() as run:
                 url = run.enter_context(redis_server())
